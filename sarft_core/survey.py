@@ -64,7 +64,7 @@ class SurveyConfig:
     answer_index: int = 0
     exact: bool = False  # score in fp32 instead of the bf16 fast mode
     device: str = "auto"
-    batch_tokens: int = 4096
+    batch_tokens: int | None = None  # None: the scorer's default for the device
     trait_source: str = "default"
     trait_csv: str = ""
     train_args: str = ""  # extra arguments for `train`, e.g. "--max-steps 20"

@@ -73,3 +73,24 @@ def test_truncated_samples_are_counted(tmp_path, tiny_model_dir):
     assert res.returncode == 0, res.stderr
     assert "prompts truncated 1" in res.stdout and "answers truncated 1" in res.stdout
     assert pd.read_csv(tmp_path / "o.csv").n_tokens.max() == 128
+
+
+def test_scoring_splits_samples_over_processes(tmp_path, tiny_model_dir):
+    """Two processes under torchrun (what `accelerate launch` runs) each score half; rank 0 writes
+    the whole table, equal to a one-process run."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    args = ["score", "--role", "Baron Vex Morrow", "--model", str(tiny_model_dir), "--limit", "12"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), SARFT_HOME=str(tmp_path / "multi"), OMP_NUM_THREADS="1")
+    multi = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "sarft_core", *args, "--out", str(tmp_path / "multi.jsonl")],
+                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert multi.returncode == 0, multi.stderr[-2000:]
+    assert multi.stdout.count("12 samples") == 1  # one summary, from rank 0
+    shards = sorted((tmp_path / "multi" / "scores").glob("*/records.rank*.jsonl"))
+    keys = [[json.loads(line)["key"] for line in open(p)] for p in shards]
+    assert [len(k) for k in keys] == [6, 6] and not set(keys[0]) & set(keys[1])
+    single = cli(*args, "--out", str(tmp_path / "single.jsonl"), env_extra={"SARFT_HOME": str(tmp_path / "single")})
+    assert single.returncode == 0, single.stderr
+    a = pd.read_json(tmp_path / "multi.jsonl", lines=True)
+    b = pd.read_json(tmp_path / "single.jsonl", lines=True)
+    assert list(a.id) == list(b.id) and (a.harmful == b.harmful).all()
+    assert (a.logp_role - b.logp_role).abs().max() < 1e-5

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -16,8 +17,8 @@ def register(subparsers) -> None:
     add_model_args(p)
     p.add_argument("--out", required=True, help="output file (.jsonl, .parquet or .csv)")
     p.add_argument("--normalise", default="mean", choices=["mean", "sum"], help="per-token mean (as published) or sum of answer log-probs")
-    p.add_argument("--batch-tokens", type=int, default=4096, help="token budget of one forward batch")
-    p.add_argument("--recheck-band", type=float, default=None, help="bf16 fast mode: re-score in fp32 samples whose |s_unsafe - s_role| is within this band (0 disables)")
+    p.add_argument("--batch-tokens", type=int, default=None, help="token budget of one forward batch (default: 2048 on the CPU, 16384 on a GPU)")
+    p.add_argument("--recheck-band", type=float, default=None, help="fast mode: re-score in fp32 samples whose |s_unsafe - s_role| is within this band (0 disables; default: the band measured for the fast path, 1e-3 or 0.04)")
     p.add_argument("--no-cache", action="store_true", help="ignore cached scores and compute afresh")
     p.add_argument("--with-tokens", action="store_true", help="also write OUT.tokens.jsonl with per-token log-ratios (unsafe - role)")
     p.set_defaults(func=run)
@@ -38,7 +39,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from sarft_core.models import load_model
-    from sarft_core.scoring import DEFAULT_RECHECK_BAND, ScoreOptions, score_role
+    from sarft_core.scoring import ScoreOptions, score_role
     from sarft_core.store import atomic_write_text, write_table
 
     out = Path(args.out)
@@ -47,9 +48,10 @@ def run(args) -> int:
     samples, profile = load_role_inputs(args)
     fast = args.dtype == "bfloat16"
     lm = load_model(args.model, dtype="float32" if fast else args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
-    band = DEFAULT_RECHECK_BAND if args.recheck_band is None else args.recheck_band
-    options = ScoreOptions(normalise=args.normalise, max_batch_tokens=args.batch_tokens, fast=fast, recheck_band=band)
-    bar = tqdm(total=len(samples), desc=f"RDS {profile.name}", unit="sample", file=sys.stderr)
+    options = ScoreOptions(normalise=args.normalise, max_batch_tokens=args.batch_tokens, fast=fast, recheck_band=args.recheck_band)
+    # under `accelerate launch` / torchrun every process scores its share; the first one reports
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    bar = tqdm(total=len(samples), desc=f"RDS {profile.name}", unit="sample", file=sys.stderr, disable=not main_process)
 
     def progress(done, total):
         bar.n = round(done, 1)
@@ -59,6 +61,8 @@ def run(args) -> int:
         result = score_role(lm, samples, profile, options, use_cache=not args.no_cache, progress=progress)
     finally:
         bar.close()
+    if not main_process:
+        return 0
     write_table(result.frame(), out)
     if args.with_tokens:
         lines = []

@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +34,17 @@ SCORE_COLUMNS = [
 PASSES = ("ref", "role", "unsafe")
 FLAG_PASSES = ("role", "unsafe")
 REF_SYSTEM_PROMPT = ""  # as published: an empty system turn
-# bf16 flag margins (s_unsafe - s_role) differ from fp32 ones by up to ~0.04 on the embedded
-# model (max over 114 RoleBench samples of two roles, bench/bench_scoring.py); samples whose
-# bf16 margin is within this band are re-scored in fp32 so that their flags are the exact ones.
-DEFAULT_RECHECK_BAND = 0.04
+# The fast mode scores first at reduced precision, then re-scores in IEEE float32 every sample
+# whose flag margin |s_unsafe - s_role| lies within a band around the boundary, so that its flag
+# is the exact one. Two fast paths, each with the band measured for it (bench/bench_scoring.py):
+# - Llama-family models on the CPU: float32 tensors with oneDNN's bf16 arithmetic for the linear
+#   layers (packed path, precision "float32-bf16"); its margins differ from IEEE float32 by at
+#   most 3.3e-6 on 64 RoleBench samples, so a band of 1e-3 leaves a 300x safety factor;
+# - any other model or device: a bfloat16 copy of the model; its margins differ by up to ~0.04
+#   (114 RoleBench samples of two roles), hence a band of 0.04.
+FPMATH_RECHECK_BAND = 1e-3
+BF16_RECHECK_BAND = 0.04
+DEFAULT_RECHECK_BAND = BF16_RECHECK_BAND  # the conservative one, for callers that need a number
 
 __all__ = ["SCORE_COLUMNS", "ScoreOptions", "ScoreResult", "Cancelled", "score_role", "flag_margin", "is_harmful"]
 
@@ -56,9 +64,9 @@ class ScoreOptions:
     normalise: str = "mean"  # or "sum"
     max_prompt_tokens: int = MAX_PROMPT_TOKENS
     max_answer_tokens: int = MAX_ANSWER_TOKENS
-    max_batch_tokens: int = 4096
-    fast: bool = False  # score in bf16, re-score in fp32 the samples near the flag boundary
-    recheck_band: float = DEFAULT_RECHECK_BAND
+    max_batch_tokens: int | None = None  # None: 2048 on the CPU, 16384 on a GPU
+    fast: bool = False  # score at reduced precision, re-score in fp32 the samples near the flag boundary
+    recheck_band: float | None = None  # None: the band measured for the fast path in use
     chunk_size: int = 64  # samples finished (and cached) together
 
     def validate(self) -> None:
@@ -101,9 +109,43 @@ def _sample_key(sample) -> str:
     return _hash(sample.input, sample.output)[:24]
 
 
+@dataclass
+class FastPlan:
+    """How the fast mode scores first: which model, at which packed precision, with which band."""
+
+    model: object
+    precision: str
+    band: float
+    label: str
+
+
+def fast_plan(lm: LoadedModel, options: ScoreOptions) -> FastPlan:
+    from sarft_core.scoring.engine import packed_runner
+
+    cpu_fp32 = next(lm.model.parameters()).device.type == "cpu" and next(lm.model.parameters()).dtype == torch.float32
+    if cpu_fp32 and packed_runner(lm.model) is not None:
+        plan = FastPlan(lm.model, "float32-bf16", FPMATH_RECHECK_BAND, "fp32-bf16math")
+    else:
+        plan = FastPlan(_bf16_twin(lm), "float32", BF16_RECHECK_BAND, "bf16")
+    if options.recheck_band is not None:
+        plan.band = options.recheck_band
+    return plan
+
+
+def batch_tokens(lm: LoadedModel, options: ScoreOptions) -> int:
+    if options.max_batch_tokens:
+        return options.max_batch_tokens
+    # the packed CPU path is fastest with ~2k-token batches (measured 5% over 4k here)
+    return 2048 if next(lm.model.parameters()).device.type == "cpu" else 16384
+
+
 def _cache_dir(lm: LoadedModel, profile: RoleProfile, options: ScoreOptions) -> Path:
     template = getattr(lm.tokenizer, "chat_template", None) or ""
-    mode = f"bf16-recheck{options.recheck_band}" if options.fast else str(lm.dtype)
+    if options.fast:
+        plan = fast_plan(lm, options)
+        mode = f"fast-{plan.label}-recheck{plan.band}"
+    else:
+        mode = str(lm.dtype)
     key = _hash(
         "rds-v1", lm.fingerprint, mode, profile.role_prompt, profile.unsafe_prompt, REF_SYSTEM_PROMPT,
         options.max_prompt_tokens, options.max_answer_tokens, template,
@@ -124,10 +166,11 @@ def _bf16_twin(lm: LoadedModel):
 def _score_chunk(lm, systems, chunk, options, progress_base, progress, should_stop, prefix_caches):
     """Token log-probs of each sample of ``chunk`` under every requested system prompt."""
     enc = encode_passes(lm.tokenizer, systems, chunk, options.max_prompt_tokens, options.max_answer_tokens)
-    model = _bf16_twin(lm) if options.fast else lm.model
+    plan = fast_plan(lm, options) if options.fast else FastPlan(lm.model, "float32", 0.0, "exact")
+    budget = batch_tokens(lm, options)
     # fail before the forward pass, with the limit named, rather than be OOM-killed inside it
     check_scoring_batch(lm.model, [max(len(enc.prompt_ids[n][i]) for n in systems) for i in range(len(chunk))],
-                        [len(a) for a in enc.answer_ids], options.max_batch_tokens)
+                        [len(a) for a in enc.answer_ids], budget)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
     per_pass = {}
     n_passes = len(systems)
@@ -137,20 +180,20 @@ def _score_chunk(lm, systems, chunk, options, progress_base, progress, should_st
                 progress(progress_base + (k * total + done) / n_passes, None)
 
         per_pass[name] = score_pass(
-            model, enc.prompt_ids[name], enc.answer_ids, pad, options.max_batch_tokens, prog, should_stop,
-            prefix_caches.setdefault(("fast" if options.fast else "exact", name), {}),
+            plan.model, enc.prompt_ids[name], enc.answer_ids, pad, budget, prog, should_stop,
+            prefix_caches.setdefault((plan.label, name), {}), precision=plan.precision,
         ).token_logps
     rechecked = [False] * len(chunk)
-    if options.fast and options.recheck_band > 0:
+    if options.fast and plan.band > 0:
         near = [
             i for i in range(len(chunk))
-            if abs(reduce_logps(per_pass["unsafe"][i], options.normalise) - reduce_logps(per_pass["role"][i], options.normalise)) <= options.recheck_band
+            if abs(reduce_logps(per_pass["unsafe"][i], options.normalise) - reduce_logps(per_pass["role"][i], options.normalise)) <= plan.band
         ]
         if near:
             for name in systems:
                 exact = score_pass(
                     lm.model, [enc.prompt_ids[name][i] for i in near], [enc.answer_ids[i] for i in near], pad,
-                    options.max_batch_tokens, None, should_stop, prefix_caches.setdefault(("exact", name), {}),
+                    budget, None, should_stop, prefix_caches.setdefault(("exact", name), {}),
                 ).token_logps
                 for j, i in enumerate(near):
                     per_pass[name][i] = exact[j]
@@ -168,10 +211,13 @@ def _score_chunk(lm, systems, chunk, options, progress_base, progress, should_st
 
 def _process_split():
     """(rank, world size, wait) under `accelerate launch`, else (0, 1, no-op)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, lambda: None
     try:
         from accelerate import PartialState
 
-        state = PartialState()
+        # without an accelerator, accelerate forms a multi-CPU group (gloo) only when told cpu=True
+        state = PartialState(cpu=not torch.cuda.is_available())
         if state.num_processes > 1:
             return state.process_index, state.num_processes, state.wait_for_everyone
     except Exception:  # accelerate absent or not configured: single process
@@ -242,7 +288,7 @@ def score_role(
         "rechecked": sum(1 for s in samples if done[_sample_key(s)].get("rechecked")),
         "prompt_truncated": sum(1 for s in samples if done[_sample_key(s)].get("prompt_truncated")),
         "answer_truncated": sum(1 for s in samples if done[_sample_key(s)].get("answer_truncated")),
-        "cache_dir": str(cache_dir),
+        "cache_dir": str(cache_dir), "rank": rank, "world": world,
     })
 
 

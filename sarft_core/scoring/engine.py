@@ -3,15 +3,22 @@
 What makes it fast (and why each step is exact):
 - every sample of a role shares the system-prompt prefix, so its KV cache is computed once
   per prompt and reused for all samples (causal attention: the prefix never sees the suffix);
-- the suffixes (user turn + answer) are sorted by length and batched under a token budget,
-  right-padded, so padding is small and never attended to by real tokens;
-- the LM head runs only on the positions that predict answer tokens, and the normaliser is a
-  logsumexp over those rows: no full-vocabulary log-softmax over prompt tokens.
+- the suffixes (user turn + answer) are sorted by length and batched under a token budget;
+- Llama-family models (Llama, Mistral without sliding window, Qwen2, SmolLM) run a packed,
+  padding-free forward (:mod:`sarft_core.scoring.packed`): linear layers see only real tokens,
+  and attention to the shared prefix is one call over the un-replicated prefix keys, merged
+  exactly with each sample's causal suffix attention; other models run the Hugging Face
+  forward on right-padded batches with the prefix cache expanded (padding is never attended
+  to by real tokens);
+- the LM head runs only on the positions that predict answer tokens: no full-vocabulary
+  log-softmax over prompt tokens.
 The answer tokens are identical under every system prompt; only the prefix changes.
 """
 from __future__ import annotations
 
 import math
+import os
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -144,6 +151,38 @@ def _expanded_cache(model, kv, batch: int):
     return DynamicCache([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in kv], config=model.config)
 
 
+_PACKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def packed_runner(model, precision: str = "float32"):
+    """The padding-free Llama-family forward for ``model`` (cached per model and precision), or None."""
+    from sarft_core.scoring.packed import PackedLlama, supports
+
+    if isinstance(model, PackedLlama):
+        return model
+    if _PACKED_DISABLED or not supports(model):
+        return None
+    per_model = _PACKED.setdefault(model, {})
+    if precision not in per_model:
+        per_model[precision] = PackedLlama(model, precision)
+    return per_model[precision]
+
+
+# set SARFT_PACKED=0 to force the generic Hugging Face path (for comparisons and debugging)
+_PACKED_DISABLED = os.environ.get("SARFT_PACKED", "1") == "0"
+
+
+def _answer_rows(batch, suffix_lengths, starts, answer_ids):
+    """Packed row index of every position that predicts an answer token, and those tokens."""
+    rows, targets, offset = [], [], 0
+    for i in batch:
+        a = len(answer_ids[i])
+        rows.extend(range(offset + starts[i], offset + starts[i] + a))
+        targets.extend(answer_ids[i])
+        offset += suffix_lengths[i]
+    return rows, targets
+
+
 @torch.no_grad()
 def score_pass(
     model,
@@ -154,50 +193,46 @@ def score_pass(
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
     prefix_kv_cache: dict | None = None,
+    precision: str = "float32",
 ) -> PassResult:
-    """Answer-token log-probs of each sample under one system prompt (its prompt ids given)."""
-    device = next(model.parameters()).device
-    decoder, head = _decoder_and_head(model)
-    transform = _final_logit_transform(model)
+    """Answer-token log-probs of each sample under one system prompt (its prompt ids given).
+
+    Llama-family models run the packed forward (:mod:`sarft_core.scoring.packed`) at the
+    given ``precision``; any other causal LM runs the Hugging Face forward on right-padded
+    batches with the prefix cache expanded (``precision`` is then the model's own).
+    """
+    packed = packed_runner(model, precision)
+    device = packed.device if packed is not None else next(model.parameters()).device
+    if packed is None:
+        decoder, head = _decoder_and_head(model)
+        transform = _final_logit_transform(model)
     n = len(prompt_ids)
     # never swallow a whole prompt into the prefix: the last prompt token predicts answer token 0
     shared = min(common_prefix_len(prompt_ids), min(len(p) for p in prompt_ids) - 1)
     shared = max(shared, 0)
-    key = tuple(prompt_ids[0][:shared])
+    key = (("packed", precision) if packed is not None else ("hf",)) + tuple(prompt_ids[0][:shared])
     if prefix_kv_cache is not None and key in prefix_kv_cache:
         kv = prefix_kv_cache[key]
     else:
-        kv = prefix_cache(model, list(key))
+        kv = packed.prefix(prompt_ids[0][:shared]) if packed is not None else prefix_cache(model, prompt_ids[0][:shared])
         if prefix_kv_cache is not None:
             prefix_kv_cache[key] = kv
     # the suffix fed to the model: rest of the prompt + all answer tokens but the last
     suffixes = [p[shared:] + a[:-1] for p, a in zip(prompt_ids, answer_ids)]
     starts = [len(p) - shared - 1 for p in prompt_ids]  # position predicting answer token 0
+    lengths = [len(s) for s in suffixes]
     result: list[list[float] | None] = [None] * n
     done = 0
-    for batch in plan_batches([len(s) for s in suffixes], max_batch_tokens):
+    for batch in plan_batches(lengths, max_batch_tokens):
         if should_stop is not None and should_stop():
             raise Cancelled()
-        width = max(len(suffixes[i]) for i in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        for row, i in enumerate(batch):
-            ids[row, : len(suffixes[i])] = torch.tensor(suffixes[i])
-        ids = ids.to(device)
-        positions = torch.arange(shared, shared + width, device=device).unsqueeze(0).expand(len(batch), -1)
-        hidden = decoder(
-            input_ids=ids,
-            position_ids=positions,
-            past_key_values=_expanded_cache(model, kv, len(batch)),
-            use_cache=kv is not None,
-        ).last_hidden_state
-        rows, cols, targets = [], [], []
-        for row, i in enumerate(batch):
-            a = len(answer_ids[i])
-            rows.extend([row] * a)
-            cols.extend(range(starts[i], starts[i] + a))
-            targets.extend(answer_ids[i])
-        picked = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
-        logps = answer_token_logps(picked, torch.tensor(targets, device=device), head, transform).cpu().tolist()
+        if packed is not None:
+            hidden = packed.hidden([suffixes[i] for i in batch], kv, shared)
+            rows, targets = _answer_rows(batch, lengths, starts, answer_ids)
+            picked = hidden[torch.tensor(rows, device=device)]
+            logps = answer_token_logps(picked, torch.tensor(targets, device=device), packed.head, lambda x: x).cpu().tolist()
+        else:
+            logps = _hf_batch_logps(model, decoder, head, transform, kv, batch, suffixes, starts, answer_ids, pad_id, shared, device)
         offset = 0
         for i in batch:
             a = len(answer_ids[i])
@@ -207,6 +242,30 @@ def score_pass(
         if progress is not None:
             progress(done, n)
     return PassResult(token_logps=result)  # type: ignore[arg-type]
+
+
+def _hf_batch_logps(model, decoder, head, transform, kv, batch, suffixes, starts, answer_ids, pad_id, shared, device) -> list[float]:
+    """The generic path: one right-padded batch through the Hugging Face decoder."""
+    width = max(len(suffixes[i]) for i in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    for row, i in enumerate(batch):
+        ids[row, : len(suffixes[i])] = torch.tensor(suffixes[i])
+    ids = ids.to(device)
+    positions = torch.arange(shared, shared + width, device=device).unsqueeze(0).expand(len(batch), -1)
+    hidden = decoder(
+        input_ids=ids,
+        position_ids=positions,
+        past_key_values=_expanded_cache(model, kv, len(batch)),
+        use_cache=kv is not None,
+    ).last_hidden_state
+    rows, cols, targets = [], [], []
+    for row, i in enumerate(batch):
+        a = len(answer_ids[i])
+        rows.extend([row] * a)
+        cols.extend(range(starts[i], starts[i] + a))
+        targets.extend(answer_ids[i])
+    picked = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
+    return answer_token_logps(picked, torch.tensor(targets, device=device), head, transform).cpu().tolist()
 
 
 def reduce_logps(token_logps: Sequence[float], normalise: str = "mean") -> float:

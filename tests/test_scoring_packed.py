@@ -1,0 +1,116 @@
+"""The packed, padding-free Llama-family forward: the same log-probs as the Hugging Face path."""
+import pytest
+import torch
+
+import sarft_core.scoring.engine as engine
+from sarft_core.scoring.engine import encode_passes, packed_runner, reduce_logps, score_pass
+from sarft_core.scoring.packed import PackedLlama, supports
+from sarft_core.scoring.published import published_logps
+
+
+def _hf_pass(monkeypatch, model, prompts, answers, pad, budget=4096):
+    monkeypatch.setattr(engine, "_PACKED_DISABLED", True)
+    try:
+        return score_pass(model, prompts, answers, pad, budget).token_logps
+    finally:
+        monkeypatch.setattr(engine, "_PACKED_DISABLED", False)
+
+
+def _max_diff(a, b):
+    return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+
+
+def _tiny(config_cls, model_cls, vocab, **extra):
+    torch.manual_seed(1)
+    cfg = config_cls(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                     num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=1024, **extra)
+    return model_cls(cfg).eval()
+
+
+@pytest.mark.parametrize("budget", [48, 4096])
+def test_packed_equals_hf_path_token_by_token(tiny_lm, demo_profiles, demo_samples, monkeypatch, budget):
+    assert packed_runner(tiny_lm.model) is not None  # the tiny Llama takes the packed path
+    profile = demo_profiles["Baron Vex Morrow"]
+    enc = encode_passes(tiny_lm.tokenizer, {"role": profile.role_prompt, "ref": ""}, demo_samples[:9])
+    for name in ("role", "ref"):
+        packed = score_pass(tiny_lm.model, enc.prompt_ids[name], enc.answer_ids, 0, budget).token_logps
+        hf = _hf_pass(monkeypatch, tiny_lm.model, enc.prompt_ids[name], enc.answer_ids, 0, budget)
+        assert [len(t) for t in packed] == [len(a) for a in enc.answer_ids]
+        assert _max_diff(packed, hf) < 1e-5
+
+
+def test_packed_without_any_shared_prefix(tiny_lm, monkeypatch):
+    # prompts that share no token at all: no prefix cache, suffix attention only
+    prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
+    answers = [[20, 21], [22, 23, 24], [25]]
+    packed = score_pass(tiny_lm.model, prompts, answers, 0).token_logps
+    hf = _hf_pass(monkeypatch, tiny_lm.model, prompts, answers, 0)
+    assert _max_diff(packed, hf) < 1e-5
+
+
+def test_packed_qwen2_with_projection_bias(monkeypatch):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    model = _tiny(Qwen2Config, Qwen2ForCausalLM, 300)
+    assert supports(model) and model.model.layers[0].self_attn.q_proj.bias is not None
+    prompts = [[1, 2, 3, 4, 50, 60], [1, 2, 3, 4, 70], [1, 2, 3, 4, 80, 81, 82]]
+    answers = [[7, 8, 9], [10, 11], [12, 13, 14, 15]]
+    packed = score_pass(model, prompts, answers, 0).token_logps
+    hf = _hf_pass(monkeypatch, model, prompts, answers, 0)
+    assert _max_diff(packed, hf) < 1e-5
+
+
+def test_unsupported_models_take_the_generic_path():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=32, n_layer=1, n_head=2)).eval()
+    assert not supports(gpt2) and packed_runner(gpt2) is None
+    got = score_pass(gpt2, [[1, 2, 3], [1, 2, 4, 5]], [[6, 7], [8]], 0).token_logps
+    assert [len(t) for t in got] == [2, 1]
+    with pytest.raises(ValueError, match="does not support"):
+        PackedLlama(gpt2)
+
+
+def test_packed_skips_peft_wrapped_models(tiny_lm):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(copy.deepcopy(tiny_lm.model), LoraConfig(r=2, target_modules=["q_proj"]))
+    assert not supports(peft_model)
+
+
+def test_precisions(tiny_lm, demo_profiles, demo_samples):
+    profile = demo_profiles["Sister Alma Reyes"]
+    enc = encode_passes(tiny_lm.tokenizer, {"role": profile.role_prompt}, demo_samples[:6])
+    p, a = enc.prompt_ids["role"], enc.answer_ids
+    exact = score_pass(tiny_lm.model, p, a, 0).token_logps
+    fpmath = score_pass(tiny_lm.model, p, a, 0, precision="float32-bf16").token_logps
+    bf16 = score_pass(tiny_lm.model, p, a, 0, precision="bfloat16").token_logps
+    assert _max_diff(exact, fpmath) < 1e-3  # float32 storage, bf16 arithmetic inside oneDNN
+    assert 0 < _max_diff(exact, bf16) < 0.1  # bf16 weights: close, not exact
+    ref = published_logps(tiny_lm.model, tiny_lm.tokenizer, profile.role_prompt, demo_samples[:6])
+    assert max(abs(reduce_logps(t) - r) for t, r in zip(exact, ref)) < 1e-4
+    with pytest.raises(ValueError, match="unknown precision"):
+        PackedLlama(tiny_lm.model, "float8")
+
+
+def test_fpmath_switch_is_restored(tiny_lm):
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    runner = packed_runner(tiny_lm.model, "float32-bf16")
+    runner.head(torch.randn(3, tiny_lm.model.config.hidden_size))
+    assert torch.backends.mkldnn.matmul.fp32_precision == before
+
+
+def test_runner_cache_is_weak(tiny_lm):
+    import gc
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    packed_runner(model)
+    assert model in engine._PACKED
+    del model
+    gc.collect()
+    assert len([m for m in engine._PACKED if m.config.vocab_size == 50]) == 0
