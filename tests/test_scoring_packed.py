@@ -114,3 +114,16 @@ def test_runner_cache_is_weak(tiny_lm):
     del model
     gc.collect()
     assert len([m for m in engine._PACKED if m.config.vocab_size == 50]) == 0
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_flash_attention_op_matches_the_written_out_reference(causal):
+    from sarft_core.scoring.packed import _attention, attention_reference
+
+    torch.manual_seed(0)
+    L, S = (7, 7) if causal else (5, 11)
+    q = torch.randn(2, 6, L, 16)
+    k, v = torch.randn(2, 3, S, 16), torch.randn(2, 3, S, 16)  # 2 query heads per key head
+    out, lse = _attention(q.transpose(1, 2).contiguous().transpose(1, 2), k, v, causal)  # strided input
+    ref_out, ref_lse = attention_reference(q, k, v, causal)
+    assert torch.allclose(out, ref_out, atol=1e-5) and torch.allclose(lse, ref_lse, atol=1e-5)

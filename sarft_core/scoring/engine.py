@@ -4,7 +4,7 @@ What makes it fast (and why each step is exact):
 - every sample of a role shares the system-prompt prefix, so its KV cache is computed once
   per prompt and reused for all samples (causal attention: the prefix never sees the suffix);
 - the suffixes (user turn + answer) are sorted by length and batched under a token budget;
-- Llama-family models (Llama, Mistral without sliding window, Qwen2, SmolLM) run a packed,
+- Llama-family models (Llama, Mistral without sliding window, Qwen2, SmolLM) on the CPU run a packed,
   padding-free forward (:mod:`sarft_core.scoring.packed`): linear layers see only real tokens,
   and attention to the shared prefix is one call over the un-replicated prefix keys, merged
   exactly with each sample's causal suffix attention; other models run the Hugging Face
@@ -126,7 +126,8 @@ def answer_token_logps(hidden: torch.Tensor, targets: torch.Tensor, head, transf
         h = hidden[start : start + chunk_rows]
         logits = transform(head(h)).float()
         t = targets[start : start + chunk_rows]
-        # log_softmax + gather measured faster here than logsumexp on (rows x vocab) blocks
+        # log_softmax + gather measured faster here than logsumexp on (rows x vocab) blocks, and
+        # than writing logits and log-probs into buffers reused across batches
         out[start : start + chunk_rows] = torch.log_softmax(logits, dim=-1).gather(1, t[:, None]).squeeze(1)
     return out
 

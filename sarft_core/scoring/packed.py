@@ -1,4 +1,4 @@
-"""A packed, padding-free forward pass for Llama-family decoders, built for RDS scoring.
+"""A packed, padding-free forward pass for Llama-family decoders on the CPU, built for RDS scoring.
 
 The generic engine path runs the Hugging Face forward on right-padded batches with the shared
 prefix's KV cache expanded to every row. This path computes the same numbers with less work:
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Sequence
 
 import torch
@@ -30,8 +30,17 @@ SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
 
 
 def supports(model) -> bool:
-    """True when ``model`` is a decoder this module reproduces exactly."""
+    """True when ``model`` is a decoder this module reproduces exactly, on the CPU.
+
+    On GPUs the generic path's fused attention kernels are used instead: this module's speed
+    was measured only on the CPU (no GPU was available to validate it).
+    """
     cfg = getattr(model, "config", None)
+    try:
+        if next(model.parameters()).device.type != "cpu":
+            return False
+    except (StopIteration, AttributeError):
+        return False
     if cfg is None or getattr(cfg, "model_type", None) not in SUPPORTED_TYPES:
         return False
     if getattr(model, "peft_config", None) or hasattr(model, "base_model_prefix") and hasattr(model, "active_adapters") and _has_adapters(model):
@@ -61,8 +70,14 @@ def _attention(q, k, v, causal: bool):
     h // (H / Hkv)); any strides. Returns out (B, H, L, D) and lse (B, H, L) in float32.
     ``causal`` aligns the mask top-left (query i sees keys 0..i), so use it only with L == S.
     """
-    if q.device.type == "cpu":
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal)
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is not None and q.device.type == "cpu":
+        return op(q, k, v, 0.0, causal)
+    return attention_reference(q, k, v, causal)
+
+
+def attention_reference(q, k, v, causal: bool):
+    """The same as :func:`_attention`, written out (scores materialised): the yardstick in tests."""
     group = q.shape[1] // k.shape[1]
     if group > 1:
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
@@ -231,7 +246,5 @@ class PackedLlama:
         """Logits (float32) of hidden rows ``h``."""
         if self._w is not None:
             return F.linear(h.to(self.dtype), self._head_w).float()
-        if self._fpmath:
-            with _fp32_matmul_precision(self._fpmath):
-                return self.lm_head(h).float()
-        return self.lm_head(h.to(self.lm_head.weight.dtype)).float()
+        with _fp32_matmul_precision(self._fpmath) if self._fpmath else nullcontext():
+            return self.lm_head(h.to(self.lm_head.weight.dtype)).float()
