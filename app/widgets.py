@@ -58,6 +58,19 @@ def command_box(command: str, caption: str = "Equivalent command (copy it to rer
     st.code(command, language="bash")
 
 
+def launch_panel(args: list[str], kind: str, button: str, label: str, started: str = "", cancel: bool = False) -> None:
+    """The exact CLI command, a button that starts it as a background job, and the latest job of ``kind``."""
+    command_box(jobs.format_command(jobs.cli_argv(*args)))
+    if st.button(button):
+        with guard():
+            job = jobs.start(args, kind=kind, label=label)
+            st.success(f"Started job {job.id}. {started}".rstrip())
+    for latest in jobs.list_jobs(kind)[:1]:
+        job_status(latest, show_command=False)
+        if cancel:
+            cancel_button(latest, key=f"cancel-{latest.id}")
+
+
 def job_status(job: jobs.Job, show_command: bool = True) -> str:
     """A job's state, progress, command and (when it failed) its log tail."""
     state_ = job.state()

@@ -78,10 +78,5 @@ elif not jobs.command_available("traits"):
 else:
     out = traits_dir / f"traits-{Path(state.data_paths()[1]).stem}.csv"
     args = ["traits", "--out", str(out)] + (["--profiles", str(state.data_paths()[1])] if state.data_source() != "demo" else [])
-    widgets.command_box(jobs.format_command(jobs.cli_argv(*args)))
-    if st.button("Compute trait scores"):
-        with widgets.guard():
-            job = jobs.start(args, kind="traits", label=f"traits of {Path(state.data_paths()[1]).name}")
-            st.success(f"Started job {job.id}; the scores appear here when it finishes.")
-    for job in jobs.list_jobs("traits")[:1]:
-        widgets.job_status(job, show_command=False)
+    widgets.launch_panel(args, "traits", "Compute trait scores", label=f"traits of {Path(state.data_paths()[1]).name}",
+                         started="The scores appear here when it finishes.")

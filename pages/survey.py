@@ -22,14 +22,7 @@ if jobs.command_available("survey"):
         out = workspace_root() / "surveys" / "survey"
         args, skipped = jobs.option_args(jobs.cli_options("survey"), [(("--roles",), roles), (("--out", "--out-dir"), str(out))])
         args = ["survey", *args]
-        widgets.command_box(jobs.format_command(jobs.cli_argv(*args)))
-        if st.button("Start survey"):
-            with widgets.guard():
-                job = jobs.start(args, kind="survey", label=f"survey {roles}")
-                st.success(f"Started job {job.id}.")
-        for job in jobs.list_jobs("survey")[:1]:
-            widgets.job_status(job, show_command=False)
-            widgets.cancel_button(job, key=f"cancel-{job.id}")
+        widgets.launch_panel(args, "survey", "Start survey", label=f"survey {roles}", cancel=True)
 else:
     widgets.not_available("Running surveys", "survey")
 

@@ -62,7 +62,7 @@ class SurveyConfig:
     profiles: str = ""  # "" = the demo profiles
     limit: int | None = None
     answer_index: int = 0
-    exact: bool = False  # score in fp32 instead of the bf16 fast mode
+    exact: bool = False  # score in IEEE fp32 instead of the fast mode
     device: str = "auto"
     batch_tokens: int | None = None  # None: the scorer's default for the device
     trait_source: str = "default"
@@ -154,7 +154,7 @@ class RoleLock:
 
 # ---------------------------------------------------------------- what a step sees
 class ModelHolder:
-    """Loads the base model once per process, on first use (float32: the engine makes its bf16 twin)."""
+    """Loads the base model once per process, on first use (float32: the engine picks its fast path)."""
 
     def __init__(self, spec: str, device: str = "auto"):
         self.spec, self.device, self._lm = spec, device, None
@@ -205,7 +205,7 @@ def load_role_samples(paths: list[str], role: str, limit: int | None, answer_ind
 
 # ---------------------------------------------------------------- default steps
 def score_step(ctx: RoleContext) -> dict:
-    """RDS scores of the role's samples (bf16 fast mode unless the survey says exact)."""
+    """RDS scores of the role's samples (the fast mode unless the survey says exact)."""
     from sarft_core.scoring import ScoreOptions, score_role
     from sarft_core.store import write_table
 

@@ -163,8 +163,11 @@ def _bf16_twin(lm: LoadedModel):
     return twin
 
 
-def _score_chunk(lm, systems, chunk, options, progress_base, progress, should_stop, prefix_caches):
-    """Token log-probs of each sample of ``chunk`` under every requested system prompt."""
+def _score_chunk(lm, systems, chunk, options, on_progress, should_stop, prefix_caches):
+    """Token log-probs of each sample of ``chunk`` under every requested system prompt.
+
+    ``on_progress(samples)`` gets the chunk's progress in samples, passes averaged (a float).
+    """
     enc = encode_passes(lm.tokenizer, systems, chunk, options.max_prompt_tokens, options.max_answer_tokens)
     plan = fast_plan(lm, options) if options.fast else FastPlan(lm.model, "float32", 0.0, "exact")
     budget = batch_tokens(lm, options)
@@ -175,12 +178,9 @@ def _score_chunk(lm, systems, chunk, options, progress_base, progress, should_st
     per_pass = {}
     n_passes = len(systems)
     for k, name in enumerate(systems):
-        def prog(done, total, k=k):
-            if progress:
-                progress(progress_base + (k * total + done) / n_passes, None)
-
+        pass_progress = (lambda done, total, k=k: on_progress((k * total + done) / n_passes)) if on_progress else None
         per_pass[name] = score_pass(
-            plan.model, enc.prompt_ids[name], enc.answer_ids, pad, budget, prog, should_stop,
+            plan.model, enc.prompt_ids[name], enc.answer_ids, pad, budget, pass_progress, should_stop,
             prefix_caches.setdefault((plan.label, name), {}), precision=plan.precision,
         ).token_logps
     rechecked = [False] * len(chunk)
@@ -264,13 +264,9 @@ def score_role(
     fresh = 0
     for start in range(0, len(mine), options.chunk_size):
         chunk = mine[start : start + options.chunk_size]
-        base = from_cache + start * world
-
-        def chunk_progress(done_in_chunk, _total, base=base):
-            if progress:
-                progress(min(total, base + done_in_chunk * world), total)
-
-        for rec in _score_chunk(lm, systems, chunk, options, 0, chunk_progress, should_stop, prefix_caches):
+        base = from_cache + start * world  # every process advances at about the same pace
+        on_progress = (lambda done, base=base: progress(min(total, base + done * world), total)) if progress else None
+        for rec in _score_chunk(lm, systems, chunk, options, on_progress, should_stop, prefix_caches):
             done.setdefault(rec["key"], {}).update(rec)
             if use_cache:
                 append_jsonl(out_path, rec)

@@ -138,7 +138,6 @@ class PackedLlama:
         self.heads = self.cfg.num_attention_heads
         self.kv_heads = getattr(self.cfg, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(self.cfg, "head_dim", None) or self.cfg.hidden_size // self.heads
-        self.group = self.heads // self.kv_heads
         self._apply_rope = sys.modules[type(self.decoder.layers[0].self_attn).__module__].apply_rotary_pos_emb
         self._fpmath = "bf16" if precision == "float32-bf16" and self.device.type == "cpu" else None
         self.dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
@@ -149,9 +148,7 @@ class PackedLlama:
             ]
             self._head_w = self.lm_head.weight.detach().to(self.dtype)
         else:
-            self._w = None  # the model's own weights
-        if next(model.parameters()).dtype != torch.float32 and self._w is None:
-            self.dtype = next(model.parameters()).dtype
+            self._w = None  # the model's own weights (in their own dtype; the residual stays float32)
 
     # -- pieces ------------------------------------------------------------------------------
     def _linear(self, x, layer_idx: int, part, name: str):
