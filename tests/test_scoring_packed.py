@@ -127,3 +127,27 @@ def test_flash_attention_op_matches_the_written_out_reference(causal):
     out, lse = _attention(q.transpose(1, 2).contiguous().transpose(1, 2), k, v, causal)  # strided input
     ref_out, ref_lse = attention_reference(q, k, v, causal)
     assert torch.allclose(out, ref_out, atol=1e-5) and torch.allclose(lse, ref_lse, atol=1e-5)
+
+
+def test_exact_path_stays_ieee_under_a_global_bf16_setting():
+    """torch.set_float32_matmul_precision("medium") means bf16 arithmetic on CPUs that have it;
+    the packed forward's strict context keeps IEEE float32 regardless."""
+    from sarft_core.scoring.packed import _fp32_matmul_precision
+
+    torch.manual_seed(0)
+    x, w = torch.randn(512, 576), torch.randn(1536, 576)
+    exact = torch.nn.functional.linear(x, w)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        loose = torch.nn.functional.linear(x, w)
+        with _fp32_matmul_precision("ieee"):
+            strict = torch.nn.functional.linear(x, w)
+        with _fp32_matmul_precision("bf16"):
+            fast = torch.nn.functional.linear(x, w)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert torch.equal(strict, exact)
+    if torch.equal(loose, exact):
+        pytest.skip("this CPU has no bf16 matmuls: the global setting changes nothing here")
+    assert torch.equal(fast, loose) and (fast - exact).abs().max() < 1e-2

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 from contextlib import contextmanager, nullcontext
 from typing import Sequence
 
@@ -94,20 +95,27 @@ def attention_reference(q, k, v, causal: bool):
 PRECISIONS = ("float32", "float32-bf16", "bfloat16")
 
 
+_PRECISION_LOCK = threading.RLock()
+
+
 @contextmanager
 def _fp32_matmul_precision(mode: str):
-    """oneDNN's float-math mode for float32 matmuls on the CPU, restored afterwards."""
-    try:
-        backend = torch.backends.mkldnn.matmul
-        before = backend.fp32_precision
-    except AttributeError:  # an older torch without the switch: plain float32
+    """oneDNN's float-math mode for float32 matmuls ("ieee" or "bf16"), restored afterwards.
+
+    The switch is process-global (it also steers the CPU flash-attention kernel), so it is held
+    under a lock: a thread scoring exactly never runs while another has it set to bf16.
+    """
+    backend = getattr(torch.backends.mkldnn, "matmul", None)
+    if backend is None or not hasattr(backend, "fp32_precision"):  # an older torch: plain float32
         yield
         return
-    backend.fp32_precision = mode
-    try:
-        yield
-    finally:
-        backend.fp32_precision = before
+    with _PRECISION_LOCK:
+        before = backend.fp32_precision
+        backend.fp32_precision = mode
+        try:
+            yield
+        finally:
+            backend.fp32_precision = before
 
 
 class PackedLlama:
@@ -183,11 +191,20 @@ class PackedLlama:
         return self._linear(F.silu(g) * u, i, mlp, "down_proj").float()
 
     # -- prefix -------------------------------------------------------------------------------
+    def _strict(self):
+        """IEEE float32 for everything not explicitly switched, even under a global
+        ``torch.set_float32_matmul_precision("medium")`` (which on the CPU means bf16)."""
+        return _fp32_matmul_precision("ieee") if self.device.type == "cpu" else nullcontext()
+
     @torch.no_grad()
     def prefix(self, ids: Sequence[int]):
         """Per-layer post-RoPE (key, value), each (1, Hkv, P, D) float32, of a shared prefix."""
         if not ids:
             return None
+        with self._strict():
+            return self._prefix(ids)
+
+    def _prefix(self, ids: Sequence[int]):
         x = self.decoder.embed_tokens(torch.tensor(ids, device=self.device)).float()
         rotary = self._rotary(torch.arange(len(ids), device=self.device))
         kv = []
@@ -205,6 +222,10 @@ class PackedLlama:
     @torch.no_grad()
     def hidden(self, suffixes: Sequence[Sequence[int]], prefix_kv, start: int) -> torch.Tensor:
         """Final-norm hidden states of every suffix token, packed in order: (sum of lengths, hidden)."""
+        with self._strict():
+            return self._hidden(suffixes, prefix_kv, start)
+
+    def _hidden(self, suffixes: Sequence[Sequence[int]], prefix_kv, start: int) -> torch.Tensor:
         dev = self.device
         lengths = [len(s) for s in suffixes]
         T, B, width = sum(lengths), len(lengths), max(lengths)
@@ -243,5 +264,5 @@ class PackedLlama:
         """Logits (float32) of hidden rows ``h``."""
         if self._w is not None:
             return F.linear(h.to(self.dtype), self._head_w).float()
-        with _fp32_matmul_precision(self._fpmath) if self._fpmath else nullcontext():
+        with _fp32_matmul_precision(self._fpmath) if self._fpmath else self._strict():
             return self.lm_head(h.to(self.lm_head.weight.dtype)).float()
