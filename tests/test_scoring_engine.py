@@ -126,3 +126,21 @@ def test_embedded_engine_flags_equal_published(embedded_lm, score_cache):
     assert max(abs(a - b) for a, b in zip(role, result.logp_role)) < 1e-3
     assert max(abs(a - b) for a, b in zip(unsafe, result.logp_unsafe)) < 1e-3
     assert [u > r for u, r in zip(unsafe, role)] == list(result.harmful)
+
+
+def test_fast_mode_on_models_without_the_packed_path(tiny_lm, demo_profiles, demo_samples, score_cache, monkeypatch):
+    """Models the packed forward does not cover score first with a bf16 copy, re-checked in fp32."""
+    import sarft_core.scoring.packed as packed
+
+    monkeypatch.setattr(packed, "supports", lambda model: False)
+    from sarft_core.scoring import fast_plan
+
+    options = ScoreOptions(fast=True)
+    plan = fast_plan(tiny_lm, options)
+    assert plan.bf16_copy and plan.band == 0.04
+    profile = demo_profiles["Baron Vex Morrow"]
+    samples = demo_samples[:6]
+    exact = score_role(tiny_lm, samples, profile).frame()
+    fast = score_role(tiny_lm, samples, profile, ScoreOptions(fast=True, recheck_band=10.0))
+    assert fast.stats["rechecked"] == 6 and (fast.frame().harmful == exact.harmful).all()
+    assert next(tiny_lm._bf16_twin.parameters()).dtype == torch.bfloat16

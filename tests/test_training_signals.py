@@ -15,6 +15,8 @@ from sarft_core.store import RunDir
 from sarft_core.training import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
+# enough steps that neither run can finish between two polls (the tiny model trains at ~80 steps/s)
+STEPS = 200
 
 
 def launch(args):
@@ -38,7 +40,7 @@ def test_sigterm_checkpoints_and_cancels_sigkill_never_completes_and_resumes(tin
     out = tmp_path / "run"
     run = RunDir(out)
     proc = launch(["--method", "sft", "--role", "Baron Vex Morrow", "--model", str(tiny_model_dir), "--dtype", "float32",
-                   "--device", "cpu", "--limit", "8", "--batch-size", "2", "--grad-accum", "1", "--max-steps", "12",
+                   "--device", "cpu", "--limit", "8", "--batch-size", "2", "--grad-accum", "1", "--max-steps", str(STEPS),
                    "--save-steps", "2", "--lora-r", "4", "--out", str(out)])
     wait_for(lambda: run.status().get("last_checkpoint_step", 0) >= 2, proc)
     os.killpg(proc.pid, signal.SIGTERM)  # what a job runner does to stop a job
@@ -62,6 +64,6 @@ def test_sigterm_checkpoints_and_cancels_sigkill_never_completes_and_resumes(tin
         load_model(str(out))
 
     final = train(TrainConfig(), out, resume=True, log=lambda *_: None)
-    assert final["state"] == "completed" and final["step"] == 12
-    assert [r["step"] for r in run.logs()] == list(range(1, 13))
+    assert final["state"] == "completed" and final["step"] == STEPS
+    assert [r["step"] for r in run.logs()] == list(range(1, STEPS + 1))
     assert (out / "artifacts" / "adapter" / "adapter_model.safetensors").is_file()

@@ -39,7 +39,7 @@ REF_SYSTEM_PROMPT = ""  # as published: an empty system turn
 # is the exact one. Two fast paths, each with the band measured for it (bench/bench_scoring.py):
 # - Llama-family models on the CPU: float32 tensors with oneDNN's bf16 arithmetic for the linear
 #   layers (packed path, precision "float32-bf16"); its margins differ from IEEE float32 by at
-#   most 3.3e-6 on 64 RoleBench samples, so a band of 1e-3 leaves a 300x safety factor;
+#   most 4.2e-6 on 64 RoleBench samples, so a band of 1e-3 leaves a >200x safety factor;
 # - any other model or device: a bfloat16 copy of the model; its margins differ by up to ~0.04
 #   (114 RoleBench samples of two roles), hence a band of 0.04.
 FPMATH_RECHECK_BAND = 1e-3
@@ -111,22 +111,29 @@ def _sample_key(sample) -> str:
 
 @dataclass
 class FastPlan:
-    """How the fast mode scores first: which model, at which packed precision, with which band."""
+    """How the first scoring pass runs: the packed precision, the re-check band, and whether it
+    uses a bfloat16 copy of the model (made only when scoring, never for a cache lookup)."""
 
-    model: object
     precision: str
     band: float
     label: str
+    bf16_copy: bool = False
+
+    def model(self, lm: LoadedModel):
+        return _bf16_twin(lm) if self.bf16_copy else lm.model
+
+
+EXACT_PLAN = FastPlan("float32", 0.0, "exact")
 
 
 def fast_plan(lm: LoadedModel, options: ScoreOptions) -> FastPlan:
-    from sarft_core.scoring.engine import packed_runner
+    from sarft_core.scoring.packed import supports
 
-    cpu_fp32 = next(lm.model.parameters()).device.type == "cpu" and next(lm.model.parameters()).dtype == torch.float32
-    if cpu_fp32 and packed_runner(lm.model) is not None:
-        plan = FastPlan(lm.model, "float32-bf16", FPMATH_RECHECK_BAND, "fp32-bf16math")
+    param = next(lm.model.parameters())
+    if param.device.type == "cpu" and param.dtype == torch.float32 and supports(lm.model):
+        plan = FastPlan("float32-bf16", FPMATH_RECHECK_BAND, "fp32-bf16math")
     else:
-        plan = FastPlan(_bf16_twin(lm), "float32", BF16_RECHECK_BAND, "bf16")
+        plan = FastPlan("float32", BF16_RECHECK_BAND, "bf16", bf16_copy=True)
     if options.recheck_band is not None:
         plan.band = options.recheck_band
     return plan
@@ -169,7 +176,7 @@ def _score_chunk(lm, systems, chunk, options, on_progress, should_stop, prefix_c
     ``on_progress(samples)`` gets the chunk's progress in samples, passes averaged (a float).
     """
     enc = encode_passes(lm.tokenizer, systems, chunk, options.max_prompt_tokens, options.max_answer_tokens)
-    plan = fast_plan(lm, options) if options.fast else FastPlan(lm.model, "float32", 0.0, "exact")
+    plan = fast_plan(lm, options) if options.fast else EXACT_PLAN
     budget = batch_tokens(lm, options)
     # fail before the forward pass, with the limit named, rather than be OOM-killed inside it
     check_scoring_batch(lm.model, [max(len(enc.prompt_ids[n][i]) for n in systems) for i in range(len(chunk))],
@@ -180,7 +187,7 @@ def _score_chunk(lm, systems, chunk, options, on_progress, should_stop, prefix_c
     for k, name in enumerate(systems):
         pass_progress = (lambda done, total, k=k: on_progress((k * total + done) / n_passes)) if on_progress else None
         per_pass[name] = score_pass(
-            plan.model, enc.prompt_ids[name], enc.answer_ids, pad, budget, pass_progress, should_stop,
+            plan.model(lm), enc.prompt_ids[name], enc.answer_ids, pad, budget, pass_progress, should_stop,
             prefix_caches.setdefault((plan.label, name), {}), precision=plan.precision,
         ).token_logps
     rechecked = [False] * len(chunk)
