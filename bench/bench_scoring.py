@@ -3,8 +3,9 @@
 Same process, same model (the embedded SmolLM2-135M-Instruct), same 64 samples of a villainous
 RoleBench role. Prints samples/s of both, their ratio, the engine's achieved GFLOP/s against
 this machine's measured matmul peak, max |delta| of each log-prob and the flag agreement,
-for the two passes the flag needs (role, unsafe), for all three (with ref), and for the bf16
-fast mode with its fp32 re-check.
+for the two passes the flag needs (role, unsafe), for all three (with ref), and for the fast
+mode (bf16 arithmetic, then an fp32 re-check near the flag boundary). It also times the fast
+path without its re-check and pure bf16 weights, and prints how far each moves the flag margins.
 
     python bench/bench_scoring.py [--samples 64] [--role "John Doe"] [--json out.json]
 """
