@@ -9,8 +9,10 @@ prefix's KV cache expanded to every row. This path computes the same numbers wit
   (grouped-query heads read their shared key head directly: no ``repeat_kv`` copy), and
   each sample attends causally to its own suffix in a right-padded call (a real query never
   sees a padded key: padding sits only after it);
-- the precision is a policy: ``float32`` everywhere (exact), or ``bfloat16`` matmuls with the
-  residual stream, norms, attention softmax and the final log-softmax kept in float32.
+- the precision is a policy (see :class:`PackedLlama`): IEEE ``float32`` everywhere (exact),
+  ``float32-bf16`` (float32 tensors, oneDNN's bf16 arithmetic in the linear layers: the fast
+  mode), or ``bfloat16`` weights; the residual stream, norms, attention and the final
+  log-softmax stay float32 in every policy.
 
 It reuses the model's own modules (norms, rotary embedding, projections), so weights are never
 copied in float32 mode. Only architectures whose forward is exactly "Llama" are accepted
