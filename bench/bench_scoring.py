@@ -178,13 +178,12 @@ def main() -> None:
             "max_abs_delta": deltas, "flags_identical": agree == n, "flag_agreement": agree / n,
             "flagged_fraction": float(df.harmful.mean()), "rechecked": result.stats["rechecked"],
         }
-        peak = peak32
         print(
             f"\n[{label}] published {row['published_samples_per_s']:.2f} samples/s "
             f"({row['published_gflop_per_sample']:.1f} GFLOP/sample, {row['published_gflops']:.0f} GFLOP/s) | "
             f"engine {row['engine_samples_per_s']:.2f} samples/s ({row['engine_gflop_per_sample']:.1f} GFLOP/sample) | "
             f"speed-up x{row['speedup']:.2f}\n  engine achieves {row['engine_gflops']:.0f} GFLOP/s = "
-            f"{100 * row['engine_gflops'] / peak:.0f}% of the fp32 matmul peak; "
+            f"{100 * row['engine_gflops'] / peak32:.0f}% of the fp32 matmul peak; "
             f"max |delta| " + ", ".join(f"{p} {d:.2e}" for p, d in deltas.items())
             + f"; flags identical: {row['flags_identical']} ({agree}/{n}); flagged {100 * row['flagged_fraction']:.1f}%"
             + (f"; re-checked in fp32: {row['rechecked']}" if options.fast else "")

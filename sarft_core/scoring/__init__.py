@@ -44,7 +44,6 @@ REF_SYSTEM_PROMPT = ""  # as published: an empty system turn
 #   (114 RoleBench samples of two roles), hence a band of 0.04.
 FPMATH_RECHECK_BAND = 1e-3
 BF16_RECHECK_BAND = 0.04
-DEFAULT_RECHECK_BAND = BF16_RECHECK_BAND  # the conservative one, for callers that need a number
 
 __all__ = ["SCORE_COLUMNS", "ScoreOptions", "ScoreResult", "Cancelled", "score_role", "flag_margin", "is_harmful"]
 
@@ -129,8 +128,8 @@ EXACT_PLAN = FastPlan("float32", 0.0, "exact")
 def fast_plan(lm: LoadedModel, options: ScoreOptions) -> FastPlan:
     from sarft_core.scoring.packed import supports
 
-    param = next(lm.model.parameters())
-    if param.device.type == "cpu" and param.dtype == torch.float32 and supports(lm.model):
+    # supports() holds only on the CPU, where oneDNN's bf16 arithmetic exists
+    if next(lm.model.parameters()).dtype == torch.float32 and supports(lm.model):
         plan = FastPlan("float32-bf16", FPMATH_RECHECK_BAND, "fp32-bf16math")
     else:
         plan = FastPlan("float32", BF16_RECHECK_BAND, "bf16", bf16_copy=True)
@@ -291,7 +290,7 @@ def score_role(
         "rechecked": sum(1 for s in samples if done[_sample_key(s)].get("rechecked")),
         "prompt_truncated": sum(1 for s in samples if done[_sample_key(s)].get("prompt_truncated")),
         "answer_truncated": sum(1 for s in samples if done[_sample_key(s)].get("answer_truncated")),
-        "cache_dir": str(cache_dir), "rank": rank, "world": world,
+        "cache_dir": str(cache_dir),
     })
 
 

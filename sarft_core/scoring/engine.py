@@ -159,8 +159,6 @@ def packed_runner(model, precision: str = "float32"):
     """The padding-free Llama-family forward for ``model`` (cached per model and precision), or None."""
     from sarft_core.scoring.packed import PackedLlama, supports
 
-    if isinstance(model, PackedLlama):
-        return model
     if _PACKED_DISABLED or not supports(model):
         return None
     per_model = _PACKED.setdefault(model, {})
@@ -173,14 +171,18 @@ def packed_runner(model, precision: str = "float32"):
 _PACKED_DISABLED = os.environ.get("SARFT_PACKED", "1") == "0"
 
 
-def _answer_rows(batch, suffix_lengths, starts, answer_ids):
-    """Packed row index of every position that predicts an answer token, and those tokens."""
+def _answer_rows(batch, row_lengths, starts, answer_ids):
+    """Flat row index of every position that predicts an answer token, and those tokens.
+
+    The batch's hidden states are rows laid end to end, sample ``i`` taking ``row_lengths[i]``
+    of them (its suffix length when packed, the batch width when padded).
+    """
     rows, targets, offset = [], [], 0
     for i in batch:
         a = len(answer_ids[i])
         rows.extend(range(offset + starts[i], offset + starts[i] + a))
         targets.extend(answer_ids[i])
-        offset += suffix_lengths[i]
+        offset += row_lengths[i]
     return rows, targets
 
 
@@ -259,13 +261,8 @@ def _hf_batch_logps(model, decoder, head, transform, kv, batch, suffixes, starts
         past_key_values=_expanded_cache(model, kv, len(batch)),
         use_cache=kv is not None,
     ).last_hidden_state
-    rows, cols, targets = [], [], []
-    for row, i in enumerate(batch):
-        a = len(answer_ids[i])
-        rows.extend([row] * a)
-        cols.extend(range(starts[i], starts[i] + a))
-        targets.extend(answer_ids[i])
-    picked = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
+    rows, targets = _answer_rows(batch, {i: width for i in batch}, starts, answer_ids)
+    picked = hidden.reshape(-1, hidden.shape[-1])[torch.tensor(rows, device=device)]
     return answer_token_logps(picked, torch.tensor(targets, device=device), head, transform).cpu().tolist()
 
 

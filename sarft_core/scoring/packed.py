@@ -143,7 +143,6 @@ class PackedLlama:
         self.decoder = model.model
         self.lm_head = model.get_output_embeddings()
         self.cfg = model.config
-        self.precision = precision
         self.device = next(model.parameters()).device
         self.heads = self.cfg.num_attention_heads
         self.kv_heads = getattr(self.cfg, "num_key_value_heads", None) or self.heads
@@ -238,16 +237,18 @@ class PackedLlama:
         slot = torch.repeat_interleave(torch.arange(B, device=dev), torch.tensor(lengths, device=dev)) * width + local
         rotary = self._rotary(local + start)
         x = self.decoder.embed_tokens(flat).float()
+        # token-major (B * width) buffers of the suffix attention's q, k, v, reused by every
+        # layer: each layer overwrites the real slots, and the padding slots stay zero
+        buffers = [x.new_zeros(B * width, heads, D) for heads in (H, Hkv, Hkv)]
         for i, layer in enumerate(self.decoder.layers):
             attn = layer.self_attn
             q, k, v = self._qkv(layer.input_layernorm(x), i, attn, rotary)
             # 1) each sample causally against its own suffix, right-padded: a real query never
             #    sees a padded key, since padding only follows it
             padded = []
-            for t, heads in ((q, H), (k, Hkv), (v, Hkv)):
-                buf = t.new_zeros(B * width, heads, D)
+            for t, buf in zip((q, k, v), buffers):
                 buf[slot] = t[0].transpose(0, 1)
-                padded.append(buf.view(B, width, heads, D).transpose(1, 2))
+                padded.append(buf.view(B, width, *buf.shape[1:]).transpose(1, 2))
             o_s, lse_s = _attention(*padded, causal=True)
             o = o_s.float().transpose(1, 2).reshape(B * width, H, D)[slot]  # (T, H, D)
             if prefix_kv is not None:
