@@ -105,6 +105,23 @@ def test_fast_mode_flags_equal_exact(tiny_lm, demo_profiles, demo_samples, score
     assert (fast.frame().harmful == exact.harmful).all()
     loose = score_role(tiny_lm, samples, profile, ScoreOptions(fast=True, recheck_band=0.0)).frame()
     assert (loose.logp_role - exact.logp_role).abs().max() < 0.1  # bf16 is close, not exact
+    assert not loose.logp_role.equals(exact.logp_role)
+
+
+def test_fast_mode_on_the_packed_cpu_path_is_the_exact_path(tiny_lm, demo_profiles, score_cache):
+    """There a bf16 screen with a safe band measured slower than scoring exactly
+    (bench/bench_drift.py), so the fast mode scores exactly and shares the exact cache."""
+    from sarft_core.scoring import fast_plan
+
+    plan = fast_plan(tiny_lm, ScoreOptions(fast=True))
+    assert (plan.precision, plan.band, plan.bf16_copy) == ("float32", 0.0, False)
+    assert fast_plan(tiny_lm, ScoreOptions(fast=True, recheck_band=0.03)).precision == "bfloat16"
+    profile = demo_profiles["Captain Nell Corran"]
+    samples = load_samples(DEMO_SAMPLES, role=profile.name)[:5]
+    exact = score_role(tiny_lm, samples, profile)
+    fast = score_role(tiny_lm, samples, profile, ScoreOptions(fast=True))
+    assert fast.stats["from_cache"] == 5 and fast.stats["path"] == "exact" and fast.stats["rechecked"] == 0
+    assert fast.frame().equals(exact.frame())
 
 
 def test_empty_samples_rejected(tiny_lm, demo_profiles):

@@ -34,15 +34,20 @@ SCORE_COLUMNS = [
 PASSES = ("ref", "role", "unsafe")
 FLAG_PASSES = ("role", "unsafe")
 REF_SYSTEM_PROMPT = ""  # as published: an empty system turn
-# The fast mode scores first at reduced precision, then re-scores in IEEE float32 every sample
-# whose flag margin |s_unsafe - s_role| lies within a band around the boundary, so that its flag
-# is the exact one. Two fast paths, each with the band measured for it (bench/bench_scoring.py):
-# - Llama-family models on the CPU: float32 tensors with oneDNN's bf16 arithmetic for the linear
-#   layers (packed path, precision "float32-bf16"); its margins differ from IEEE float32 by at
-#   most 4.2e-6 on 64 RoleBench samples, so a band of 1e-3 leaves a >200x safety factor;
-# - any other model or device: a bfloat16 copy of the model; its margins differ by up to ~0.04
-#   (114 RoleBench samples of two roles), hence a band of 0.04.
-FPMATH_RECHECK_BAND = 1e-3
+# The fast mode is the fastest way to the exact flags. On models and devices where bfloat16 pays,
+# it scores first at reduced precision, then re-scores in IEEE float32 every sample whose flag
+# margin |s_unsafe - s_role| lies within a band around the boundary, so that its flag is the
+# exact one:
+# - any model on a GPU, or one the packed forward does not cover: a bfloat16 copy of the whole
+#   model; its margins differ by up to ~0.04 (114 RoleBench samples of two roles), hence a band
+#   of 0.04;
+# - Llama-family models on the CPU run the packed forward, whose float32 matmuls use oneDNN at
+#   half its bfloat16 speed. Its bfloat16 screen (bf16 weights and matmul inputs; float32
+#   residual, norms, attention) took 0.69x the exact time but moved margins by up to 0.020 on
+#   384 samples of six RoleBench roles, so a safe band (0.03) sends 34-81% of them back to
+#   float32: 1.0-1.5x the exact time in all (bench/bench_drift.py). The fast mode there is the
+#   exact path; an explicit ``recheck_band`` still asks for the screen.
+PACKED_BF16_RECHECK_BAND = 0.03
 BF16_RECHECK_BAND = 0.04
 
 __all__ = ["SCORE_COLUMNS", "ScoreOptions", "ScoreResult", "Cancelled", "score_role", "flag_margin", "is_harmful"]
@@ -128,14 +133,12 @@ EXACT_PLAN = FastPlan("float32", 0.0, "exact")
 def fast_plan(lm: LoadedModel, options: ScoreOptions) -> FastPlan:
     from sarft_core.scoring.packed import supports
 
-    # supports() holds only on the CPU, where oneDNN's bf16 arithmetic exists
     if next(lm.model.parameters()).dtype == torch.float32 and supports(lm.model):
-        plan = FastPlan("float32-bf16", FPMATH_RECHECK_BAND, "fp32-bf16math")
-    else:
-        plan = FastPlan("float32", BF16_RECHECK_BAND, "bf16", bf16_copy=True)
-    if options.recheck_band is not None:
-        plan.band = options.recheck_band
-    return plan
+        if options.recheck_band is None:
+            return FastPlan("float32", 0.0, "exact")  # measured faster than the screen + re-check
+        return FastPlan("bfloat16", options.recheck_band, "packed-bf16")
+    band = BF16_RECHECK_BAND if options.recheck_band is None else options.recheck_band
+    return FastPlan("float32", band, "bf16", bf16_copy=True)
 
 
 def batch_tokens(lm: LoadedModel, options: ScoreOptions) -> int:
@@ -147,11 +150,9 @@ def batch_tokens(lm: LoadedModel, options: ScoreOptions) -> int:
 
 def _cache_dir(lm: LoadedModel, profile: RoleProfile, options: ScoreOptions) -> Path:
     template = getattr(lm.tokenizer, "chat_template", None) or ""
-    if options.fast:
-        plan = fast_plan(lm, options)
-        mode = f"fast-{plan.label}-recheck{plan.band}"
-    else:
-        mode = str(lm.dtype)
+    plan = fast_plan(lm, options) if options.fast else EXACT_PLAN
+    # a fast plan that is the exact path shares the exact scores' cache
+    mode = str(lm.dtype) if plan.label == EXACT_PLAN.label else f"fast-{plan.label}-recheck{plan.band}"
     key = _hash(
         "rds-v1", lm.fingerprint, mode, profile.role_prompt, profile.unsafe_prompt, REF_SYSTEM_PROMPT,
         options.max_prompt_tokens, options.max_answer_tokens, template,
@@ -190,7 +191,7 @@ def _score_chunk(lm, systems, chunk, options, on_progress, should_stop, prefix_c
             prefix_caches.setdefault((plan.label, name), {}), precision=plan.precision,
         ).token_logps
     rechecked = [False] * len(chunk)
-    if options.fast and plan.band > 0:
+    if plan.band > 0:
         near = [
             i for i in range(len(chunk))
             if abs(reduce_logps(per_pass["unsafe"][i], options.normalise) - reduce_logps(per_pass["role"][i], options.normalise)) <= plan.band
@@ -288,6 +289,7 @@ def score_role(
     return _assemble(samples, done, systems, options, stats={
         "samples": total, "from_cache": from_cache, "scored": fresh, "seconds": time.time() - started,
         "rechecked": sum(1 for s in samples if done[_sample_key(s)].get("rechecked")),
+        "path": (fast_plan(lm, options) if options.fast else EXACT_PLAN).label,
         "prompt_truncated": sum(1 for s in samples if done[_sample_key(s)].get("prompt_truncated")),
         "answer_truncated": sum(1 for s in samples if done[_sample_key(s)].get("answer_truncated")),
         "cache_dir": str(cache_dir),

@@ -120,16 +120,23 @@ def _final_logit_transform(model):
 
 
 def answer_token_logps(hidden: torch.Tensor, targets: torch.Tensor, head, transform, chunk_rows: int = 1024) -> torch.Tensor:
-    """log p(target) for each row of ``hidden`` (rows x d), via the LM head on those rows only."""
+    """log p(target) for each row of ``hidden`` (rows x d), via the LM head on those rows only.
+
+    The log-softmax overwrites each block of logits in place (no second rows x vocab tensor).
+    """
     out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.shape[0], chunk_rows):
         h = hidden[start : start + chunk_rows]
         logits = transform(head(h)).float()
         t = targets[start : start + chunk_rows]
-        # log_softmax + gather measured faster here than logsumexp on (rows x vocab) blocks, and
-        # than writing logits and log-probs into buffers reused across batches
-        out[start : start + chunk_rows] = torch.log_softmax(logits, dim=-1).gather(1, t[:, None]).squeeze(1)
+        logp = torch._log_softmax(logits, -1, False, out=logits)
+        out[start : start + chunk_rows] = logp.gather(1, t[:, None]).squeeze(1)
     return out
+
+
+# rows per LM-head block on the packed CPU path: 128 rows x 49k vocabulary (25 MB of logits)
+# measured faster than 256 to 1024 rows (blocks that stay off fresh memory maps)
+PACKED_HEAD_ROWS = 128
 
 
 @torch.no_grad()
@@ -233,7 +240,7 @@ def score_pass(
             hidden = packed.hidden([suffixes[i] for i in batch], kv, shared)
             rows, targets = _answer_rows(batch, lengths, starts, answer_ids)
             picked = hidden[torch.tensor(rows, device=device)]
-            logps = answer_token_logps(picked, torch.tensor(targets, device=device), packed.head, lambda x: x).cpu().tolist()
+            logps = answer_token_logps(picked, torch.tensor(targets, device=device), packed.head, lambda x: x, PACKED_HEAD_ROWS).cpu().tolist()
         else:
             logps = _hf_batch_logps(model, decoder, head, transform, kv, batch, suffixes, starts, answer_ids, pad_id, shared, device)
         offset = 0
