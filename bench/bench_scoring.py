@@ -2,10 +2,10 @@
 
 Same process, same model (the embedded SmolLM2-135M-Instruct), same 64 samples of a villainous
 RoleBench role. Prints samples/s of both, their ratio, the engine's achieved GFLOP/s against
-this machine's measured matmul peak, max |delta| of each log-prob and the flag agreement,
-for the two passes the flag needs (role, unsafe), for all three (with ref), and for the fast
-mode (bf16 arithmetic, then an fp32 re-check near the flag boundary). It also times the fast
-path without its re-check and pure bf16 weights, and prints how far each moves the flag margins.
+this machine's fp32 matmul peak (the best of MKL and oneDNN), max |delta| of each log-prob and
+the flag agreement, for the two passes the flag needs (role, unsafe), for all three (with ref),
+and for the fast mode. For the record it also times the engine with MKL's GEMM instead of
+oneDNN's, the bf16 screen alone, and the bf16 screen with its fp32 re-check band.
 
     python bench/bench_scoring.py [--samples 64] [--role "John Doe"] [--json out.json]
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,24 +27,39 @@ sys.path.insert(0, str(ROOT))
 from sarft_core.chat import encode  # noqa: E402
 from sarft_core.data import get_profile, load_profiles, load_samples  # noqa: E402
 from sarft_core.models import load_model  # noqa: E402
-from sarft_core.scoring import ScoreOptions, score_role  # noqa: E402
-from sarft_core.scoring.engine import common_prefix_len, score_pass  # noqa: E402
+import sarft_core.scoring.engine as engine  # noqa: E402
+from sarft_core.scoring import PACKED_BF16_RECHECK_BAND, ScoreOptions, score_role  # noqa: E402
+from sarft_core.scoring.engine import common_prefix_len  # noqa: E402
 from sarft_core.scoring.published import published_logps  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 
 
-def matmul_peak(dtype, n=2048, repeats=6) -> float:
-    """Best GFLOP/s of an n x n x n matmul in this process (the machine's practical peak)."""
+def matmul_peak(dtype, n=2048, repeats=6, backend="torch") -> float:
+    """Best GFLOP/s of an n x n x n matmul in this process: ``torch.mm`` (MKL for float32 on
+    the CPU) or ``onednn`` (oneDNN's inner product on a weight reordered once, as the engine runs)."""
     a = torch.randn(n, n, dtype=dtype)
     b = torch.randn(n, n, dtype=dtype)
-    torch.mm(a, b)
+    if backend == "onednn":
+        w = torch.ops.mkldnn._reorder_linear_weight(b, n)
+        run = lambda: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")  # noqa: E731
+    else:
+        run = lambda: torch.mm(a, b)  # noqa: E731
+    run()
     best = 0.0
     for _ in range(repeats):
         t = time.perf_counter()
-        torch.mm(a, b)
+        run()
         best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
     return best
+
+
+def fp32_peak() -> tuple[float, dict]:
+    """The machine's float32 matmul peak: the best of MKL (torch.mm) and oneDNN."""
+    found = {"mkl": matmul_peak(torch.float32)}
+    if torch.backends.mkldnn.is_available():
+        found["onednn"] = matmul_peak(torch.float32, backend="onednn")
+    return max(found.values()), found
 
 
 def layer_params(model) -> int:
@@ -105,9 +121,9 @@ def main() -> None:
     n = len(samples)
     tok = lm.tokenizer
     print(f"model {lm.spec}, role {profile.name}, {n} samples, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    peak32 = matmul_peak(torch.float32)
-    peak16 = matmul_peak(torch.bfloat16)
-    print(f"matmul peak here: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s")
+    peak32, peaks = fp32_peak()
+    peak16 = matmul_peak(torch.bfloat16, backend="onednn" if "onednn" in peaks else "torch")
+    print("fp32 matmul peak here: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()) + f" GFLOP/s (the best counts); bf16 {peak16:.0f} GFLOP/s")
 
     systems = {"role": profile.role_prompt, "unsafe": profile.unsafe_prompt, "ref": ""}
     enc = {k: [encode(tok, s, x.input, x.output) for x in samples] for k, s in systems.items()}
@@ -122,8 +138,7 @@ def main() -> None:
     score_role(lm, samples[:8], profile, ScoreOptions(passes=("role", "unsafe"), fast=True), use_cache=False)
 
     repeats = args.repeats
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    score_pass(lm.model, prompts["role"][:8], answers[:8], pad, 2048, precision="bfloat16")
+    score_role(lm, samples[:8], profile, ScoreOptions(passes=("role", "unsafe"), fast=True, recheck_band=0.0), use_cache=False)
     pub, t_pub = {}, {k: math.inf for k in ("role", "unsafe", "ref")}
     engine_runs: dict = {}
 
@@ -136,19 +151,21 @@ def main() -> None:
     configs = {
         "two": ScoreOptions(passes=("role", "unsafe")),
         "three": ScoreOptions(),
-        "fast-raw": ScoreOptions(passes=("role", "unsafe"), fast=True, recheck_band=0.0),
         "fast": ScoreOptions(passes=("role", "unsafe"), fast=True),
+        "screen": ScoreOptions(passes=("role", "unsafe"), fast=True, recheck_band=PACKED_BF16_RECHECK_BAND),
+        "screen-raw": ScoreOptions(passes=("role", "unsafe"), fast=True, recheck_band=0.0),
     }
-    bf16_runs: list = []
 
-    def run_bf16():
-        """Pure bfloat16 weights and matmuls (packed precision "bfloat16"), no re-check: for the record."""
-        t0 = time.perf_counter()
-        means = {}
-        for p in ("role", "unsafe"):
-            got = score_pass(lm.model, prompts[p], answers, pad, 2048, prefix_kv_cache={}, precision="bfloat16").token_logps
-            means[p] = [sum(x) / len(x) for x in got]
-        bf16_runs.append((means, time.perf_counter() - t0))
+    def run_mkl():
+        """The engine with oneDNN off (``F.linear``, MKL's GEMM): how much of the gain is the kernel."""
+        os.environ["SARFT_ONEDNN"] = "0"
+        engine._PACKED.clear()
+        try:
+            run_engine("two-mkl", configs["two"])
+        finally:
+            os.environ.pop("SARFT_ONEDNN")
+            engine._PACKED.clear()
+
     # interleave the published scorer and the engine and keep each one's best time, so that a
     # burst of load from other processes cannot favour either side
     for _ in range(repeats):
@@ -157,9 +174,9 @@ def main() -> None:
             t_pub[k] = min(t_pub[k], t)
             if k == "unsafe":
                 run_engine("two", configs["two"])
-        for label in ("three", "fast-raw", "fast"):
+        for label in ("three", "fast", "screen", "screen-raw"):
             run_engine(label, configs[label])
-        run_bf16()
+        run_mkl()
     report = {"samples": n, "role": profile.name, "peak_fp32_gflops": peak32, "peak_bf16_gflops": peak16, "repeats": repeats}
 
     def compare(label, passes, options, key):
@@ -194,27 +211,26 @@ def main() -> None:
     report["three_passes"], _ = compare("three passes (ref, role, unsafe), fp32", ("role", "unsafe", "ref"), configs["three"], "three")
     t_two_pub = sum(t_pub[p] for p in ("role", "unsafe"))
     exact_margin = exact2.logp_unsafe - exact2.logp_role
-    raw_df = engine_runs["fast-raw"][0].frame()
+    mkl_t = engine_runs["two-mkl"][1]
+    print(f"\nengine with MKL's GEMM instead of oneDNN (SARFT_ONEDNN=0), two passes: x{t_two_pub / mkl_t:.2f} vs published; "
+          f"oneDNN makes the engine {mkl_t / engine_runs['two'][1]:.2f}x faster")
+    report["two_passes_mkl_speedup"] = t_two_pub / mkl_t
+    raw_df = engine_runs["screen-raw"][0].frame()
     drift = ((raw_df.logp_unsafe - raw_df.logp_role) - exact_margin).abs()
     flips = int((raw_df.harmful != exact2.harmful).sum())
-    print(f"\nfast path without re-check (fp32 tensors, oneDNN bf16 arithmetic): x{t_two_pub / engine_runs['fast-raw'][1]:.2f} vs published, "
-          f"max |delta margin| vs fp32 {drift.max():.2e}, flags flipped {flips}/{n}")
-    report["fast_raw_speedup"] = t_two_pub / engine_runs["fast-raw"][1]
-    report["fast_raw_margin_drift_max"] = float(drift.max())
-    report["fast_raw_flips"] = flips
-    means, t_bf16 = min(bf16_runs, key=lambda r: r[1])
-    bf16_margin = [u - r for u, r in zip(means["unsafe"], means["role"])]
-    bdrift = max(abs(b - e) for b, e in zip(bf16_margin, exact_margin))
-    bflips = sum((b > 0) != h for b, h in zip(bf16_margin, exact2.harmful))
-    print(f"pure bf16 weights, no re-check: x{t_two_pub / t_bf16:.2f} vs published, max |delta margin| vs fp32 {bdrift:.4f}, flags flipped {bflips}/{n}")
-    report["bf16_raw_speedup"] = t_two_pub / t_bf16
-    report["bf16_margin_drift_max"] = bdrift
-    report["bf16_flips_without_recheck"] = int(bflips)
-    report["fast_two_passes"], fast_df = compare("fast mode: bf16 arithmetic + fp32 re-check, two passes", ("role", "unsafe"), configs["fast"], "fast")
-    same = bool((fast_df.harmful == exact2.harmful).all())
-    print(f"  fast-mode flags identical to the fp32 engine's: {same}")
+    print(f"bf16 screen alone (packed, bf16 weights, no re-check): x{t_two_pub / engine_runs['screen-raw'][1]:.2f} vs published, "
+          f"max |delta margin| vs fp32 {drift.max():.4f}, flags flipped {flips}/{n}")
+    report["bf16_screen_raw_speedup"] = t_two_pub / engine_runs["screen-raw"][1]
+    report["bf16_margin_drift_max"] = float(drift.max())
+    report["bf16_flips_without_recheck"] = flips
+    report["bf16_screen_two_passes"], screen_df = compare(
+        f"bf16 screen + fp32 re-check within {PACKED_BF16_RECHECK_BAND}, two passes", ("role", "unsafe"), configs["screen"], "screen")
+    report["fast_two_passes"], fast_df = compare(
+        f"fast mode (--dtype bfloat16; path: {engine_runs['fast'][0].stats['path']}), two passes", ("role", "unsafe"), configs["fast"], "fast")
+    same = bool((fast_df.harmful == exact2.harmful).all()) and bool((screen_df.harmful == exact2.harmful).all())
+    print(f"  fast-mode and screen flags identical to the fp32 engine's: {same}")
     report["fast_flags_identical_to_fp32"] = same
-    print(f"\nmatmul peak re-measured at the end: fp32 {matmul_peak(torch.float32):.0f} GFLOP/s (start: {peak32:.0f})")
+    print(f"\nfp32 matmul peak re-measured at the end: {fp32_peak()[0]:.0f} GFLOP/s (start: {peak32:.0f})")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
 

@@ -162,23 +162,97 @@ def test_flash_attention_op_matches_the_written_out_reference(causal):
 
 def test_exact_path_stays_ieee_under_a_global_bf16_setting():
     """torch.set_float32_matmul_precision("medium") means bf16 arithmetic on CPUs that have it;
-    the packed forward's strict context keeps IEEE float32 regardless."""
-    from sarft_core.scoring.packed import _fp32_matmul_precision
+    the packed forward's IEEE context keeps float32 regardless, and nested or concurrent
+    contexts restore the global setting only when the last one leaves."""
+    import threading
+
+    from sarft_core.scoring.packed import ieee_matmuls
 
     torch.manual_seed(0)
     x, w = torch.randn(512, 576), torch.randn(1536, 576)
     exact = torch.nn.functional.linear(x, w)
     before = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("medium")
+    backend = torch.backends.mkldnn.matmul
     try:
+        medium = backend.fp32_precision
         loose = torch.nn.functional.linear(x, w)
-        with _fp32_matmul_precision("ieee"):
+        inside, entered, release = [], threading.Event(), threading.Event()
+
+        def other():
+            with ieee_matmuls():
+                entered.set()
+                release.wait(10)
+                inside.append(backend.fp32_precision)
+
+        t = threading.Thread(target=other)
+        t.start()
+        entered.wait(10)
+        with ieee_matmuls():
             strict = torch.nn.functional.linear(x, w)
-        with _fp32_matmul_precision("bf16"):
-            fast = torch.nn.functional.linear(x, w)
+        assert backend.fp32_precision == "ieee"  # the other scorer is still inside
+        release.set()
+        t.join()
+        assert inside == ["ieee"] and backend.fp32_precision == medium
     finally:
         torch.set_float32_matmul_precision(before)
     assert torch.equal(strict, exact)
     if torch.equal(loose, exact):
         pytest.skip("this CPU has no bf16 matmuls: the global setting changes nothing here")
-    assert torch.equal(fast, loose) and (fast - exact).abs().max() < 1e-2
+    assert (loose - exact).abs().max() < 1e-2
+
+
+def _three_passes(tiny_lm, demo_profiles, demo_samples):
+    profile = demo_profiles["Baron Vex Morrow"]
+    systems = {"ref": "", "role": profile.role_prompt, "unsafe": profile.unsafe_prompt}
+    return encode_passes(tiny_lm.tokenizer, systems, demo_samples[:14])
+
+
+def test_worker_pool_gives_the_single_worker_results_bit_for_bit(tiny_lm, demo_profiles, demo_samples, monkeypatch):
+    import threading
+
+    from sarft_core.scoring.engine import score_passes, scoring_workers
+
+    enc = _three_passes(tiny_lm, demo_profiles, demo_samples)
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("SARFT_SCORING_WORKERS", "1")
+    one = score_passes(tiny_lm.model, enc.prompt_ids, enc.answer_ids, 0, 64)
+    monkeypatch.setenv("SARFT_SCORING_WORKERS", "3")
+    assert scoring_workers(tiny_lm.model, 20) == 3 and scoring_workers(tiny_lm.model, 2) == 2
+    seen = []
+    pool = score_passes(tiny_lm.model, enc.prompt_ids, enc.answer_ids, 0, 64,
+                        progress=lambda done, total: seen.append((done, total, threading.current_thread() is threading.main_thread())))
+    assert {k: v.token_logps for k, v in pool.items()} == {k: v.token_logps for k, v in one.items()}
+    assert seen[-1][:2] == (42, 42) and [d for d, _, _ in seen] == sorted(d for d, _, _ in seen)
+    assert all(on_main for _, _, on_main in seen)  # progress is reported on the calling thread
+    assert torch.get_num_threads() == threads
+    # the generic Hugging Face path and GPUs keep one worker
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    assert scoring_workers(GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2)), 20) == 1
+
+
+def test_worker_pool_cancels_and_passes_on_errors(tiny_lm, demo_profiles, demo_samples, monkeypatch):
+    from sarft_core.scoring.engine import Cancelled, score_passes
+
+    enc = _three_passes(tiny_lm, demo_profiles, demo_samples)
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("SARFT_SCORING_WORKERS", "2")
+    calls = []
+    with pytest.raises(Cancelled):
+        score_passes(tiny_lm.model, enc.prompt_ids, enc.answer_ids, 0, 64, should_stop=lambda: bool(calls.append(1)) or len(calls) > 2)
+    assert torch.get_num_threads() == threads
+    runner = packed_runner(tiny_lm.model)
+    real = runner.hidden
+    count = []
+
+    def flaky(*args, **kwargs):
+        count.append(1)
+        if len(count) == 3:
+            raise MemoryError("out of memory in a worker")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "hidden", flaky)
+    with pytest.raises(MemoryError, match="in a worker"):
+        score_passes(tiny_lm.model, enc.prompt_ids, enc.answer_ids, 0, 64)
+    assert torch.get_num_threads() == threads

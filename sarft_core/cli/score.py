@@ -17,7 +17,7 @@ def register(subparsers) -> None:
     add_model_args(p)
     p.add_argument("--out", required=True, help="output file (.jsonl, .parquet or .csv)")
     p.add_argument("--normalise", default="mean", choices=["mean", "sum"], help="per-token mean (as published) or sum of answer log-probs")
-    p.add_argument("--batch-tokens", type=int, default=None, help="token budget of one forward batch (default: 2048 on the CPU, 16384 on a GPU)")
+    p.add_argument("--batch-tokens", type=int, default=None, help="token budget of one forward batch (default: 1024 on the CPU, 16384 on a GPU)")
     p.add_argument("--recheck-band", type=float, default=None, help="fast mode: re-score in fp32 samples whose |s_unsafe - s_role| is within this band (0 disables). Default: 0.04 with a bf16 copy of the model; Llama-family models on the CPU score exactly, which measured faster there than a bf16 screen with its 0.03 band, unless a band is given")
     p.add_argument("--no-cache", action="store_true", help="ignore cached scores and compute afresh")
     p.add_argument("--with-tokens", action="store_true", help="also write OUT.tokens.jsonl with per-token log-ratios (unsafe - role)")

@@ -104,27 +104,36 @@ PRECISIONS = ("float32", "bfloat16")
 PREPACK_MAX_BYTES = 2 << 30
 
 
-_PRECISION_LOCK = threading.RLock()
+_PRECISION_LOCK = threading.Lock()
+_ieee_users = 0
+_ieee_saved: str | None = None
 
 
 @contextmanager
-def _fp32_matmul_precision(mode: str):
-    """oneDNN's float-math mode for float32 matmuls ("ieee" or "bf16"), restored afterwards.
+def ieee_matmuls():
+    """IEEE float32 matmuls inside (oneDNN's ``fp32_precision`` = "ieee"), even under a global
+    ``torch.set_float32_matmul_precision("medium")`` (which on CPUs with bf16 means bf16 math).
 
-    The switch is process-global (it also steers the CPU flash-attention kernel), so it is held
-    under a lock: a thread scoring exactly never runs while another has it set to bf16.
+    The switch is process-global, so concurrent scorers share one override: the first to enter
+    sets it, the last to leave restores what was there before.
     """
+    global _ieee_users, _ieee_saved
     backend = getattr(torch.backends.mkldnn, "matmul", None)
     if backend is None or not hasattr(backend, "fp32_precision"):  # an older torch: plain float32
         yield
         return
     with _PRECISION_LOCK:
-        before = backend.fp32_precision
-        backend.fp32_precision = mode
-        try:
-            yield
-        finally:
-            backend.fp32_precision = before
+        if _ieee_users == 0:
+            _ieee_saved = backend.fp32_precision
+            backend.fp32_precision = "ieee"
+        _ieee_users += 1
+    try:
+        yield
+    finally:
+        with _PRECISION_LOCK:
+            _ieee_users -= 1
+            if _ieee_users == 0:
+                backend.fp32_precision = _ieee_saved
 
 
 def _onednn_linear_op():
@@ -228,7 +237,7 @@ class PackedLlama:
     def _strict(self):
         """IEEE float32 for everything not explicitly switched, even under a global
         ``torch.set_float32_matmul_precision("medium")`` (which on the CPU means bf16)."""
-        return _fp32_matmul_precision("ieee") if self.device.type == "cpu" else nullcontext()
+        return ieee_matmuls() if self.device.type == "cpu" else nullcontext()
 
     @torch.no_grad()
     def prefix(self, ids: Sequence[int]):
