@@ -183,16 +183,18 @@ class PackedLlama:
         self._weights = self._matmul_weights()
 
     def _matmul_weights(self) -> dict:
-        """The weight each linear module multiplies with: the module's own, a bfloat16 copy,
-        and on the CPU reordered once into oneDNN's blocked layout."""
+        """The weight each linear module multiplies with: the module's own (in its own dtype)
+        or, in the bfloat16 policy, a bfloat16 copy; on the CPU reordered once into oneDNN's
+        blocked layout (float32 copies only up to PREPACK_MAX_BYTES)."""
         mods = [getattr(getattr(layer, part), n) for layer in self.decoder.layers for part, names in self._PROJECTIONS for n in names]
         mods.append(self.lm_head)
-        copy_bytes = sum(m.weight.numel() for m in mods) * torch.finfo(self.dtype).bits // 8
-        reorder = self._op is not None and (self.dtype != torch.float32 or copy_bytes <= PREPACK_MAX_BYTES)
+        target = {m: torch.bfloat16 if self.dtype == torch.bfloat16 else m.weight.dtype for m in mods}
+        copy_bytes = sum(m.weight.numel() * target[m].itemsize for m in mods if target[m] == m.weight.dtype)
+        reorder = self._op is not None and copy_bytes <= PREPACK_MAX_BYTES
         weights = {}
         for m in mods:
-            w = m.weight.detach().to(self.dtype)
-            if reorder:
+            w = m.weight.detach().to(target[m])
+            if reorder and w.dtype in (torch.float32, torch.bfloat16):
                 try:
                     w = torch.ops.mkldnn._reorder_linear_weight(w, 2048)
                 except (RuntimeError, AttributeError):  # a torch without it: the plain layout
@@ -202,11 +204,13 @@ class PackedLlama:
 
     # -- pieces ------------------------------------------------------------------------------
     def _dense(self, x, mod):
-        """``mod(x)`` in this policy's precision (bfloat16 out of a bfloat16 matmul)."""
+        """``mod(x)`` in this policy's precision: the module's dtype, or bfloat16 out of a
+        bfloat16 matmul."""
         w = self._weights[mod]
-        x = x.to(self.dtype)
-        bias = mod.bias if self.dtype == torch.float32 else None
-        if self._op is not None:
+        dtype = torch.bfloat16 if self.dtype == torch.bfloat16 else mod.weight.dtype
+        x = x.to(dtype)
+        bias = mod.bias if mod.bias is not None and mod.bias.dtype == dtype else None
+        if self._op is not None and dtype in (torch.float32, torch.bfloat16):
             y = self._op(x.contiguous(), w, bias, "none", [], "")
         else:
             y = F.linear(x, w, bias)
