@@ -77,7 +77,7 @@ def main() -> None:
         all_drift += drift
         all_exact += exact
     worst = max(all_drift)
-    print(f"\nall {len(all_drift)} samples: max |delta margin| {worst:.4f}; band in use {PACKED_BF16_RECHECK_BAND} "
+    print(f"\nall {len(all_drift)} samples: max |delta margin| {worst:.4f}; the screen's band {PACKED_BF16_RECHECK_BAND} "
           f"= {PACKED_BF16_RECHECK_BAND / worst:.1f}x the largest drift; exact margins within the band: "
           f"{100 * sum(abs(m) <= PACKED_BF16_RECHECK_BAND for m in all_exact) / len(all_exact):.0f}%")
     if args.json:
