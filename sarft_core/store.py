@@ -233,7 +233,12 @@ def create_run(kind: str, config: dict, path: str | Path | None = None, name: st
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = runs_root() / f"{stamp}-{_slug(name or kind)}-{uuid.uuid4().hex[:4]}"
     run = RunDir(Path(path))
-    run.path.mkdir(parents=True, exist_ok=True)
+    if run.path.exists() and not run.path.is_dir():
+        raise SarftError(f"{run.path} is a file, not a run directory", "give --out a directory path (new or a run to resume)")
+    try:
+        run.path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SarftError(f"could not create the run directory {run.path}: {exc.strerror or exc}", "choose another output directory") from exc
     atomic_write_json(run.config_path, dict(config, kind=kind))
     if not run.status_path.exists():
         run.set_status("created", created=time.time())

@@ -200,7 +200,7 @@ def test_regressions_found_by_fuzzing(fuzz_dir):
     from sarft_core.cli import main
 
     assert main(["eval", "--threads", "-1", "--model", NO_MODEL]) == 2  # was RuntimeError from torch.set_num_threads
-    from sarft_core.store import read_table
+    from sarft_core.store import create_run, read_table
 
     ints = fuzz_dir / "ints.jsonl"
     ints.write_text("{\"role\": \"r\", \"x\": 1}\n5\n")
@@ -208,6 +208,12 @@ def test_regressions_found_by_fuzzing(fuzz_dir):
         read_table(ints)  # was TypeError from pandas (crashed `report` on a folder holding such a file)
     for missing in ("0.JSONL", str(fuzz_dir)):  # was FileNotFoundError / IsADirectoryError
         assert main(["eval", "--suite", "probes", "--probes", missing, "--model", NO_MODEL, "--out", str(fuzz_dir / "ev")]) == 2
+    a_file = fuzz_dir / "in.jsonl"
+    a_file.write_text("{}\n")
+    with pytest.raises(SarftError, match="is a file, not a run directory"):
+        create_run("eval", {}, path=a_file)  # was FileExistsError from mkdir (eval --out FILE)
+    with pytest.raises(SarftError, match="could not create the run directory"):
+        create_run("eval", {}, path=a_file / "run")  # was NotADirectoryError
 
 
 # --- role profiles --------------------------------------------------------------------------
