@@ -120,6 +120,8 @@ def resolve_model_dir(spec: str | None) -> tuple[str, Path | str, str]:
         out = cache_root() / "models" / "smollm2-135m-instruct"
         convert_gguf(gguf, out)
         return DEFAULT_MODEL, out, "embedded-smollm2-" + _file_fingerprint(gguf)
+    if "\x00" in spec:
+        raise SarftError("the model name contains a NUL character", "give a hub id, a local model directory or a .gguf file")
     path = Path(os.path.expanduser(spec))
     if spec.lower().endswith(".gguf"):
         if not path.is_file():
@@ -218,7 +220,7 @@ def load_model(
 
 def _training_run_dir(spec: str | None) -> Path | None:
     """A training run directory (config.json with kind=train beside status.json), or None."""
-    if not spec:
+    if not spec or "\x00" in spec:
         return None
     path = Path(os.path.expanduser(spec))
     if not (path / "status.json").is_file() or not (path / "config.json").is_file():

@@ -214,6 +214,10 @@ def test_regressions_found_by_fuzzing(fuzz_dir):
         create_run("eval", {}, path=a_file)  # was FileExistsError from mkdir (eval --out FILE)
     with pytest.raises(SarftError, match="could not create the run directory"):
         create_run("eval", {}, path=a_file / "run")  # was NotADirectoryError
+    from sarft_core.models import resolve_model_dir
+
+    with pytest.raises(SarftError, match="NUL"):
+        resolve_model_dir("~\x00")  # was ValueError (embedded null byte) from expanduser
 
 
 # --- role profiles --------------------------------------------------------------------------

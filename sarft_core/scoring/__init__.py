@@ -69,7 +69,7 @@ class ScoreOptions:
     max_prompt_tokens: int = MAX_PROMPT_TOKENS
     max_answer_tokens: int = MAX_ANSWER_TOKENS
     max_batch_tokens: int | None = None  # None: 1024 on the CPU, 16384 on a GPU
-    fast: bool = False  # score at reduced precision, re-score in fp32 the samples near the flag boundary
+    fast: bool = False  # the fastest path to the exact flags (fast_plan): a bf16 screen + fp32 re-check, or the exact path
     recheck_band: float | None = None  # None: the band measured for the fast path in use
     chunk_size: int = 64  # samples finished (and cached) together
 
