@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--model", default="", help="base model: hub id, local directory or .gguf (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--exact", action="store_true", help="score in IEEE fp32 everywhere (default: the fast mode; on the CPU, Llama-family models score exactly anyway, elsewhere a bf16 copy is re-checked in fp32 near the boundary)")
-    p.add_argument("--batch-tokens", type=int, default=None, help="token budget of one scoring batch (default: 2048 on the CPU, 16384 on a GPU)")
+    p.add_argument("--batch-tokens", type=int, default=None, help="token budget of one scoring batch (default: 1024 on the CPU, 16384 on a GPU)")
     p.add_argument("--traits", dest="trait_source", default="default", choices=["default", "openai", "csv"], help="trait source (see `traits`)")
     p.add_argument("--traits-csv", default="", help="annotations for --traits csv")
     p.add_argument("--train-args", default="", help="full mode: extra arguments for `train`, e.g. \"--max-steps 20\"")

@@ -113,7 +113,7 @@ def _sample_key(sample) -> str:
     return _hash(sample.input, sample.output)[:24]
 
 
-@dataclass
+@dataclass(frozen=True)
 class FastPlan:
     """How the first scoring pass runs: the packed precision, the re-check band, and whether it
     uses a bfloat16 copy of the model (made only when scoring, never for a cache lookup)."""
@@ -135,10 +135,15 @@ def fast_plan(lm: LoadedModel, options: ScoreOptions) -> FastPlan:
 
     if next(lm.model.parameters()).dtype == torch.float32 and supports(lm.model):
         if options.recheck_band is None:
-            return FastPlan("float32", 0.0, "exact")  # measured faster than the screen + re-check
+            return EXACT_PLAN  # measured faster than the screen + re-check
         return FastPlan("bfloat16", options.recheck_band, "packed-bf16")
     band = BF16_RECHECK_BAND if options.recheck_band is None else options.recheck_band
     return FastPlan("float32", band, "bf16", bf16_copy=True)
+
+
+def scoring_plan(lm: LoadedModel, options: ScoreOptions) -> FastPlan:
+    """The plan a scoring run follows: the fast plan in fast mode, else the exact one."""
+    return fast_plan(lm, options) if options.fast else EXACT_PLAN
 
 
 def batch_tokens(lm: LoadedModel, options: ScoreOptions) -> int:
@@ -151,9 +156,9 @@ def batch_tokens(lm: LoadedModel, options: ScoreOptions) -> int:
 
 def _cache_dir(lm: LoadedModel, profile: RoleProfile, options: ScoreOptions) -> Path:
     template = getattr(lm.tokenizer, "chat_template", None) or ""
-    plan = fast_plan(lm, options) if options.fast else EXACT_PLAN
+    plan = scoring_plan(lm, options)
     # a fast plan that is the exact path shares the exact scores' cache
-    mode = str(lm.dtype) if plan.label == EXACT_PLAN.label else f"fast-{plan.label}-recheck{plan.band}"
+    mode = str(lm.dtype) if plan is EXACT_PLAN else f"fast-{plan.label}-recheck{plan.band}"
     key = _hash(
         "rds-v1", lm.fingerprint, mode, profile.role_prompt, profile.unsafe_prompt, REF_SYSTEM_PROMPT,
         options.max_prompt_tokens, options.max_answer_tokens, template,
@@ -177,7 +182,7 @@ def _score_chunk(lm, systems, chunk, options, on_progress, should_stop, prefix_c
     ``on_progress(samples)`` gets the chunk's progress in samples, passes averaged (a float).
     """
     enc = encode_passes(lm.tokenizer, systems, chunk, options.max_prompt_tokens, options.max_answer_tokens)
-    plan = fast_plan(lm, options) if options.fast else EXACT_PLAN
+    plan = scoring_plan(lm, options)
     budget = batch_tokens(lm, options)
     # fail before the forward pass, with the limit named, rather than be OOM-killed inside it
     check_scoring_batch(lm.model, [max(len(enc.prompt_ids[n][i]) for n in systems) for i in range(len(chunk))],
@@ -289,7 +294,7 @@ def score_role(
     return _assemble(samples, done, systems, options, stats={
         "samples": total, "from_cache": from_cache, "scored": fresh, "seconds": time.time() - started,
         "rechecked": sum(1 for s in samples if done[_sample_key(s)].get("rechecked")),
-        "path": (fast_plan(lm, options) if options.fast else EXACT_PLAN).label,
+        "path": scoring_plan(lm, options).label,
         "prompt_truncated": sum(1 for s in samples if done[_sample_key(s)].get("prompt_truncated")),
         "answer_truncated": sum(1 for s in samples if done[_sample_key(s)].get("answer_truncated")),
         "cache_dir": str(cache_dir),

@@ -259,9 +259,9 @@ def score_passes(
     packed = packed_runner(model, precision)
     device = packed.device if packed is not None else next(model.parameters()).device
     n = len(answer_ids)
-    caches = prefix_kv_caches if prefix_kv_caches is not None else {}
     work = {
-        name: _prepare_pass(model, packed, prompts, answer_ids, max_batch_tokens, caches.setdefault(name, {}) if prefix_kv_caches is not None else None, precision)
+        name: _prepare_pass(model, packed, prompts, answer_ids, max_batch_tokens,
+                            None if prefix_kv_caches is None else prefix_kv_caches.setdefault(name, {}), precision)
         for name, prompts in prompt_ids.items()
     }
     # longest batches first, across passes, so that the pool ends evenly

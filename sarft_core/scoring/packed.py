@@ -255,7 +255,7 @@ class PackedLlama:
         x = self.decoder.embed_tokens(torch.tensor(ids, device=self.device)).float()
         rotary = self._rotary(torch.arange(len(ids), device=self.device))
         kv = []
-        for i, layer in enumerate(self.decoder.layers):
+        for layer in self.decoder.layers:
             attn = layer.self_attn
             q, k, v = self._qkv(layer.input_layernorm(x), attn, rotary)
             kv.append((k.contiguous(), v.contiguous()))
