@@ -68,21 +68,42 @@ def layer_params(model) -> int:
     return sum(p.numel() for name, p in decoder.layers.named_parameters() if p.dim() == 2)
 
 
-def engine_flops(model, prompt_ids, answer_ids) -> float:
-    """Useful FLOPs of the engine on one pass: shared prefix once, suffixes, head on answers only."""
+def engine_flops(model, passes: dict, answer_ids) -> float:
+    """The useful FLOPs of scoring ``passes`` (name -> per-sample prompt ids): what the method
+    needs, not what the engine happens to run.
+
+    - each pass's shared prefix once, and the leading tokens several passes' prefixes have in
+      common once in all (the unsafe prompt begins with the role profile);
+    - every suffix token through the layers, with causal attention over its context;
+    - in the last layer, positions that predict no answer token only need their keys and values;
+    - the LM head on the answer positions only.
+    """
     cfg = model.config
-    per_token = 2 * layer_params(model)
+    layers = cfg.num_hidden_layers
+    layer = 2 * layer_params(model) / layers  # matmul FLOPs per token per layer
+    attn0 = model.get_decoder().layers[0].self_attn
+    kv_only = 2 * (attn0.k_proj.weight.numel() + attn0.v_proj.weight.numel())
     attn_width = cfg.num_attention_heads * getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads)
     head = 2 * cfg.hidden_size * cfg.vocab_size
-    shared = max(0, min(common_prefix_len(prompt_ids), min(len(p) for p in prompt_ids) - 1))
 
-    def attention(start, stop):  # QK^T and AV of query positions [start, stop) over their causal context
-        return sum(4 * attn_width * (pos + 1) for pos in range(start, stop)) * cfg.num_hidden_layers
+    def attention(start, stop):  # QK^T and AV of query positions [start, stop), causal context
+        return 4 * attn_width * (stop * (stop + 1) - start * (start + 1)) / 2
 
-    total = shared * per_token + attention(0, shared)
-    for p, a in zip(prompt_ids, answer_ids):
-        end = len(p) + len(a) - 1
-        total += (end - shared) * per_token + attention(shared, end) + len(a) * head
+    def positions(start, stop, finish_from):
+        """Positions [start, stop) through every layer; the last one finishes [finish_from, stop)."""
+        n, finished = stop - start, stop - finish_from
+        return ((layers - 1) * (n * layer + attention(start, stop)) + finished * layer + (n - finished) * kv_only
+                + attention(finish_from, stop))
+
+    total, prefixes = 0.0, []
+    for prompt_ids in passes.values():
+        shared = max(0, min(common_prefix_len(prompt_ids), min(len(p) for p in prompt_ids) - 1))
+        ids = prompt_ids[0][:shared]
+        reused = max((common_prefix_len([ids, other]) for other in prefixes), default=0)
+        prefixes.append(ids)
+        total += positions(reused, shared, shared)
+        for p, a in zip(prompt_ids, answer_ids):
+            total += positions(shared, len(p) + len(a) - 1, len(p) - 1) + len(a) * head
     return total
 
 
@@ -183,7 +204,7 @@ def main() -> None:
         result, t = engine_runs[key]
         df = result.frame()
         t_ref = sum(t_pub[p] for p in passes)
-        flops = sum(engine_flops(lm.model, prompts[p], answers) for p in passes)
+        flops = engine_flops(lm.model, {p: prompts[p] for p in passes}, answers)
         pflops = sum(published_flops(lm.model, prompts[p], answers) for p in passes)
         deltas = {p: max(abs(a - b) for a, b in zip(pub[p], df[f"logp_{p}"])) for p in passes}
         pub_flags = [u > r for u, r in zip(pub["unsafe"], pub["role"])]

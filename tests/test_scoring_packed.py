@@ -147,17 +147,58 @@ def test_runner_cache_is_weak(tiny_lm):
     assert len([m for m in engine._PACKED if m.config.vocab_size == 50]) == 0
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_flash_attention_op_matches_the_written_out_reference(causal):
-    from sarft_core.scoring.packed import _attention, attention_reference
+@pytest.mark.parametrize("with_prefix", [True, False])
+@pytest.mark.parametrize("onednn", [True, False])
+def test_suffix_prefix_attention_matches_the_written_out_reference(with_prefix, onednn, monkeypatch):
+    """Padded suffixes of different lengths (several row blocks), 3 query heads per key head,
+    with and without a shared prefix, through oneDNN or F.linear: every real query's output
+    equals softmax attention over the prefix and its own suffix up to itself."""
+    import math
 
+    import sarft_core.scoring.packed as packed
+
+    monkeypatch.setattr(packed, "SUFFIX_BLOCK_ROWS", 4)
     torch.manual_seed(0)
-    L, S = (7, 7) if causal else (5, 11)
-    q = torch.randn(2, 6, L, 16)
-    k, v = torch.randn(2, 3, S, 16), torch.randn(2, 3, S, 16)  # 2 query heads per key head
-    out, lse = _attention(q.transpose(1, 2).contiguous().transpose(1, 2), k, v, causal)  # strided input
-    ref_out, ref_lse = attention_reference(q, k, v, causal)
-    assert torch.allclose(out, ref_out, atol=1e-5) and torch.allclose(lse, ref_lse, atol=1e-5)
+    G, rep, D, P, lengths = 2, 3, 16, 9, [13, 7, 10]
+    B, W = len(lengths), max(lengths)
+    q, k, v = torch.randn(B, G * rep, W, D), torch.randn(B, G, W, D), torch.randn(B, G, W, D)
+    pk, pv = torch.randn(G, P, D), torch.randn(G, P, D)
+    op = packed._onednn_linear_op() if onednn else None
+    if onednn and op is None:
+        pytest.skip("no oneDNN here")
+    runner = PackedLlama.__new__(PackedLlama)
+    runner._op = op
+    prefix = runner._prefix_weights(pk, pv) if with_prefix else None
+    # the engine's layout: per key head, padded rows (b, w) holding that head's rep queries
+    scale = packed._QK_SCALE / math.sqrt(D)
+    qbuf = (q * scale).view(B, G, rep, W, D).permute(1, 0, 3, 2, 4).reshape(G, B * W, rep * D).contiguous()
+    kbuf = k.transpose(0, 1).reshape(G, B * W, D).contiguous()
+    vbuf = v.transpose(0, 1).reshape(G, B * W, D).contiguous()
+    for b, n in enumerate(lengths):  # padding: zero, as in the engine
+        qbuf.view(G, B, W, -1)[:, b, n:] = 0
+        kbuf.view(G, B, W, -1)[:, b, n:] = 0
+        vbuf.view(G, B, W, -1)[:, b, n:] = 0
+    out = packed._suffix_prefix_attention(qbuf, kbuf, vbuf, packed._causal_mask(W, rep, "cpu"), B, W, prefix, op)
+    got = out.view(G, B, W, rep, D).permute(1, 0, 3, 2, 4).reshape(B, G * rep, W, D)
+    causal = torch.ones(W, W, dtype=torch.bool).tril()
+    if with_prefix:
+        keys = torch.cat([pk.expand(B, -1, -1, -1), k], 2)
+        values = torch.cat([pv.expand(B, -1, -1, -1), v], 2)
+        visible = torch.cat([torch.ones(W, P, dtype=torch.bool), causal], 1)
+    else:
+        keys, values, visible = k, v, causal
+    want = packed.attention_reference(q, keys, values, visible)
+    for b, n in enumerate(lengths):
+        assert (got[b, :, :n].double() - want[b, :, :n]).abs().max() < 1e-5
+
+
+def test_row_blocks_cover_every_row_once():
+    import sarft_core.scoring.packed as packed
+
+    for width in (1, 5, 23, 24, 50, 130, 500):
+        blocks = packed._row_blocks(width)
+        assert blocks[0][0] == 0 and blocks[-1][1] == width and all(a < b for a, b in blocks)
+        assert all(hi == lo for (_, hi), (lo, _) in zip(blocks, blocks[1:])) and len(blocks) <= 8
 
 
 def test_exact_path_stays_ieee_under_a_global_bf16_setting():
@@ -208,7 +249,10 @@ def _three_passes(tiny_lm, demo_profiles, demo_samples):
     return encode_passes(tiny_lm.tokenizer, systems, demo_samples[:14])
 
 
-def test_worker_pool_gives_the_single_worker_results_bit_for_bit(tiny_lm, demo_profiles, demo_samples, monkeypatch):
+def test_worker_pool_results_do_not_depend_on_the_number_of_workers(tiny_lm, demo_profiles, demo_samples, monkeypatch):
+    """Single-threaded workers give the same bits however many there are; one worker on all
+    the threads may differ in the last bits (oneDNN may split a small matmul's reduction
+    across threads), well inside the engine's tolerance."""
     import threading
 
     from sarft_core.scoring.engine import score_passes, scoring_workers
@@ -217,12 +261,15 @@ def test_worker_pool_gives_the_single_worker_results_bit_for_bit(tiny_lm, demo_p
     threads = torch.get_num_threads()
     monkeypatch.setenv("SARFT_SCORING_WORKERS", "1")
     one = score_passes(tiny_lm.model, enc.prompt_ids, enc.answer_ids, 0, 64)
+    monkeypatch.setenv("SARFT_SCORING_WORKERS", "2")
+    two = score_passes(tiny_lm.model, enc.prompt_ids, enc.answer_ids, 0, 64)
     monkeypatch.setenv("SARFT_SCORING_WORKERS", "3")
     assert scoring_workers(tiny_lm.model, 20) == 3 and scoring_workers(tiny_lm.model, 2) == 2
     seen = []
     pool = score_passes(tiny_lm.model, enc.prompt_ids, enc.answer_ids, 0, 64,
                         progress=lambda done, total: seen.append((done, total, threading.current_thread() is threading.main_thread())))
-    assert {k: v.token_logps for k, v in pool.items()} == {k: v.token_logps for k, v in one.items()}
+    assert {k: v.token_logps for k, v in pool.items()} == {k: v.token_logps for k, v in two.items()}
+    assert max(abs(a - b) for k in one for x, y in zip(one[k].token_logps, pool[k].token_logps) for a, b in zip(x, y)) < 1e-5
     assert seen[-1][:2] == (42, 42) and [d for d, _, _ in seen] == sorted(d for d, _, _ in seen)
     assert all(on_main for _, _, on_main in seen)  # progress is reported on the calling thread
     assert torch.get_num_threads() == threads
@@ -256,3 +303,55 @@ def test_worker_pool_cancels_and_passes_on_errors(tiny_lm, demo_profiles, demo_s
     with pytest.raises(MemoryError, match="in a worker"):
         score_passes(tiny_lm.model, enc.prompt_ids, enc.answer_ids, 0, 64)
     assert torch.get_num_threads() == threads
+
+
+def test_a_prefix_reuses_the_tokens_it_shares_with_another(tiny_lm):
+    """A prefix built on another one (all, part or none of it shared) has the keys and values
+    of one computed from scratch."""
+    runner = packed_runner(tiny_lm.model)
+    ids = list(range(10, 40))
+    fresh = runner.prefix(ids)
+    for base_ids in (ids[:12], ids[:30], ids[:20] + [7, 8, 9], [3, 4, 5]):
+        built = runner.prefix(ids, runner.prefix(base_ids))
+        assert built.ids == ids and len(built) == 30
+        for (k1, v1), (k2, v2) in zip(built.raw, fresh.raw):
+            assert k1.shape == k2.shape and (k1 - k2).abs().max() < 1e-5 and (v1 - v2).abs().max() < 1e-5
+    shorter = runner.prefix(ids[:8], fresh)  # wholly inside a longer one: its head, no forward
+    assert shorter.ids == ids[:8] and all(torch.equal(k[:, :8], k8) for (k, _), (k8, _) in zip(fresh.raw, shorter.raw))
+
+
+def test_passes_share_their_common_prefix_tokens(tiny_lm, demo_profiles, demo_samples, monkeypatch):
+    """The unsafe prompt begins with the role profile: its prefix is built on the role's, and
+    the log-probs are those of two separate runs."""
+    from sarft_core.scoring.engine import score_passes
+
+    profile = demo_profiles["Baron Vex Morrow"]
+    enc = encode_passes(tiny_lm.tokenizer, {"role": profile.role_prompt, "unsafe": profile.unsafe_prompt}, demo_samples[:6])
+    runner = packed_runner(tiny_lm.model)
+    computed = []
+    hidden = runner._hidden
+
+    def spy(suffixes, prefix, start, rows=None, collect=None):
+        if collect is not None:
+            computed.append((start, len(suffixes[0])))
+        return hidden(suffixes, prefix, start, rows, collect)
+
+    monkeypatch.setattr(runner, "_hidden", spy)
+    together = score_passes(tiny_lm.model, enc.prompt_ids, enc.answer_ids, 0)
+    role, unsafe = enc.prompt_ids["role"][0], enc.prompt_ids["unsafe"][0]
+    common = next(i for i, (a, b) in enumerate(zip(role, unsafe)) if a != b)
+    # the role prefix from its first token; the unsafe one only from where it leaves the role's
+    assert common > 20 and [start for start, _ in computed] == [0, common]
+    for name in ("role", "unsafe"):
+        alone = score_pass(tiny_lm.model, enc.prompt_ids[name], enc.answer_ids, 0).token_logps
+        assert _max_diff(together[name].token_logps, alone) < 1e-5
+
+
+def test_hidden_of_selected_rows_equals_all_rows_picked(tiny_lm):
+    runner = packed_runner(tiny_lm.model)
+    prefix = runner.prefix(list(range(5, 25)))
+    suffixes = [list(range(30, 41)), list(range(50, 56)), list(range(60, 69))]
+    rows = torch.tensor([0, 3, 10, 11, 16, 20, 25])
+    full = runner.hidden(suffixes, prefix, 20)
+    assert full.shape[0] == 26
+    assert (runner.hidden(suffixes, prefix, 20, rows) - full[rows]).abs().max() < 1e-5

@@ -6,10 +6,11 @@ What makes it fast (and why each step is exact):
 - the suffixes (user turn + answer) are sorted by length and batched under a token budget;
 - Llama-family models (Llama, Mistral without sliding window, Qwen2, SmolLM) on the CPU run a packed,
   padding-free forward (:mod:`sarft_core.scoring.packed`): linear layers see only real tokens,
-  and attention to the shared prefix is one call over the un-replicated prefix keys, merged
-  exactly with each sample's causal suffix attention; other models run the Hugging Face
-  forward on right-padded batches with the prefix cache expanded (padding is never attended
-  to by real tokens);
+  each query attends to the un-replicated prefix keys and to its own suffix in one softmax,
+  a prefix reuses the leading tokens it shares with another pass's (the unsafe prompt begins
+  with the role profile), and the last layer finishes only the rows that predict answer
+  tokens; other models run the Hugging Face forward on right-padded batches with the prefix
+  cache expanded (padding is never attended to by real tokens);
 - the LM head runs only on the positions that predict answer tokens: no full-vocabulary
   log-softmax over prompt tokens.
 The answer tokens are identical under every system prompt; only the prefix changes.
@@ -206,17 +207,27 @@ class _PassWork:
     batches: list[list[int]]
 
 
-def _prepare_pass(model, packed, prompt_ids, answer_ids, max_batch_tokens, prefix_kv_cache, precision) -> _PassWork:
+def _prepare_pass(model, packed, prompt_ids, answer_ids, max_batch_tokens, prefix_kv_cache, precision, others=()) -> _PassWork:
+    """Find or compute the pass's prefix cache and plan its suffix batches. On the packed path
+    a new prefix reuses the longest run of leading tokens it shares with a prefix already in
+    ``prefix_kv_cache`` or the ``others`` caches (the unsafe prompt begins with the role
+    profile, for one)."""
     # never swallow a whole prompt into the prefix: the last prompt token predicts answer token 0
     shared = min(common_prefix_len(prompt_ids), min(len(p) for p in prompt_ids) - 1)
     shared = max(shared, 0)
-    key = (("packed", precision) if packed is not None else ("hf",)) + tuple(prompt_ids[0][:shared])
+    mode = ("packed", precision) if packed is not None else ("hf",)
+    ids = prompt_ids[0][:shared]
+    key = mode + tuple(ids)
     if prefix_kv_cache is not None and key in prefix_kv_cache:
         kv = prefix_kv_cache[key]
+    elif packed is not None:
+        bases = [v for cache in (prefix_kv_cache or {}, *others) for k, v in cache.items() if k[: len(mode)] == mode and v is not None]
+        base = max(bases, key=lambda b: b.common_length(ids), default=None)
+        kv = packed.prefix(ids, base)
     else:
-        kv = packed.prefix(prompt_ids[0][:shared]) if packed is not None else prefix_cache(model, prompt_ids[0][:shared])
-        if prefix_kv_cache is not None:
-            prefix_kv_cache[key] = kv
+        kv = prefix_cache(model, ids)
+    if prefix_kv_cache is not None:
+        prefix_kv_cache[key] = kv
     # the suffix fed to the model: rest of the prompt + all answer tokens but the last
     suffixes = [p[shared:] + a[:-1] for p, a in zip(prompt_ids, answer_ids)]
     starts = [len(p) - shared - 1 for p in prompt_ids]  # position predicting answer token 0
@@ -259,11 +270,14 @@ def score_passes(
     packed = packed_runner(model, precision)
     device = packed.device if packed is not None else next(model.parameters()).device
     n = len(answer_ids)
-    work = {
-        name: _prepare_pass(model, packed, prompts, answer_ids, max_batch_tokens,
-                            None if prefix_kv_caches is None else prefix_kv_caches.setdefault(name, {}), precision)
-        for name, prompts in prompt_ids.items()
-    }
+    # prefix caches per pass (kept by the caller across calls, or only for this call): each
+    # pass's prefix may reuse the leading tokens of the others'
+    caches = prefix_kv_caches if prefix_kv_caches is not None else {}
+    work = {}
+    for name, prompts in prompt_ids.items():
+        mine = caches.setdefault(name, {})
+        work[name] = _prepare_pass(model, packed, prompts, answer_ids, max_batch_tokens, mine, precision,
+                                   [c for other, c in caches.items() if c is not mine])
     # longest batches first, across passes, so that the pool ends evenly
     items = sorted(((name, batch) for name, w in work.items() for batch in w.batches), key=lambda it: -max(work[it[0]].lengths[i] for i in it[1]) * len(it[1]))
     results: dict[str, list] = {name: [None] * n for name in work}
@@ -274,9 +288,8 @@ def score_passes(
         w = work[name]
         if packed is None:
             return _hf_batch_logps(model, *generic, w.kv, batch, w.suffixes, w.starts, answer_ids, pad_id, w.shared, device)
-        hidden = packed.hidden([w.suffixes[i] for i in batch], w.kv, w.shared)
         rows, targets = _answer_rows(batch, w.lengths, w.starts, answer_ids)
-        picked = hidden[torch.tensor(rows, device=device)]
+        picked = packed.hidden([w.suffixes[i] for i in batch], w.kv, w.shared, torch.tensor(rows, device=device))
         return answer_token_logps(picked, torch.tensor(targets, device=device), packed.head, lambda x: x, PACKED_HEAD_ROWS).cpu().tolist()
 
     done = 0
