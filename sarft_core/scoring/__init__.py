@@ -43,10 +43,10 @@ REF_SYSTEM_PROMPT = ""  # as published: an empty system turn
 #   of 0.04;
 # - Llama-family models on the CPU run the packed forward, whose float32 matmuls use oneDNN at
 #   half its bfloat16 speed. Its bfloat16 screen (bf16 weights and matmul inputs; float32
-#   residual, norms, attention) took 0.69x the exact time but moved margins by up to 0.020 on
-#   384 samples of six RoleBench roles, so a safe band (0.03) sends 34-81% of them back to
-#   float32: 1.0-1.5x the exact time in all (bench/bench_drift.py). The fast mode there is the
-#   exact path; an explicit ``recheck_band`` still asks for the screen.
+#   residual, norms, attention) took 0.64x the exact time but moved margins by up to 0.018 on
+#   384 samples of six RoleBench roles, so a safe band (0.03) sends 31-80% of them back to
+#   float32: 0.95-1.45x the exact time in all (bench/bench_drift.py). The fast mode there is
+#   the exact path; an explicit ``recheck_band`` still asks for the screen.
 PACKED_BF16_RECHECK_BAND = 0.03
 BF16_RECHECK_BAND = 0.04
 

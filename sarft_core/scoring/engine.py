@@ -264,8 +264,10 @@ def score_passes(
     given ``precision``; any other causal LM runs the Hugging Face forward on right-padded
     batches with the prefix cache expanded (``precision`` is then the model's own). On the
     packed CPU path the batches of all passes go to a pool of single-threaded workers; the
-    results do not depend on how many. ``progress(done, total)`` counts samples x passes and
-    is called from this thread, which also polls ``should_stop`` between batches.
+    results do not depend on how many (one worker on several threads may differ in the last
+    bits: oneDNN can split a small matmul's sum across threads). ``progress(done, total)``
+    counts samples x passes and is called from this thread, which also polls ``should_stop``
+    between batches.
     """
     packed = packed_runner(model, precision)
     device = packed.device if packed is not None else next(model.parameters()).device

@@ -313,15 +313,15 @@ class PackedLlama:
             y = y + mod.bias.to(y.dtype)
         return y
 
-    def _rotary(self, positions, scale: float = 1.0):
+    def _rotary(self, positions):
         """(cos, sin) tables (T, 1, D) of the rotary embedding at ``positions``, for :func:`_rope`:
         computed once for all layers by the model's own rotary module (so any RoPE scaling it
-        applies is kept), times ``scale``; sin's first half is negated."""
+        applies is kept); sin's first half is negated."""
         probe = torch.empty(0, dtype=torch.float32, device=self.device)
         cos, sin = self.decoder.rotary_emb(probe, positions[None, :])
         half = sin.shape[-1] // 2
         sin = torch.cat([-sin[..., :half], sin[..., half:]], -1)
-        return (cos[0, :, None] * scale).float(), (sin[0, :, None] * scale).float()
+        return cos[0, :, None].float(), sin[0, :, None].float()
 
     def _qkv(self, h, attn, rot_q, rot_k):
         """Post-RoPE q (T, H, D), k and v (T, Hkv, D), token-major."""
@@ -380,12 +380,12 @@ class PackedLlama:
 
     # -- packed suffixes ----------------------------------------------------------------------
     @torch.no_grad()
-    def hidden(self, suffixes: Sequence[Sequence[int]], prefix_kv, start: int, rows=None) -> torch.Tensor:
+    def hidden(self, suffixes: Sequence[Sequence[int]], prefix: "PrefixKV | None", start: int, rows=None) -> torch.Tensor:
         """Final-norm hidden states of the suffix tokens, packed in order: (sum of lengths,
         hidden), or only the packed ``rows`` asked for (an index tensor); the last layer then
         finishes only those rows (its keys and values still come from every token)."""
         with self._strict():
-            return self._hidden(suffixes, prefix_kv, start, rows)
+            return self._hidden(suffixes, prefix, start, rows)
 
     def _hidden(self, suffixes: Sequence[Sequence[int]], prefix: "PrefixKV | None", start: int, rows=None, collect=None) -> torch.Tensor:
         """:meth:`hidden`; ``collect`` (a list) also receives every layer's post-RoPE keys and
@@ -400,7 +400,8 @@ class PackedLlama:
         # where each packed token sits in the (B * width) right-padded layout of the attention
         slot = torch.repeat_interleave(torch.arange(B, device=dev), torch.tensor(lengths, device=dev)) * width + local
         # queries carry the score scale (see _QK_SCALE)
-        rot_q, rot_k = self._rotary(local + start, _QK_SCALE / math.sqrt(D)), self._rotary(local + start)
+        rot_k = self._rotary(local + start)
+        rot_q = tuple(t * (_QK_SCALE / math.sqrt(D)) for t in rot_k)
         x = self.decoder.embed_tokens(flat).float()
         # group-major padded buffers reused by every layer: each layer overwrites the real
         # slots; padding slots stay zero (a padded key is never seen by a real query)
