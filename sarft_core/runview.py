@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import pandas as pd
 
 from sarft_core.errors import SarftError
-from sarft_core.store import RunDir, read_json
+from sarft_core.store import RunDir
 
 METRIC_COLUMNS = ["suite", "metric", "value", "ci_low", "ci_high", "n"]
 GENERATION_COLUMNS = ["suite", "prompt", "response", "verdict"]

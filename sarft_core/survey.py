@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import fcntl
 import importlib.util
-import json
 import math
 import os
 import re

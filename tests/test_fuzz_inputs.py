@@ -14,7 +14,6 @@ import csv
 import io
 import itertools
 import json
-import os
 from pathlib import Path
 
 import pandas as pd

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sarft_core.store import FINAL_STATES, STATES, RunDir, create_run, list_runs, read_jsonl
+from sarft_core.store import FINAL_STATES, STATES, create_run, list_runs, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = str(ROOT / "app" / "main.py")

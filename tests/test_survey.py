@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 
 from sarft_core.errors import SarftError
 from sarft_core.survey import (
-    FULL, SCREEN, Steps, StepFailed, SurveyConfig, find_metrics, open_survey, run_cli, run_pending, write_aggregate,
+    FULL, SCREEN, Steps, SurveyConfig, find_metrics, open_survey, run_cli, run_pending, write_aggregate,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
