@@ -318,6 +318,9 @@ def test_a_prefix_reuses_the_tokens_it_shares_with_another(tiny_lm):
             assert k1.shape == k2.shape and (k1 - k2).abs().max() < 1e-5 and (v1 - v2).abs().max() < 1e-5
     shorter = runner.prefix(ids[:8], fresh)  # wholly inside a longer one: its head, no forward
     assert shorter.ids == ids[:8] and all(torch.equal(k[:, :8], k8) for (k, _), (k8, _) in zip(fresh.raw, shorter.raw))
+    # it serves a pass's batches: its weights are laid out for oneDNN like a fresh prefix's
+    assert [w.is_mkldnn for pairs in shorter.weights for pair in pairs for w in pair] == [
+        w.is_mkldnn for pairs in fresh.weights for pair in pairs for w in pair]
 
 
 def test_passes_share_their_common_prefix_tokens(tiny_lm, demo_profiles, demo_samples, monkeypatch):

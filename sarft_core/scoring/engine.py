@@ -208,26 +208,25 @@ class _PassWork:
 
 
 def _prepare_pass(model, packed, prompt_ids, answer_ids, max_batch_tokens, prefix_kv_cache, precision, others=()) -> _PassWork:
-    """Find or compute the pass's prefix cache and plan its suffix batches. On the packed path
-    a new prefix reuses the longest run of leading tokens it shares with a prefix already in
-    ``prefix_kv_cache`` or the ``others`` caches (the unsafe prompt begins with the role
-    profile, for one)."""
+    """Find or compute (and keep in ``prefix_kv_cache``) the pass's prefix cache and plan its
+    suffix batches. On the packed path a new prefix reuses the longest run of leading tokens it
+    shares with a prefix already in ``prefix_kv_cache`` or the ``others`` caches (the unsafe
+    prompt begins with the role profile, for one)."""
     # never swallow a whole prompt into the prefix: the last prompt token predicts answer token 0
     shared = min(common_prefix_len(prompt_ids), min(len(p) for p in prompt_ids) - 1)
     shared = max(shared, 0)
     mode = ("packed", precision) if packed is not None else ("hf",)
     ids = prompt_ids[0][:shared]
     key = mode + tuple(ids)
-    if prefix_kv_cache is not None and key in prefix_kv_cache:
+    if key in prefix_kv_cache:
         kv = prefix_kv_cache[key]
     elif packed is not None:
-        bases = [v for cache in (prefix_kv_cache or {}, *others) for k, v in cache.items() if k[: len(mode)] == mode and v is not None]
+        bases = [v for cache in (prefix_kv_cache, *others) for k, v in cache.items() if k[: len(mode)] == mode and v is not None]
         base = max(bases, key=lambda b: b.common_length(ids), default=None)
         kv = packed.prefix(ids, base)
     else:
         kv = prefix_cache(model, ids)
-    if prefix_kv_cache is not None:
-        prefix_kv_cache[key] = kv
+    prefix_kv_cache[key] = kv
     # the suffix fed to the model: rest of the prompt + all answer tokens but the last
     suffixes = [p[shared:] + a[:-1] for p, a in zip(prompt_ids, answer_ids)]
     starts = [len(p) - shared - 1 for p in prompt_ids]  # position predicting answer token 0
@@ -279,7 +278,7 @@ def score_passes(
     for name, prompts in prompt_ids.items():
         mine = caches.setdefault(name, {})
         work[name] = _prepare_pass(model, packed, prompts, answer_ids, max_batch_tokens, mine, precision,
-                                   [c for other, c in caches.items() if c is not mine])
+                                   [c for c in caches.values() if c is not mine])
     # longest batches first, across passes, so that the pool ends evenly
     items = sorted(((name, batch) for name, w in work.items() for batch in w.batches), key=lambda it: -max(work[it[0]].lengths[i] for i in it[1]) * len(it[1]))
     results: dict[str, list] = {name: [None] * n for name in work}

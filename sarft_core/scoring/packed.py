@@ -239,13 +239,14 @@ class PrefixKV:
             n += 1
         return n
 
-    def head(self, n: int, runner: "PackedLlama") -> "PrefixKV":
-        """The prefix of the first ``n`` tokens (itself when that is all of it)."""
+    def head(self, n: int, runner: "PackedLlama", reorder: bool = True) -> "PrefixKV":
+        """The prefix of the first ``n`` tokens (itself when that is all of it). ``reorder``:
+        lay its weights out for oneDNN (worth it for a prefix that serves a pass's batches, not
+        for one that only serves to compute a longer prefix)."""
         if n == len(self.ids):
             return self
         raw = [(k[:, :n].contiguous(), v[:, :n].contiguous()) for k, v in self.raw]
-        # a head serves one extension: not worth reordering for oneDNN
-        return PrefixKV(self.ids[:n], raw, [runner._prefix_weights(k, v, reorder=False) for k, v in raw])
+        return PrefixKV(self.ids[:n], raw, [runner._prefix_weights(k, v, reorder) for k, v in raw])
 
 
 class PackedLlama:
@@ -356,9 +357,9 @@ class PackedLlama:
         with self._strict():
             if reused == len(ids):
                 return base.head(reused, self)
-            start = base.head(reused, self) if reused else None
+            start = base.head(reused, self, reorder=False) if reused else None
             new: list = []
-            self._hidden([list(ids[reused:])], start, reused, rows=torch.empty(0, dtype=torch.long, device=self.device), collect=new)
+            self._hidden([list(ids[reused:])], start, reused, collect=new)
             raw = [
                 (torch.cat([start.raw[i][0], k], 1), torch.cat([start.raw[i][1], v], 1)) if start is not None else (k, v)
                 for i, (k, v) in enumerate(new)
@@ -388,8 +389,9 @@ class PackedLlama:
             return self._hidden(suffixes, prefix, start, rows)
 
     def _hidden(self, suffixes: Sequence[Sequence[int]], prefix: "PrefixKV | None", start: int, rows=None, collect=None) -> torch.Tensor:
-        """:meth:`hidden`; ``collect`` (a list) also receives every layer's post-RoPE keys and
-        values (Hkv, tokens, D) of a single suffix (that is how prefixes are computed)."""
+        """:meth:`hidden`; with ``collect`` (a list) it instead gathers every layer's post-RoPE
+        keys and values (Hkv, tokens, D) of a single suffix, which is how prefixes are computed,
+        and stops once the last layer's are in (nothing after them is needed)."""
         dev = self.device
         lengths = [len(s) for s in suffixes]
         T, B, width = sum(lengths), len(lengths), max(lengths)
@@ -417,8 +419,8 @@ class PackedLlama:
             q, k, v = self._qkv(layer.input_layernorm(x), attn, rot_q, rot_k)
             if collect is not None:
                 collect.append((k.transpose(0, 1).contiguous(), v.transpose(0, 1).contiguous()))
-            if rows is not None and len(rows) == 0 and i == len(self.decoder.layers) - 1:
-                return x[:0]
+                if i == len(self.decoder.layers) - 1:
+                    return x[:0]
             qbuf.view(-1, rep * D).index_copy_(0, where, q.view(T * Hkv, rep * D))
             kbuf.view(-1, D).index_copy_(0, where, k.view(T * Hkv, D))
             vbuf.view(-1, D).index_copy_(0, where, v.view(T * Hkv, D))
