@@ -240,7 +240,10 @@ def test_exact_path_stays_ieee_under_a_global_bf16_setting():
     assert torch.equal(strict, exact)
     if torch.equal(loose, exact):
         pytest.skip("this CPU has no bf16 matmuls: the global setting changes nothing here")
-    assert (loose - exact).abs().max() < 1e-2
+    # whatever the CPU does under "medium" (plain fp32 on some, real bf16 products on others),
+    # it stays within bf16 rounding: each product's relative error is at most ~2 * 2^-8
+    bound = 2.0 ** -6 * (x.abs() @ w.abs().T) + 1e-4
+    assert ((loose - exact).abs() <= bound).all()
 
 
 def _three_passes(tiny_lm, demo_profiles, demo_samples):
