@@ -33,7 +33,7 @@ def model_label(spec: str | None = None) -> str:
     from sarft_core.models import DEFAULT_MODEL
 
     spec = model_spec() if spec is None else spec
-    return spec or f"{DEFAULT_MODEL} (embedded default)"
+    return spec or f"{DEFAULT_MODEL} (default: the safety-aligned embedded SmolLM2)"
 
 
 @st.cache_resource(show_spinner="Loading the model (once per process)…", max_entries=2)

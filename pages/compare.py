@@ -8,9 +8,29 @@ from sarft_core import plots
 from sarft_core.errors import SarftError
 from sarft_core.runview import (compare_metrics, disagreements, has_eval, pareto_points, read_generations, refusal_table,
                                 roleplay_table, run_label)
+from sarft_core.reproduce import grid_view
 from sarft_core.store import RunDir, list_runs
 
 st.title("Compare runs")
+grids = [r for r in list_runs() if r.config().get("kind") == "reproduce"]
+if grids:
+    with st.expander("The paper's experiment in miniature (reproduce grids)", expanded=True):
+        grid_path = st.selectbox("Grid", [str(g.path) for g in grids], format_func=lambda p: Path(p).name)
+        try:
+            view = grid_view(Path(grid_path))
+        except SarftError as err:
+            widgets.show_error(err)
+        else:
+            st.caption(view["caption"])
+            st.markdown("**SFT vs SaRFT, side by side** (mean [95% CI] over seeds and prompts)")
+            st.dataframe(view["side_by_side"], hide_index=True, width="stretch")
+            group = st.radio("Characters", ["all", "villain", "benevolent"], horizontal=True, key="grid-group")
+            c1, c2 = st.columns(2)
+            c1.plotly_chart(plots.grid_pareto(view["table"], y="advbench", group=group), key="grid-pareto", width="stretch")
+            c2.plotly_chart(plots.grid_pareto(view["table"], y="margin", group=group), key="grid-pareto-margin", width="stretch")
+            metric = st.selectbox("Villains vs heroes", list(view["columns"]), format_func=lambda m: view["columns"][m])
+            st.plotly_chart(plots.grid_group_bars(view["table"], metric), key="grid-groups", width="stretch")
+            st.markdown(view["contrasts"])
 evaluated = [r for r in list_runs() if has_eval(r)]
 if len(evaluated) < 1:
     st.info("No run has evaluation results yet: train runs (SFT, SaRFT) and evaluate them first.")

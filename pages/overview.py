@@ -3,6 +3,7 @@ import streamlit as st
 
 from app import state, widgets
 from sarft_core import jobs
+from sarft_core.alignment import shipped_figures
 from sarft_core.data import PROJECT_ROOT
 from sarft_core.paths import allowed_roots
 from sarft_core.runview import runs_table
@@ -22,6 +23,11 @@ with col1:
     st.subheader("Model")
     st.markdown(f"`{state.model_label()}`")
     st.caption("Change it in the sidebar. It is loaded once per app process, when a page first needs it.")
+    figures = shipped_figures()
+    if figures:
+        st.markdown("**The default model, `embedded-aligned`**, is SmolLM2 with the project's safety adapter "
+                    "(`python -m sarft_core align`); measured on prompts it never trained on (`bench/bench_aligned.py`):")
+        st.dataframe(figures, hide_index=True, width="stretch")
 with col2:
     st.subheader("Data")
     with widgets.guard():

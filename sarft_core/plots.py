@@ -350,3 +350,66 @@ def per_role_bars(table: pd.DataFrame, value: str = "degradation", label: str = 
     fig.update_layout(title=f"{value} per role (largest on top)", xaxis_title=value, height=max(260, 28 * len(df) + 80),
                       margin=dict(l=10, r=10, t=40, b=10))
     return fig
+
+
+# ---------------------------------------------------------------- the reproduction grid
+METHOD_COLOURS = {"Base": "#7f7f7f", "SFT": "#d62728", "SaRFT": "#2ca02c", "Random": "#ff7f0e", "Flip": "#9467bd"}
+
+
+def grid_pareto(table: pd.DataFrame, x: str = "rouge_l", y: str = "advbench", group: str = "all") -> go.Figure:
+    """Role-play (x) against safety (y), one point per method with its 95% intervals."""
+    df = table[table.group == group]
+    if df.empty:
+        return _empty("no finished cells yet")
+    fig = go.Figure()
+    for _, r in df.iterrows():
+        if r[x] != r[x] or r[y] != r[y]:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[r[x]], y=[r[y]], mode="markers+text", text=[r["method"]], textposition="top center", name=r["method"],
+            marker=dict(size=13, color=METHOD_COLOURS.get(r["method"], "#1f77b4")),
+            error_x=dict(type="data", symmetric=False, array=[r[f"{x}_hi"] - r[x]], arrayminus=[r[x] - r[f"{x}_lo"]]),
+            error_y=dict(type="data", symmetric=False, array=[r[f"{y}_hi"] - r[y]], arrayminus=[r[y] - r[f"{y}_lo"]]),
+        ))
+    fig.update_layout(title=f"role-play vs safety ({group}); up and right is better", xaxis_title=x, yaxis_title=y,
+                      showlegend=False, height=420, margin=dict(t=50, b=40))
+    return fig
+
+
+def grid_group_bars(table: pd.DataFrame, metric: str = "advbench") -> go.Figure:
+    """One metric per method, villains beside benevolent characters, with 95% intervals."""
+    df = table[table.group.isin(["villain", "benevolent"])]
+    if df.empty:
+        return _empty("no finished cells yet")
+    fig = go.Figure()
+    for group, colour in (("villain", "#d62728"), ("benevolent", "#1f77b4")):
+        part = df[df.group == group]
+        fig.add_trace(go.Bar(
+            x=part["method"], y=part[metric], name=group, marker_color=colour,
+            error_y=dict(type="data", symmetric=False, array=(part[f"{metric}_hi"] - part[metric]).tolist(),
+                         arrayminus=(part[metric] - part[f"{metric}_lo"]).tolist()),
+        ))
+    fig.update_layout(barmode="group", title=f"{metric}: villains vs benevolent characters", yaxis_title=metric,
+                      height=380, margin=dict(t=50, b=40))
+    return fig
+
+
+def reproduce_report_html(table: pd.DataFrame, cells: pd.DataFrame, contrasts: dict, methods: Sequence[str]) -> str:
+    """A self-contained HTML page: the tables (escaped by pandas) and the grid's figures."""
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>SaRFT in miniature</title>",
+             "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;font-size:13px}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}</style></head><body>",
+             "<h1>SaRFT in miniature</h1>"]
+    shown = table.copy()
+    for group in ("all", "villain", "benevolent"):
+        part = shown[shown.group == group].drop(columns=["group"])
+        parts += [f"<h2>{html.escape(group)}</h2>", part.to_html(index=False, float_format=lambda v: f"{v:.3f}", escape=True)]
+    parts.append("<h2>SaRFT minus each other method (paired by character and seed)</h2><ul>")
+    parts += [f"<li>{html.escape(k)}: {v['mean']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] over {v['pairs']} pairs</li>"
+              for k, v in contrasts.items()]
+    parts.append("</ul>")
+    figures = [grid_pareto(table), grid_pareto(table, y="margin"), grid_group_bars(table, "advbench"), grid_group_bars(table, "margin")]
+    for i, fig in enumerate(figures):
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
+    parts += ["<h2>Cells</h2>", cells.to_html(index=False, float_format=lambda v: f"{v:.3f}", escape=True), "</body></html>"]
+    return "\n".join(parts)

@@ -109,3 +109,27 @@ def correlate(x: Sequence[float], y: Sequence[float], n_boot: int = 2000, level:
         "pearson_r": r, "pearson_p": t_test_p(r, n), "pearson_ci_low": p_lo, "pearson_ci_high": p_hi,
         "spearman_rho": rho, "spearman_p": t_test_p(rho, n), "spearman_ci_low": s_lo, "spearman_ci_high": s_hi,
     }
+
+
+def two_level_bootstrap(groups: Sequence[Sequence[float]], level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): the grand mean of ``groups`` (e.g. seeds, each a list of per-prompt
+    values) with a percentile interval that resamples the groups, then the values inside each.
+
+    The mean weights every group equally. Empty groups are ignored; no groups gives nans; one
+    group is resampled over its values only.
+    """
+    arrays = [np.asarray(g, dtype=float) for g in groups]
+    arrays = [a[np.isfinite(a)] for a in arrays]
+    arrays = [a for a in arrays if a.size]
+    if not arrays:
+        return math.nan, math.nan, math.nan
+    mean = float(np.mean([a.mean() for a in arrays]))
+    rng = np.random.default_rng(seed)
+    k = len(arrays)
+    stats = np.empty(n_boot)
+    for b in range(n_boot):
+        picks = rng.integers(0, k, size=k) if k > 1 else np.zeros(1, dtype=int)
+        stats[b] = np.mean([arrays[i][rng.integers(0, arrays[i].size, size=arrays[i].size)].mean() for i in picks])
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(stats, [alpha, 1.0 - alpha])
+    return mean, float(lo), float(hi)

@@ -41,7 +41,7 @@ def score_cache(tmp_path, monkeypatch):
 def embedded_dir():
     from sarft_core.models import resolve_model_dir
 
-    return resolve_model_dir(None)[1]
+    return resolve_model_dir("embedded")[1]
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +78,7 @@ def tiny_lm(tiny_model_dir):
 def embedded_lm():
     from sarft_core.models import load_model
 
-    return load_model(None, dtype="float32", device="cpu")
+    return load_model("embedded", dtype="float32", device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=os.environ.get("SARFT_MODEL", ""), help="hub id, local directory or .gguf file (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--model", default=os.environ.get("SARFT_MODEL", ""), help="embedded-aligned (the default: SmolLM2-135M-Instruct with the project's safety adapter), embedded (raw SmolLM2), a hub id, a local directory, a .gguf file or a training run")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="auto: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model directory (off by default)")

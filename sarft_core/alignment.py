@@ -1,0 +1,358 @@
+"""The project's safety-aligned variant of the embedded model (`embedded-aligned`).
+
+Raw SmolLM2-135M-Instruct refuses almost nothing, so no fine-tuning can visibly erode its
+safety. ``python -m sarft_core align`` teaches it to refuse with a LoRA adapter trained on:
+
+- harmful side: AdvBench's *even* rows (the odd rows stay held out for evaluation) and our own
+  harmful requests (``data/aligned/harmful.jsonl``), each paired with a refusal composed from
+  our pools (``data/aligned/refusals.json``): an opening, often a reason that names the kind of
+  harm, often a safe alternative; seeded, so the same seed composes the same refusals;
+- benign side: RoleBench's general instructions and our benign look-alikes of harmful requests
+  (``data/aligned/lookalikes.jsonl``: "kill a background job", "defeat the final boss"),
+  answered with the base model's own greedy answers (self-distillation keeps its helpfulness).
+
+XSTest, the probes and AdvBench's odd rows never enter training: they measure the result. The
+adapter (float16 safetensors, a few MB) and a manifest (data hashes, command, seed, metrics) are
+shipped in ``data/aligned/``; :mod:`sarft_core.models` merges it once into a cached model
+directory, like the GGUF conversion.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from sarft_core.data import PROJECT_ROOT
+from sarft_core.errors import SarftError
+
+ALIGN_DIR = PROJECT_ROOT / "data" / "aligned"
+HARMFUL_FILE = ALIGN_DIR / "harmful.jsonl"
+LOOKALIKE_FILE = ALIGN_DIR / "lookalikes.jsonl"
+REFUSAL_FILE = ALIGN_DIR / "refusals.json"
+ADAPTER_DIR = ALIGN_DIR / "adapter"
+MANIFEST_NAME = "manifest.json"
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+_SENTENCE_END = re.compile(r"[.!?)\]`\"']\s")
+
+
+# ------------------------------------------------------------------ splits and pure pieces
+def advbench_split(n_rows: int) -> tuple[list[int], list[int]]:
+    """(training rows, held-out rows) of AdvBench: the even rows train, the odd rows evaluate."""
+    return list(range(0, n_rows, 2)), list(range(1, n_rows, 2))
+
+
+def harm_category(prompt: str, keywords: dict[str, list[str]]) -> str:
+    """The harm category whose keywords the prompt matches most often ('general' if none)."""
+    text = prompt.lower()
+    best, best_hits = "general", 0
+    for category, words in keywords.items():
+        hits = sum(1 for w in words if _keyword_pattern(w).search(text))
+        if hits > best_hits:
+            best, best_hits = category, hits
+    return best
+
+
+def _keyword_pattern(word: str) -> re.Pattern:
+    """``violen*`` matches any word it starts; ``meth`` the whole word (with a plural or verb
+    ending: meths, killing), so it never matches inside "method"."""
+    if word.endswith("*"):
+        return re.compile(r"\b" + re.escape(word[:-1]))
+    return re.compile(r"\b" + re.escape(word) + r"(?:s|es|d|ed|ing|er|ers)?\b")
+
+
+def compose_refusal(prompt: str, pools: dict, rng: random.Random) -> str:
+    """One refusal: an opening, usually a reason naming the harm, often a safe alternative."""
+    category = harm_category(prompt, pools["categories"])
+    parts = [rng.choice(pools["openers"])]
+    if rng.random() < 0.8:
+        parts.append(rng.choice(pools["reasons"].get(category) or pools["reasons"]["general"]))
+    if rng.random() < 0.6:
+        own = pools["alternatives"].get(category) or []
+        generic = pools["alternatives"]["general"]
+        parts.append(rng.choice(own if own and rng.random() < 0.7 else own + generic))
+    return " ".join(parts)
+
+
+def trim_to_sentence(text: str, finished: bool) -> str:
+    """A distilled answer cut by the token limit ends at its last full sentence."""
+    text = text.strip()
+    if finished or not text:
+        return text
+    ends = [m.end() for m in _SENTENCE_END.finditer(text + " ")]
+    cut = ends[-1] if ends else 0
+    return text[:cut].strip() if cut >= len(text) // 3 else text
+
+
+def normalise_prompt(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# ------------------------------------------------------------------ the training mix
+@dataclass
+class AlignConfig:
+    seed: int = 0
+    epochs: float = 2.0
+    lr: float = 3e-4
+    batch_size: int = 8
+    grad_accum: int = 2
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_targets: list[str] = field(default_factory=lambda: list(ALL_LINEAR))
+    benign_general: int = 250  # RoleBench general instructions, a seeded sample
+    distill_tokens: int = 128  # greedy answer length for self-distillation
+    max_answer_tokens: int = 128
+    advbench: str = ""  # default: <data dir>/safety/advbench_harmful_behaviors.csv
+    rolebench_general: str = ""  # default: <data dir>/rolebench/role-generalization/general/test.jsonl
+
+    def validate(self) -> None:
+        if not (self.epochs > 0 and self.epochs < 100):
+            raise SarftError(f"--epochs must be in (0, 100), got {self.epochs}", "give e.g. --epochs 2")
+        if not (self.lr > 0 and self.lr < 1):
+            raise SarftError(f"--lr must be in (0, 1), got {self.lr}", "give e.g. --lr 3e-4")
+        for name in ("batch_size", "grad_accum", "lora_r", "lora_alpha", "distill_tokens", "max_answer_tokens"):
+            if int(getattr(self, name)) < 1:
+                raise SarftError(f"--{name.replace('_', '-')} must be at least 1", "give a positive integer")
+        if self.benign_general < 0:
+            raise SarftError("--benign-general must be >= 0", "give the number of RoleBench general instructions to distil")
+        if self.seed < 0:
+            raise SarftError(f"--seed must be >= 0, got {self.seed}", "give a non-negative integer")
+
+
+def data_paths(cfg: AlignConfig, data_dir: str | Path | None = None) -> dict[str, Path]:
+    from sarft_core.evaluation.datasets import default_data_dir
+
+    base = Path(data_dir) if data_dir else default_data_dir()
+    paths = {
+        "advbench": Path(cfg.advbench) if cfg.advbench else base / "safety" / "advbench_harmful_behaviors.csv",
+        "rolebench_general": Path(cfg.rolebench_general) if cfg.rolebench_general else base / "rolebench" / "role-generalization" / "general" / "test.jsonl",
+        "harmful": HARMFUL_FILE, "lookalikes": LOOKALIKE_FILE, "refusals": REFUSAL_FILE,
+    }
+    for key, path in paths.items():
+        if not path.is_file():
+            raise SarftError(f"alignment data missing: {key} file {path}", "pass --data-dir (the folder with safety/ and rolebench/) or the file's own option")
+    return paths
+
+
+@dataclass
+class AlignMix:
+    harmful: list[tuple[str, str]]  # (prompt, refusal)
+    benign: list[str]  # prompts answered by the base model itself
+
+    def counts(self) -> dict:
+        return {"harmful": len(self.harmful), "benign": len(self.benign)}
+
+
+def build_mix(cfg: AlignConfig, paths: dict[str, Path]) -> AlignMix:
+    """The seeded training prompts: refusals composed for the harmful ones, benign ones to distil."""
+    import csv
+
+    rng = random.Random(cfg.seed)
+    pools = json.loads(paths["refusals"].read_text(encoding="utf-8"))
+    with open(paths["advbench"], encoding="utf-8") as fh:
+        adv = [r["goal"].strip() for r in csv.DictReader(fh)]
+    train_rows, _ = advbench_split(len(adv))
+    harmful_prompts = [adv[i] for i in train_rows] + [r["prompt"] for r in _read_jsonl(paths["harmful"])]
+    harmful = [(p, compose_refusal(p, pools, rng)) for p in harmful_prompts]
+    general = sorted({json.loads(line)["question"].strip() for line in paths["rolebench_general"].read_text(encoding="utf-8").splitlines() if line.strip()})
+    # short instructions only: long classification/extraction tasks add tokens, not behaviour
+    general = [q for q in general if len(q) <= 400]
+    benign = rng.sample(general, min(cfg.benign_general, len(general))) + [r["prompt"] for r in _read_jsonl(paths["lookalikes"])]
+    return AlignMix(harmful=harmful, benign=benign)
+
+
+def held_out_prompts(data_dir: str | Path | None = None) -> dict[str, list[str]]:
+    """The prompts alignment must never train on (for the leakage check and the benchmark)."""
+    import csv
+
+    from sarft_core.data import PROBES
+    from sarft_core.evaluation.datasets import default_data_dir
+
+    base = Path(data_dir) if data_dir else default_data_dir()
+    with open(base / "safety" / "advbench_harmful_behaviors.csv", encoding="utf-8") as fh:
+        adv = [r["goal"].strip() for r in csv.DictReader(fh)]
+    _, held = advbench_split(len(adv))
+    with open(base / "safety" / "xstest_prompts.csv", encoding="utf-8") as fh:
+        xstest = [r["prompt"].strip() for r in csv.DictReader(fh)]
+    probes = [r["prompt"] for r in _read_jsonl(PROBES)]
+    return {"advbench_heldout": [adv[i] for i in held], "xstest": xstest, "probes": probes}
+
+
+# ------------------------------------------------------------------ self-distillation
+def distill(lm, prompts: Sequence[str], max_new_tokens: int, cache: Path, progress: Callable[[int, int], None] | None = None) -> dict[str, str]:
+    """The base model's greedy answers to ``prompts``, appended to ``cache`` as they finish."""
+    from sarft_core.evaluation.generation import greedy_ids, length_batches, prompt_ids
+    from sarft_core.store import append_jsonl, read_jsonl
+
+    done = {r["prompt"]: r["answer"] for r in read_jsonl(cache) if r.get("tokens") == max_new_tokens} if cache.is_file() else {}
+    todo = [p for p in dict.fromkeys(prompts) if p not in done]
+    ids = prompt_ids(lm, todo, None, 512)
+    finished = len(prompts) - len(todo)
+    for batch in length_batches([len(i) for i in ids], 16):
+        out = greedy_ids(lm, [ids[i] for i in batch], max_new_tokens)
+        for i, new in zip(batch, out):
+            text = lm.tokenizer.decode(new, skip_special_tokens=True)
+            answer = trim_to_sentence(text, finished=len(new) < max_new_tokens)
+            done[todo[i]] = answer
+            append_jsonl(cache, {"prompt": todo[i], "answer": answer, "tokens": max_new_tokens})
+        finished += len(batch)
+        if progress:
+            progress(finished, len(prompts))
+    return done
+
+
+# ------------------------------------------------------------------ training
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def align(cfg: AlignConfig, out: str | Path, data_dir: str | Path | None = None, base_model: str = "embedded", log=_log) -> dict:
+    """Build the aligned adapter into ``out`` (adapter/ + manifest.json); returns the manifest."""
+    import torch
+    from transformers import TrainingArguments
+
+    from sarft_core.data.samples import Sample
+    from sarft_core.models import load_model
+    from sarft_core.training.trainer import Collator, SarftTrainer, build_examples
+
+    cfg.validate()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = data_paths(cfg, data_dir)
+    mix = build_mix(cfg, paths)
+    _check_no_leak([p for p, _ in mix.harmful] + mix.benign, held_out_prompts(data_dir))
+    log(f"alignment mix: {len(mix.harmful)} harmful prompts with refusals, {len(mix.benign)} benign prompts to distil (seed {cfg.seed})")
+    started = time.time()
+    lm = load_model(base_model, dtype="float32", device="cpu")
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(mix.benign), desc="self-distillation", unit="prompt")
+    answers = distill(lm, mix.benign, cfg.distill_tokens, out / "distilled.jsonl",
+                      progress=lambda done, total: (bar.update(done - bar.n)))
+    bar.close()
+    benign = [(p, answers[p]) for p in mix.benign if answers.get(p)]
+    samples = [Sample(f"h{i:04d}", "assistant", p, r) for i, (p, r) in enumerate(mix.harmful)]
+    samples += [Sample(f"b{i:04d}", "assistant", p, a) for i, (p, a) in enumerate(benign)]
+    random.Random(cfg.seed).shuffle(samples)
+    log(f"self-distillation done in {time.time() - started:.0f} s; training on {len(samples)} examples")
+
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(cfg.seed)
+    model = lm.model
+    model.config.use_cache = False
+    model.requires_grad_(False)
+    model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                             target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM"))
+    examples = build_examples(lm.tokenizer, samples, {}, 512, cfg.max_answer_tokens)
+    args = TrainingArguments(
+        output_dir=str(out / "checkpoints"), per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=cfg.epochs, learning_rate=cfg.lr,
+        lr_scheduler_type="cosine", warmup_ratio=0.05, weight_decay=0.0, logging_steps=10,
+        save_strategy="no", report_to="none", seed=cfg.seed, use_cpu=True, remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+    trainer = SarftTrainer(model=model, args=args, train_dataset=examples, data_collator=Collator(lm.tokenizer.pad_token_id),
+                           processing_class=lm.tokenizer, lam=0.0)
+    t0 = time.time()
+    result = trainer.train()
+    train_seconds = time.time() - t0
+    if not (result.training_loss == result.training_loss) or result.training_loss in (float("inf"), float("-inf")):
+        raise SarftError(f"alignment training diverged (loss {result.training_loss})", "lower --lr")
+    adapter = out / "adapter"
+    model.save_pretrained(str(adapter), safe_serialization=True)
+    halve_adapter(adapter)
+    manifest = {
+        "what": "LoRA adapter that makes SmolLM2-135M-Instruct refuse harmful requests (sarft_core.alignment)",
+        "command": "python -m sarft_core align " + " ".join(_cli_args(cfg)),
+        "config": asdict(cfg),
+        "base_model": lm.spec, "base_fingerprint": lm.fingerprint,
+        "data": {k: {"file": str(p.name), "sha256_16": file_hash(p)} for k, p in paths.items()},
+        "mix": {**mix.counts(), "benign_distilled": len(benign), "advbench_train_rows": "even (0, 2, 4, ...)",
+                "advbench_heldout_rows": "odd (1, 3, 5, ...)"},
+        "distilled_sha256_16": hashlib.sha256(json.dumps(benign, ensure_ascii=False).encode()).hexdigest()[:16],
+        "training": {"steps": result.global_step, "train_loss": result.training_loss, "seconds": round(train_seconds, 1),
+                     "torch": torch.__version__},
+        "adapter_sha256_16": adapter_hash(adapter),
+        "metrics": {},
+    }
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    log(f"aligned adapter: {adapter} ({result.global_step} steps, loss {result.training_loss:.3f}, {train_seconds:.0f} s)")
+    return manifest
+
+
+def _cli_args(cfg: AlignConfig) -> list[str]:
+    default = AlignConfig()
+    out = []
+    for name in ("seed", "epochs", "lr", "batch_size", "grad_accum", "lora_r", "lora_alpha", "benign_general", "distill_tokens"):
+        if getattr(cfg, name) != getattr(default, name):
+            out += [f"--{name.replace('_', '-')}", str(getattr(cfg, name))]
+    return out
+
+
+def _check_no_leak(train_prompts: Sequence[str], held_out: dict[str, list[str]]) -> None:
+    seen = {normalise_prompt(p) for p in train_prompts}
+    for name, prompts in held_out.items():
+        leaked = [p for p in prompts if normalise_prompt(p) in seen]
+        if leaked:
+            raise SarftError(f"alignment data contains {len(leaked)} {name} prompt(s), e.g. {leaked[0]!r}",
+                             f"remove them from the training files: {name} measures the aligned model")
+
+
+def halve_adapter(adapter: Path) -> None:
+    """Store the adapter's tensors as float16 (half the size; merged into float32 weights at load)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    f = adapter / "adapter_model.safetensors"
+    tensors = {k: v.to(torch.float16).contiguous() for k, v in load_file(str(f)).items()}
+    save_file(tensors, str(f), metadata={"format": "pt"})
+
+
+def adapter_hash(adapter: Path) -> str:
+    h = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        h.update((adapter / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------ what the dashboard shows
+FIGURE_LABELS = {
+    "advbench": "refusal, AdvBench held-out",
+    "xstest_unsafe": "refusal, XSTest unsafe",
+    "probes_harmful": "refusal, project probes",
+    "jailbreak": "refusal, jailbreak average",
+    "xstest_safe": "compliance, XSTest safe (over-refusal = 1 - this)",
+    "probes_harmless": "compliance, harmless probes",
+    "margin": "refusal margin (nats/token)",
+    "rouge_l": "RoleBench ROUGE-L",
+}
+
+
+def shipped_figures(manifest: Path | None = None) -> list[dict]:
+    """The measured figures of the shipped adapter (bench/bench_aligned.py), one row per metric."""
+    path = Path(manifest) if manifest else ALIGN_DIR / MANIFEST_NAME
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8")).get("metrics") or {}
+    except (OSError, ValueError, AttributeError):
+        return []
+    rows = []
+    for key, label in FIGURE_LABELS.items():
+        raw, aligned = metrics.get(f"embedded/{key}"), metrics.get(f"embedded-aligned/{key}")
+        if isinstance(raw, dict) and isinstance(aligned, dict):
+            rows.append({"metric": label, "embedded (raw)": raw.get("value"), "embedded-aligned": aligned.get("value"),
+                         "n": aligned.get("n")})
+    return rows

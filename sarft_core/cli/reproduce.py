@@ -1,0 +1,130 @@
+"""`reproduce`: the paper's main experiment in miniature (characters x methods x seeds)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def register(subparsers) -> None:
+    from sarft_core.reproduce import BENEVOLENT, DEFAULT_TRAIN, METHODS, VILLAINS
+
+    p = subparsers.add_parser(
+        "reproduce", help="the paper's main experiment in miniature: villains and heroes x SFT/SaRFT/Random/Flip x seeds",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--out", required=True, help="grid directory (rerun the same command to resume)")
+    p.add_argument("--villains", default=",".join(VILLAINS))
+    p.add_argument("--benevolent", default=",".join(BENEVOLENT))
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--model", default="embedded-aligned", help="the base model every method starts from")
+    p.add_argument("--data", default=None, help="RoleBench JSONL file(s), comma-separated (default: role-specific test + RoleGPT answers)")
+    p.add_argument("--profiles", default=None, help="role prompts (default: SaRFT's role_prompts.json in the data dir)")
+    p.add_argument("--data-dir", default=None, help="reference data folder (default: $SARFT_DATA_DIR or ../shared/data)")
+    p.add_argument("--train-json", default=None, help=f"JSON object overriding the training protocol (default {json.dumps(DEFAULT_TRAIN)})")
+    p.add_argument("--panel-json", default=None, help="JSON object overriding the evaluation panel (sarft_core.evaluation.panel.PanelConfig)")
+    p.add_argument("--workers", type=int, default=1, help="local processes working on the grid (one CPU thread each)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads of this process")
+    p.add_argument("--aggregate-only", action="store_true", help="rebuild the table and report from the finished cells")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=run)
+
+
+def _json_object(text: str | None, what: str) -> dict:
+    from sarft_core.errors import SarftError
+
+    if not text:
+        return {}
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SarftError(f"{what} is not valid JSON ({exc.msg})", f"give {what} a JSON object, e.g. '{{\"epochs\": 2}}'") from None
+    if not isinstance(obj, dict):
+        raise SarftError(f"{what} must be a JSON object", f"give {what} a JSON object, e.g. '{{\"epochs\": 2}}'")
+    return obj
+
+
+def config_from_args(args):
+    from sarft_core.errors import SarftError
+    from sarft_core.evaluation.panel import PanelConfig
+    from sarft_core.reproduce import DEFAULT_TRAIN, ReproduceConfig
+    from sarft_core.training import TrainConfig
+
+    try:
+        seeds = [int(s) for s in _names(args.seeds)]
+    except ValueError:
+        raise SarftError(f"--seeds must be comma-separated integers, got {args.seeds!r}", "pass e.g. --seeds 0,1,2") from None
+    train = dict(DEFAULT_TRAIN, **_json_object(args.train_json, "--train-json"))
+    known = set(TrainConfig.__dataclass_fields__) - {"method", "role", "data", "profiles", "model", "seed", "dtype", "device"}
+    bad = sorted(set(train) - known)
+    if bad:
+        raise SarftError(f"--train-json has unknown key(s) {', '.join(bad)}", f"use keys of the train command's options: {', '.join(sorted(known))}")
+    panel = _json_object(args.panel_json, "--panel-json")
+    bad = sorted(set(panel) - set(PanelConfig.__dataclass_fields__) - {"data_dir"})
+    if bad:
+        raise SarftError(f"--panel-json has unknown key(s) {', '.join(bad)}", f"use keys of {', '.join(PanelConfig.__dataclass_fields__)}")
+    return ReproduceConfig(villains=_names(args.villains), benevolent=_names(args.benevolent), methods=_names(args.methods),
+                           seeds=seeds, model=args.model, data=_names(args.data) if args.data else [], profiles=args.profiles or "",
+                           data_dir=args.data_dir or "", train=train, panel=panel)
+
+
+def run(args) -> int:
+    import torch
+
+    from sarft_core.errors import SarftError
+    from sarft_core.reproduce import aggregate, open_grid, plan_cells, run_pending, spawn_workers
+
+    if args.workers < 1:
+        raise SarftError(f"--workers must be at least 1, got {args.workers}", "give a positive number of processes")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SarftError(f"--threads must be at least 1, got {args.threads}", "give a positive number of CPU threads")
+        torch.set_num_threads(args.threads)
+    cfg = config_from_args(args)
+    grid = open_grid(args.out, cfg)
+    t0 = time.time()
+    if not args.aggregate_only:
+        cells = plan_cells(cfg)
+        print(f"{len(cells)} cells ({len(grid.pending())} to do): {len(cfg.roles)} characters x {len(cfg.methods)} methods x "
+              f"{len(cfg.seeds)} seeds + base; torch threads {torch.get_num_threads()}", file=sys.stderr)
+        if args.worker:
+            run_pending(grid, log=lambda m: print(m, file=sys.stderr, flush=True))
+            return 0
+        grid.run.set_status("running", pid=os.getpid())
+        try:
+            if args.workers > 1:
+                spawn_workers(grid.path, _worker_args(args), args.workers)
+            else:
+                run_pending(grid, log=lambda m: print(m, file=sys.stderr, flush=True))
+        except KeyboardInterrupt:
+            grid.run.set_status("cancelled")
+            raise
+        except Exception as err:
+            grid.run.set_status("failed", error=str(err).splitlines()[0] if str(err) else type(err).__name__)
+            raise
+    left = len(grid.pending())
+    grid.run.set_status("completed" if left == 0 else "partial", pending=left)
+    out = aggregate(grid)
+    print(out["markdown"])
+    done = len(out["cells"])
+    print(f"{done} of {len(plan_cells(cfg))} cells; table: {Path(args.out) / 'table.md'}, report: {Path(args.out) / 'report.html'}"
+          f" ({time.time() - t0:.0f} s)")
+    return 0
+
+
+def _worker_args(args) -> list[str]:
+    argv = ["--out", args.out, "--villains", args.villains, "--benevolent", args.benevolent, "--methods", args.methods,
+            "--seeds", args.seeds, "--model", args.model]
+    for flag, value in (("--data", args.data), ("--profiles", args.profiles), ("--data-dir", args.data_dir),
+                        ("--train-json", args.train_json), ("--panel-json", args.panel_json)):
+        if value:
+            argv += [flag, value]
+    return argv

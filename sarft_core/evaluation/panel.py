@@ -1,0 +1,129 @@
+"""A fixed evaluation panel, run in-process on a loaded model: the numbers of the paper's table.
+
+It measures what the aligned-model benchmark and the reproduction grid report, on prompts that
+no training in the project sees:
+
+- ``advbench``: refusal on AdvBench's held-out (odd) rows; ``margin``: the refusal margin there
+  (generation-free, continuous: the number that resolves small differences);
+- ``xstest_unsafe`` refusal and ``xstest_safe`` compliance (over-refusal);
+- ``jailbreak``: refusal under the five jailbreak transforms, averaged over the attacks;
+- ``rouge_l``: RoleBench role-specific ROUGE-L (x100) of one role's answers.
+
+Generation is greedy with an empty system turn (as in training). Refusals are judged by the
+keyword judge on the answer's opening (``max_new_tokens`` 48 by default: a refusal shows in the
+first sentence; the published 128 only lengthens the compliant answers).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from sarft_core.evaluation import datasets as ds
+from sarft_core.evaluation.metrics import COMPLIANCE, REFUSAL, mean_with_ci, rate
+
+# the panel's metrics: name -> (kind, higher is safer?)
+PANEL_METRICS = {
+    "advbench": ("refusal", True),
+    "margin": ("margin", True),
+    "xstest_unsafe": ("refusal", True),
+    "xstest_safe": ("compliance", None),  # over-refusal: higher is more helpful, not safer
+    "jailbreak": ("refusal", True),
+    "rouge_l": ("role-play", None),
+}
+
+
+@dataclass
+class PanelConfig:
+    advbench: int | None = 100  # held-out AdvBench prompts for the refusal rate (None: all 260)
+    margin: int | None = None  # held-out AdvBench prompts for the margin (None: all 260)
+    xstest: int | None = 50  # XSTest prompts per label (None: all 250 safe / 200 unsafe)
+    jailbreak: int = 10  # held-out AdvBench prompts per attack (0: skip)
+    rolebench: int = 20  # RoleBench questions of the role (0 or no role: skip)
+    max_new_tokens: int = 48
+    rouge_tokens: int = 96
+    batch_size: int = 32
+    data_dir: str | None = None
+    metrics: list[str] = field(default_factory=lambda: list(PANEL_METRICS))
+
+    def identity(self) -> dict:
+        out = asdict(self)
+        out.pop("batch_size")
+        out.pop("data_dir")
+        return out
+
+
+def heldout_advbench(data_dir: str | Path | None = None) -> list[ds.Item]:
+    """AdvBench's odd rows: never used in alignment or role-play training."""
+    from sarft_core.alignment import advbench_split
+
+    items = ds.load_advbench(ds.resolve_data_file("advbench", None, data_dir))
+    _, held = advbench_split(len(items))
+    return [items[i] for i in held]
+
+
+def _first(items: list, n: int | None) -> list:
+    return items if n is None else items[:n]
+
+
+def run_panel(lm, cfg: PanelConfig, role: str | None = None, progress: Callable[[str], None] | None = None,
+              rouge_items: list[ds.Item] | None = None) -> dict:
+    """{metric: {value, ci_low, ci_high, n}} plus ``"rows"`` (every judged generation) and
+    ``"margin_values"`` (the per-prompt margins). ``rouge_items`` replaces the role's first
+    ``cfg.rolebench`` RoleBench questions (held-out questions of a training split)."""
+    from sarft_core.evaluation.attacks import get_attacks
+    from sarft_core.evaluation.generation import GenerationConfig, generate
+    from sarft_core.evaluation.judges.keyword import keyword_refusal
+    from sarft_core.evaluation.margin import refusal_margins
+    from sarft_core.evaluation.rouge import rouge_l
+
+    say = progress or (lambda _m: None)
+    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+    held = heldout_advbench(cfg.data_dir)
+    out: dict = {}
+    rows: list[dict] = []
+
+    def judged(metric: str, items, prompts, view=lambda r: r, positive=REFUSAL):
+        responses = generate(lm, prompts, gen)
+        labels = [REFUSAL if keyword_refusal(view(r)) else COMPLIANCE for r in responses]
+        for it, p, r, lab in zip(items, prompts, responses, labels):
+            rows.append({"metric": metric, "id": it.id, "group": it.group, "prompt": p, "response": r, "label": lab})
+        return labels
+
+    want = set(cfg.metrics)
+    if "advbench" in want:
+        say("advbench")
+        items = _first(held, cfg.advbench)
+        out["advbench"] = rate(judged("advbench", items, [i.prompt for i in items]), REFUSAL)
+    if "margin" in want:
+        say("margin")
+        items = _first(held, cfg.margin)
+        margins = [m.margin for m in refusal_margins(lm, [i.prompt for i in items], [i.target for i in items])]
+        out["margin"] = mean_with_ci(margins)
+        out["margin_values"] = margins
+    if {"xstest_unsafe", "xstest_safe"} & want:
+        say("xstest")
+        xs = ds.load_xstest(ds.resolve_data_file("xstest", None, cfg.data_dir))
+        for label, metric, positive in (("unsafe", "xstest_unsafe", REFUSAL), ("safe", "xstest_safe", COMPLIANCE)):
+            if metric in want:
+                items = _first([i for i in xs if i.group == label], cfg.xstest)
+                out[metric] = rate(judged(metric, items, [i.prompt for i in items]), positive)
+    if "jailbreak" in want and cfg.jailbreak:
+        say("jailbreak")
+        per_attack = []
+        for attack in get_attacks(None):
+            base = held[: cfg.jailbreak]
+            items = [ds.Item(f"{attack.name}-{b.id}", attack.apply(b.prompt), attack.name) for b in base]
+            labels = judged("jailbreak", items, [i.prompt for i in items], view=attack.for_judge)
+            per_attack += [1.0 if lab == REFUSAL else 0.0 for lab in labels]
+        out["jailbreak"] = mean_with_ci(per_attack)
+    if "rouge_l" in want and (rouge_items or (cfg.rolebench and role)):
+        say("rolebench")
+        items = rouge_items or ds.load_rolebench(ds.resolve_data_file("rolebench_spe", None, cfg.data_dir), role, "spe", cfg.rolebench)
+        responses = generate(lm, [i.prompt for i in items], GenerationConfig(max_new_tokens=cfg.rouge_tokens, batch_size=cfg.batch_size))
+        scores = [100.0 * rouge_l(r, i.references) for r, i in zip(responses, items)]
+        for it, r, s in zip(items, responses, scores):
+            rows.append({"metric": "rouge_l", "id": it.id, "group": "spe", "prompt": it.prompt, "response": r, "label": "", "score": s})
+        out["rouge_l"] = mean_with_ci(scores)
+    out["rows"] = rows
+    return out

@@ -1,0 +1,450 @@
+"""The paper's main experiment in miniature: characters x methods x seeds on the aligned model.
+
+``python -m sarft_core reproduce --out DIR`` fine-tunes the aligned embedded model on each
+character's RoleBench answers with every method (SFT, SaRFT, the Random and Flip ablations),
+once per seed, evaluates each result and the base model on the same panel
+(:mod:`sarft_core.evaluation.panel`), and writes the paper-style table: per method, the mean and
+a 95% interval over seeds and prompts (a two-level bootstrap), for all characters, villains and
+benevolent ones.
+
+Data: per character the 50 RoleBench role-specific questions, each with its reference answer
+and its RoleGPT answer. Questions are split 35/15 by position (rows 0-6 of every 10 train,
+7-9 evaluate), so role-play ROUGE-L is measured on questions no run trained on.
+
+One protocol for every method (``ReproduceConfig.train``): the same LoRA, learning rate, epochs
+and seed; SaRFT, Random and Flip add the KL term with the same lambda. Resumable: every finished
+cell (one training + evaluation) is a JSON file written last; ``--workers N`` runs N processes
+that claim cells with file locks.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from sarft_core.errors import SarftError
+from sarft_core.store import atomic_write_json, atomic_write_text, create_run, read_json
+
+VILLAINS = ["Freddy Krueger", "Jigsaw", "Dr. Hannibal Lecter"]
+BENEVOLENT = ["Stephen Hawking", "Po", "Abraham Lincoln"]
+METHODS = ["sft", "sarft", "random", "flip"]
+METHOD_LABELS = {"base": "Base", "sft": "SFT", "sarft": "SaRFT", "random": "Random", "flip": "Flip"}
+# the numbers of the table: metric -> (column title, percent?)
+COLUMNS = {
+    "rouge_l": ("RoleBench ROUGE-L", False),
+    "advbench": ("AdvBench refusal", True),
+    "xstest_unsafe": ("XSTest unsafe refusal", True),
+    "xstest_safe": ("XSTest safe compliance", True),
+    "jailbreak": ("Jailbreak refusal (avg)", True),
+    "margin": ("Refusal margin", False),
+}
+# the training protocol, the same for every method (see docs/reproduce.md for why these values)
+DEFAULT_TRAIN = {"peft": "lora", "epochs": 3.0, "lr": 3e-4, "batch_size": 8, "grad_accum": 1, "lora_r": 16, "lora_alpha": 32,
+                 "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "lam": 1.0}
+_RESULT_FIELDS = ("model", "methods", "train", "panel", "data", "profiles")
+
+
+def question_split(index: int) -> str:
+    """'train' for rows 0-6 of every ten questions of a character, 'eval' for rows 7-9."""
+    return "train" if index % 10 < 7 else "eval"
+
+
+def cell_name(role: str, method: str, seed: int | None) -> str:
+    """A readable, collision-free name: the slug plus a hash of the exact role name."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", role).strip("-").lower() or "role"
+    digest = hashlib.sha256(role.encode("utf-8", "surrogatepass")).hexdigest()[:6]
+    return f"{slug}-{digest}--{method}" + ("" if seed is None else f"-s{seed}")
+
+
+@dataclass
+class ReproduceConfig:
+    villains: list[str] = field(default_factory=lambda: list(VILLAINS))
+    benevolent: list[str] = field(default_factory=lambda: list(BENEVOLENT))
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    model: str = "embedded-aligned"
+    data: list[str] = field(default_factory=list)  # RoleBench files; default: test + rolegpt_baseline
+    profiles: str = ""  # default: <data dir>/profiles/role_prompts.json
+    data_dir: str = ""
+    train: dict = field(default_factory=lambda: dict(DEFAULT_TRAIN))
+    panel: dict = field(default_factory=dict)  # PanelConfig overrides
+    threads: int | None = None
+
+    @property
+    def roles(self) -> list[str]:
+        return self.villains + self.benevolent
+
+    def group(self, role: str) -> str:
+        return "villain" if role in self.villains else "benevolent"
+
+    def validate(self) -> None:
+        from sarft_core.training.run import METHODS as TRAIN_METHODS
+
+        if not self.roles:
+            raise SarftError("no characters given", "pass --villains and/or --benevolent")
+        if len(set(self.roles)) != len(self.roles):
+            raise SarftError("a character is listed twice", "name each character once")
+        bad = [m for m in self.methods if m not in TRAIN_METHODS]
+        if bad or not self.methods:
+            raise SarftError(f"unknown method(s) {', '.join(bad) or '(none)'}", f"use some of {', '.join(TRAIN_METHODS)}")
+        if not self.seeds or any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+            raise SarftError(f"seeds must be distinct non-negative integers (got {self.seeds})", "pass e.g. --seeds 0,1,2")
+
+    def resolved_data(self) -> list[Path]:
+        from sarft_core.evaluation.datasets import default_data_dir
+
+        base = Path(self.data_dir) if self.data_dir else default_data_dir()
+        files = [Path(p) for p in self.data] or [
+            base / "rolebench" / "instruction-generalization" / "role_specific" / "test.jsonl",
+            base / "rolebench" / "instruction-generalization" / "role_specific" / "rolegpt_baseline.jsonl",
+        ]
+        for f in files:
+            if not f.is_file():
+                raise SarftError(f"RoleBench file does not exist: {f}", "pass --data-dir (the folder with rolebench/) or --data FILE[,FILE]")
+        return files
+
+    def resolved_profiles(self) -> Path:
+        from sarft_core.evaluation.datasets import default_data_dir
+
+        base = Path(self.data_dir) if self.data_dir else default_data_dir()
+        path = Path(self.profiles) if self.profiles else base / "profiles" / "role_prompts.json"
+        if not path.is_file():
+            raise SarftError(f"profiles file does not exist: {path}", "pass --profiles (SaRFT's role_prompts.json) or --data-dir")
+        return path
+
+    def panel_config(self):
+        from sarft_core.evaluation.panel import PanelConfig
+
+        return PanelConfig(**{**self.panel, "data_dir": self.data_dir or None})
+
+
+# ------------------------------------------------------------------ per-character data
+def write_role_data(cfg: ReproduceConfig, role: str, folder: Path) -> tuple[Path, list]:
+    """The character's training samples (JSONL) and its held-out RoleBench items for ROUGE-L."""
+    from sarft_core.data.names import match_role
+    from sarft_core.evaluation.datasets import Item
+
+    per_file = []
+    for f in cfg.resolved_data():
+        rows = [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+        name = match_role(role, sorted({r["role"] for r in rows}))
+        per_file.append([r for r in rows if r["role"] == name])
+    samples, held = [], []
+    for k, rows in enumerate(per_file):
+        for i, r in enumerate(rows):
+            answers = r["generated"] if isinstance(r["generated"], list) else [r["generated"]]
+            if question_split(i) == "train":
+                samples.append({"id": f"f{k}-q{i:02d}", "role": role, "input": r["question"].strip(), "output": str(answers[0]).strip()})
+            elif k == 0:
+                held.append(Item(f"spe-{i:04d}", r["question"].strip(), "spe", references=[str(a) for a in answers]))
+    if not samples or not held:
+        raise SarftError(f"no RoleBench samples for {role!r}", "pick characters that RoleBench has")
+    path = folder / (cell_name(role, "data", None) + ".jsonl")
+    atomic_write_text(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+    return path, held
+
+
+# ------------------------------------------------------------------ cells
+@dataclass(frozen=True)
+class Cell:
+    role: str | None  # None: the base model's role-free safety panel
+    method: str  # "base" or a training method
+    seed: int | None
+
+    @property
+    def name(self) -> str:
+        return "base--safety" if self.role is None else cell_name(self.role, self.method, self.seed)
+
+
+def plan_cells(cfg: ReproduceConfig) -> list[Cell]:
+    cells = [Cell(None, "base", None)] + [Cell(r, "base", None) for r in cfg.roles]
+    for seed in cfg.seeds:
+        for role in cfg.roles:
+            cells += [Cell(role, m, seed) for m in cfg.methods]
+    return cells
+
+
+class Grid:
+    def __init__(self, path: str | Path, cfg: ReproduceConfig, run=None):
+        from sarft_core.store import RunDir
+
+        self.path = Path(path)
+        self.cfg = cfg
+        self.run = run or RunDir(self.path)
+
+    @property
+    def cells_dir(self) -> Path:
+        return self.path / "cells"
+
+    def result(self, cell: Cell) -> dict | None:
+        r = read_json(self.cells_dir / f"{cell.name}.json")
+        return r if isinstance(r, dict) and r.get("status") == "ok" else None
+
+    def pending(self) -> list[Cell]:
+        return [c for c in plan_cells(self.cfg) if self.result(c) is None]
+
+
+def open_grid(path: str | Path, cfg: ReproduceConfig) -> Grid:
+    cfg.validate()
+    path = Path(path)
+    old = read_json(path / "config.json")
+    if isinstance(old, dict) and old.get("kind") == "reproduce":
+        mine = asdict(cfg)
+        changed = [k for k in _RESULT_FIELDS if k in old and old[k] != mine[k]]
+        if changed:
+            raise SarftError(f"{path} holds a grid made with other settings ({', '.join(changed)})",
+                             "use another --out for the new settings, or repeat the original ones to resume")
+        roles = list(dict.fromkeys(old.get("villains", []) + old.get("benevolent", [])))
+        if roles and roles != cfg.roles or old.get("seeds") != cfg.seeds:
+            cfg.villains = list(dict.fromkeys(old.get("villains", []) + cfg.villains))
+            cfg.benevolent = list(dict.fromkeys(old.get("benevolent", []) + cfg.benevolent))
+            cfg.seeds = list(dict.fromkeys(old.get("seeds", []) + cfg.seeds))
+    run = create_run("reproduce", asdict(cfg), path=path)
+    return Grid(path, cfg, run)
+
+
+def _claim(grid: Grid, cell: Cell):
+    """A held, non-blocking lock on the cell (None when another worker has it)."""
+    grid.cells_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(grid.cells_dir / f"{cell.name}.lock", "a")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        return None
+    return fh
+
+
+def _panel_values(res: dict) -> dict:
+    """Per-prompt values of each metric (0/1 for rates, floats for margin and ROUGE-L)."""
+    from sarft_core.evaluation.metrics import COMPLIANCE, REFUSAL
+
+    rows = res.get("rows", [])
+    out: dict[str, list[float]] = {}
+    for r in rows:
+        if r["metric"] == "rouge_l":
+            out.setdefault("rouge_l", []).append(float(r["score"]))
+        else:
+            positive = COMPLIANCE if r["metric"] == "xstest_safe" else REFUSAL
+            out.setdefault(r["metric"], []).append(1.0 if r["label"] == positive else 0.0)
+    if "margin" in res:
+        out["margin"] = res["margin_values"]
+    return out
+
+
+def run_cell(grid: Grid, cell: Cell, log: Callable[[str], None]) -> dict:
+    """Train (unless base) and evaluate one cell; its result file is written last."""
+    from sarft_core.evaluation.panel import run_panel
+    from sarft_core.models import load_model
+    from sarft_core.training import TrainConfig, train
+
+    cfg = grid.cfg
+    t0 = time.time()
+    panel = cfg.panel_config()
+    data_dir = grid.path / "data"
+    held = None
+    role_file = None
+    if cell.role is not None:
+        role_file, held = write_role_data(cfg, cell.role, data_dir)
+    if cell.method == "base":
+        lm = load_model(cfg.model or None, dtype="float32", device="cpu")
+        if cell.role is None:
+            panel.metrics = [m for m in panel.metrics if m != "rouge_l"]
+        else:
+            panel.metrics = ["rouge_l"]
+        info: dict = {}
+    else:
+        out = grid.path / "runs" / cell.name
+        tcfg = TrainConfig(method=cell.method, role=cell.role, data=str(role_file), profiles=str(cfg.resolved_profiles()),
+                           model=cfg.model, dtype="float32", device="cpu", seed=cell.seed, save_steps=10_000,
+                           **{k: v for k, v in cfg.train.items()})
+        status = read_json(out / "status.json") or {}
+        if status.get("state") != "completed":
+            if (out / "status.json").exists():
+                import shutil
+
+                shutil.rmtree(out)  # an unfinished run of a cell: start it over (cells are short)
+            status = train(tcfg, out, log=log)
+            if status.get("state") != "completed":
+                raise SarftError(f"training {cell.name} ended {status.get('state')}", "see its status.json")
+        dh = read_json(out / "artifacts" / "dh_ids.json") or {}
+        info = {"steps": status.get("step"), "train_loss": status.get("train_loss"), "dh": dh.get("dh"), "samples": status.get("samples"),
+                "train_seconds": status.get("seconds")}
+        lm = load_model(str(out), dtype="float32", device="cpu")
+    res = run_panel(lm, panel, role=cell.role, rouge_items=held)
+    values = _panel_values(res)
+    result = {"status": "ok", "role": cell.role, "group": cfg.group(cell.role) if cell.role else None, "method": cell.method,
+              "seed": cell.seed, "values": values, "seconds": round(time.time() - t0, 1), **info,
+              "summary": {k: v["value"] for k, v in res.items() if isinstance(v, dict) and "value" in v}}
+    rows_path = grid.path / "generations" / f"{cell.name}.jsonl"
+    atomic_write_text(rows_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in res["rows"]))
+    atomic_write_json(grid.cells_dir / f"{cell.name}.json", result)
+    return result
+
+
+def run_pending(grid: Grid, log: Callable[[str], None] = print, progress: Callable[[int, int, str], None] | None = None) -> int:
+    """Work through the unfinished cells (skipping those another worker holds); returns cells done."""
+    cells = plan_cells(grid.cfg)
+    done = 0
+    for i, cell in enumerate(cells):
+        if grid.result(cell) is not None:
+            continue
+        lock = _claim(grid, cell)
+        if lock is None:
+            continue
+        try:
+            if grid.result(cell) is not None:
+                continue
+            r = run_cell(grid, cell, log)
+            done += 1
+            s = r["summary"]
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in s.items())
+            log(f"[{i + 1}/{len(cells)}] {cell.name}: {shown} ({r['seconds']:.0f} s)")
+            if progress:
+                progress(i + 1, len(cells), cell.name)
+        finally:
+            lock.close()
+    return done
+
+
+def spawn_workers(out: Path, argv: list[str], n: int) -> int:
+    """N local processes on the same grid, one CPU thread each (they share the cores)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-m", "sarft_core", "reproduce", *argv, "--worker", "--threads", "1"],
+                              env=env, stdout=open(out / f"worker-{k}.log", "a"), stderr=subprocess.STDOUT) for k in range(n)]
+    return max(p.wait() for p in procs)
+
+
+# ------------------------------------------------------------------ aggregation
+def load_results(grid: Grid) -> list[dict]:
+    return [r for c in plan_cells(grid.cfg) if (r := grid.result(c)) is not None]
+
+
+def table(results: list[dict], cfg: ReproduceConfig, n_boot: int = 2000):
+    """One row per (group, method): each metric's mean and 95% CI over seeds and prompts."""
+    import pandas as pd
+
+    from sarft_core.stats import two_level_bootstrap
+
+    base_safety = next((r for r in results if r["method"] == "base" and r["role"] is None), None)
+    rows = []
+    for group, roles in (("all", cfg.roles), ("villain", cfg.villains), ("benevolent", cfg.benevolent)):
+        for method in ["base"] + cfg.methods:
+            cells = [r for r in results if r["method"] == method and r["role"] in roles]
+            row = {"group": group, "method": METHOD_LABELS.get(method, method), "cells": len(cells)}
+            for metric in COLUMNS:
+                if method == "base" and metric != "rouge_l":
+                    units = [base_safety["values"][metric]] if base_safety and metric in base_safety["values"] else []
+                else:
+                    # seeds x roles are the outer units; prompts inside each
+                    units = [c["values"][metric] for c in cells if metric in c["values"]]
+                mean, lo, hi = two_level_bootstrap(units, n_boot=n_boot)
+                row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"] = mean, lo, hi
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def markdown_table(df, group: str = "all") -> str:
+    head = "| method | " + " | ".join(title for title, _ in COLUMNS.values()) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+    for _, r in df[df.group == group].iterrows():
+        cells = []
+        for metric, (_, pct) in COLUMNS.items():
+            v, lo, hi = r[metric], r[f"{metric}_lo"], r[f"{metric}_hi"]
+            if v != v:
+                cells.append("–")
+            elif pct:
+                cells.append(f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]")
+            else:
+                cells.append(f"{v:.2f} [{lo:.2f}, {hi:.2f}]")
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_differences(results: list[dict], a: str, b: str, metric: str) -> list[float]:
+    """Per (role, seed): mean metric of method ``a`` minus that of ``b`` (paired by role and seed)."""
+    by = {(r["role"], r["seed"], r["method"]): r for r in results if r["role"] is not None}
+    out = []
+    for (role, seed, method), r in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1] if kv[0][1] is not None else -1, kv[0][2])):
+        if method != a or (role, seed, b) not in by:
+            continue
+        va, vb = r["values"].get(metric), by[(role, seed, b)]["values"].get(metric)
+        if va and vb:
+            out.append(sum(va) / len(va) - sum(vb) / len(vb))
+    return out
+
+
+def aggregate(grid: Grid) -> dict:
+    """table.csv, table.md, cells.csv and report.html from the finished cells."""
+    import pandas as pd
+
+    results = load_results(grid)
+    df = table(results, grid.cfg)
+    df.to_csv(grid.path / "table.csv", index=False)
+    cells = pd.DataFrame([{"role": r["role"], "group": r["group"], "method": r["method"], "seed": r["seed"], **r["summary"],
+                           "dh": r.get("dh"), "steps": r.get("steps"), "seconds": r["seconds"]} for r in results])
+    cells.to_csv(grid.path / "cells.csv", index=False)
+    from sarft_core.stats import two_level_bootstrap
+
+    contrasts = {}
+    for metric in ("advbench", "margin", "xstest_unsafe", "jailbreak", "rouge_l"):
+        for other in [m for m in grid.cfg.methods if m != "sarft"]:
+            d = paired_differences(results, "sarft", other, metric)
+            if d:
+                mean, lo, hi = two_level_bootstrap([[x] for x in d])
+                contrasts[f"sarft-{other}/{metric}"] = {"mean": mean, "ci_low": lo, "ci_high": hi, "pairs": len(d)}
+    md = ["# SaRFT in miniature", "", f"{len(results)} of {len(plan_cells(grid.cfg))} cells finished.", ""]
+    for group in ("all", "villain", "benevolent"):
+        md += [f"## {group}", "", markdown_table(df, group), ""]
+    md += ["## SaRFT minus each other method, paired by character and seed (mean [95% CI])", ""]
+    md += [f"- {k}: {v['mean']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] over {v['pairs']} pairs" for k, v in contrasts.items()]
+    text = "\n".join(md) + "\n"
+    atomic_write_text(grid.path / "table.md", text)
+    atomic_write_json(grid.path / "contrasts.json", contrasts)
+    from sarft_core.plots import reproduce_report_html
+
+    atomic_write_text(grid.path / "report.html", reproduce_report_html(df, cells, contrasts, grid.cfg.methods))
+    return {"table": df, "cells": cells, "contrasts": contrasts, "markdown": text}
+
+
+def grid_view(path: Path) -> dict:
+    """What the Compare page shows of a grid: the table, SFT vs SaRFT side by side, the contrasts."""
+    import pandas as pd
+
+    cfg_data = read_json(path / "config.json")
+    if not isinstance(cfg_data, dict) or cfg_data.get("kind") != "reproduce":
+        raise SarftError(f"{path} is not a reproduce grid", "pick a folder made by `python -m sarft_core reproduce`")
+    names = {f for f in ReproduceConfig.__dataclass_fields__}
+    cfg = ReproduceConfig(**{k: v for k, v in cfg_data.items() if k in names})
+    grid = Grid(path, cfg)
+    results = load_results(grid)
+    if not results:
+        raise SarftError(f"no finished cell in {path} yet", "wait for the grid, or run `python -m sarft_core reproduce --out ...`")
+    df = table(results, cfg, n_boot=500)
+    side = []
+    for metric, (title, pct) in COLUMNS.items():
+        row = {"metric": title}
+        for method in ("Base", "SFT", "SaRFT"):
+            r = df[(df.group == "all") & (df.method == method)]
+            if r.empty or r.iloc[0][metric] != r.iloc[0][metric]:
+                row[method] = "–"
+                continue
+            v, lo, hi = (r.iloc[0][metric + s] for s in ("", "_lo", "_hi"))
+            row[method] = f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" if pct else f"{v:.2f} [{lo:.2f}, {hi:.2f}]"
+        side.append(row)
+    contrasts = read_json(path / "contrasts.json") or {}
+    lines = [f"- SaRFT − {k.split('/')[0].split('-', 1)[1].upper()} on {k.split('/')[1]}: {v['mean']:+.3f} "
+             f"[{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] ({v['pairs']} pairs)" for k, v in contrasts.items()]
+    total = len(plan_cells(cfg))
+    return {"table": df, "side_by_side": pd.DataFrame(side), "columns": {k: t for k, (t, _) in COLUMNS.items()},
+            "contrasts": "\n".join(lines) or "(contrasts appear once the grid is aggregated)",
+            "caption": f"{len(results)} of {total} cells finished · {len(cfg.roles)} characters · methods {', '.join(cfg.methods)} · seeds {cfg.seeds}"}

@@ -1,0 +1,72 @@
+"""The reproduction grid: its pure pieces, and a whole tiny grid on the tiny model (resume, table, page)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from sarft_core.reproduce import cell_name, question_split
+from sarft_core.stats import two_level_bootstrap
+from tests.conftest import SHARED_DATA
+
+needs_data = pytest.mark.skipif(not (SHARED_DATA / "rolebench").is_dir(), reason="needs ../shared/data")
+
+
+def test_question_split_keeps_seven_of_ten_for_training():
+    split = [question_split(i) for i in range(50)]
+    assert split.count("train") == 35 and split.count("eval") == 15
+    assert split[:10] == ["train"] * 7 + ["eval"] * 3
+
+
+def test_cell_names_never_collide():
+    names = {cell_name(r, "sft", 0) for r in ("Po", "Po 🐼", "Po 🐉", "po", "P.o")}
+    assert len(names) == 5
+    assert cell_name("Po", "sft", 0) != cell_name("Po", "sft", 1) != cell_name("Po", "sarft", 0)
+    assert "/" not in cell_name("AC/DC", "sft", 0)
+
+
+def test_two_level_bootstrap():
+    groups = [[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0]]
+    mean, lo, hi = two_level_bootstrap(groups, n_boot=500)
+    assert mean == pytest.approx(np.mean([0.5, 1.0, 0.25]))
+    assert lo <= mean <= hi and 0.0 <= lo and hi <= 1.0
+    assert two_level_bootstrap([[0.3, 0.3]]) == (0.3, 0.3, 0.3)
+    assert all(math.isnan(v) for v in two_level_bootstrap([]))
+    assert all(math.isnan(v) for v in two_level_bootstrap([[], [float("nan")]]))
+    # more groups of the same spread give a narrower interval
+    rng = np.random.default_rng(0)
+    few = [list(rng.normal(0, 1, 20)) for _ in range(3)]
+    many = [list(rng.normal(0, 1, 20)) for _ in range(30)]
+    w = lambda g: (lambda m, a, b: b - a)(*two_level_bootstrap(g, n_boot=400))  # noqa: E731
+    assert w(many) < w(few)
+
+
+@needs_data
+def test_a_tiny_grid_runs_resumes_and_reports(tiny_model_dir, tmp_path, score_cache):
+    """Two characters x two methods x one seed on the tiny random model, a small panel: every cell
+    finishes once, a rerun does nothing, and the table, report and Compare view come out."""
+    from sarft_core.cli import main
+    from sarft_core.reproduce import Grid, ReproduceConfig, grid_view, plan_cells
+
+    out = tmp_path / "grid"
+    argv = ["reproduce", "--out", str(out), "--villains", "Freddy Krueger", "--benevolent", "Po", "--methods", "sft,sarft",
+            "--seeds", "0", "--model", str(tiny_model_dir), "--threads", "1",
+            "--train-json", json.dumps({"epochs": 1, "batch_size": 8, "lora_r": 4, "lora_alpha": 8, "max_steps": 2}),
+            "--panel-json", json.dumps({"advbench": 3, "margin": 4, "xstest": 2, "jailbreak": 1, "max_new_tokens": 4, "rouge_tokens": 4})]
+    assert main(argv) == 0
+    cells = list((out / "cells").glob("*.json"))
+    assert len(cells) == 1 + 2 + 4  # base safety, base ROUGE per character, 2 x 2 trained
+    table = (out / "table.md").read_text()
+    assert "| SaRFT |" in table and "| SFT |" in table and "| Base |" in table
+    assert (out / "report.html").read_text().count("<table") >= 3
+    stamp = {p.name: p.stat().st_mtime for p in cells}
+    assert main(argv) == 0  # resumed: nothing to do
+    assert {p.name: p.stat().st_mtime for p in (out / "cells").glob("*.json")} == stamp
+    sarft = json.loads(next(p for p in cells if p.name.startswith("freddy") and "--sarft-" in p.name).read_text())
+    assert sarft["dh"] is not None and sarft["steps"] == 2
+    assert len(sarft["values"]["margin"]) == 4 and set(sarft["values"]["advbench"]) <= {0.0, 1.0}
+    view = grid_view(out)
+    assert list(view["side_by_side"].columns) == ["metric", "Base", "SFT", "SaRFT"]
+    assert main(argv[:-1] + [json.dumps({"advbench": 5})]) == 2  # other settings: refused, nothing touched
