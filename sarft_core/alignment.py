@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
 import sys
@@ -115,6 +116,7 @@ class AlignConfig:
     benign_general: int = 250  # RoleBench general instructions, a seeded sample
     distill_tokens: int = 128  # greedy answer length for self-distillation
     max_answer_tokens: int = 128
+    bf16: bool = True  # bf16 autocast: ~2x faster on CPUs with bf16 matmuls; the adapter's weights stay float32
     advbench: str = ""  # default: <data dir>/safety/advbench_harmful_behaviors.csv
     rolebench_general: str = ""  # default: <data dir>/rolebench/role-generalization/general/test.jsonl
 
@@ -258,11 +260,12 @@ def align(cfg: AlignConfig, out: str | Path, data_dir: str | Path | None = None,
     model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                                              target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM"))
     examples = build_examples(lm.tokenizer, samples, {}, 512, cfg.max_answer_tokens)
+    total_steps = math.ceil(math.ceil(len(examples) / cfg.batch_size) / cfg.grad_accum * cfg.epochs)
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"), per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=cfg.epochs, learning_rate=cfg.lr,
-        lr_scheduler_type="cosine", warmup_ratio=0.05, weight_decay=0.0, logging_steps=10,
-        save_strategy="no", report_to="none", seed=cfg.seed, use_cpu=True, remove_unused_columns=False,
+        lr_scheduler_type="cosine", warmup_steps=max(1, int(0.05 * total_steps)), weight_decay=0.0, logging_steps=10,
+        save_strategy="no", report_to="none", seed=cfg.seed, use_cpu=True, remove_unused_columns=False, bf16=cfg.bf16,
         dataloader_num_workers=0,
     )
     trainer = SarftTrainer(model=model, args=args, train_dataset=examples, data_collator=Collator(lm.tokenizer.pad_token_id),

