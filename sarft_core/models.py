@@ -70,11 +70,12 @@ def _file_fingerprint(path: Path) -> str:
 
 
 def _dir_fingerprint(path: Path) -> str:
-    h = hashlib.sha256()
+    # the folder itself and nanosecond times: two copies saved in the same second are two models
+    h = hashlib.sha256(str(path.resolve()).encode("utf-8", "surrogatepass"))
     for f in sorted(path.iterdir()):
         if f.is_file() and (f.suffix in {".json", ".safetensors", ".bin", ".jinja", ".model"}):
             st = f.stat()
-            h.update(f"{f.name}|{st.st_size}|{int(st.st_mtime)}".encode())
+            h.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}".encode("utf-8", "surrogatepass"))
     return h.hexdigest()[:16]
 
 

@@ -68,6 +68,10 @@ def parse_columns(text: str | None) -> dict | None:
     for part in text.split(","):
         if "=" not in part:
             raise SarftError(f"bad --columns entry {part!r}", "write --columns input=COL,output=COL")
-        key, value = part.split("=", 1)
-        out[key.strip()] = value.strip()
+        key, value = (x.strip() for x in part.split("=", 1))
+        if not key or not value:
+            raise SarftError(f"bad --columns entry {part!r}: a field and a column name are both needed", "write --columns input=COL,output=COL")
+        if key in out:
+            raise SarftError(f"--columns maps {key} twice", "map each field once")
+        out[key] = value
     return out

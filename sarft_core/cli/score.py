@@ -35,6 +35,23 @@ def load_role_inputs(args):
     return samples, profile
 
 
+def check_not_an_input(out: Path, inputs: dict) -> None:
+    """Refuse an output path that is one of the command's own input files (it would be overwritten)."""
+    for option, value in inputs.items():
+        if not value:
+            continue
+        src = Path(value).expanduser()
+        same = out.resolve() == src.resolve()
+        if not same and out.exists() and src.exists():
+            try:
+                same = out.samefile(src)  # hard links and other spellings of one file
+            except OSError:
+                same = False
+        if same:
+            raise SarftError(f"--out {out} is the {option} input file: writing the scores would overwrite it",
+                             "give --out a new file, e.g. " + str(out.with_name(out.stem + ".scores" + out.suffix)))
+
+
 def run(args) -> int:
     from tqdm import tqdm
 
@@ -42,10 +59,23 @@ def run(args) -> int:
     from sarft_core.scoring import ScoreOptions, score_role
     from sarft_core.store import atomic_write_text, write_table
 
-    out = Path(args.out)
+    from sarft_core.models import check_device
+    from sarft_core.store import check_writable
+    from sarft_core.validation import require_finite_scores
+
+    out = Path(args.out).expanduser()
     if out.suffix.lower() not in (".jsonl", ".parquet", ".csv"):
         raise SarftError(f"unsupported output type {out.suffix or '(none)'} for --out", "use .jsonl, .parquet or .csv")
+    check_not_an_input(out, {"--data": args.data, "--profiles": args.profiles})
+    tokens_out = out.with_name(out.stem + ".tokens.jsonl")
+    if args.with_tokens:
+        check_not_an_input(tokens_out, {"--data": args.data, "--profiles": args.profiles})
+    check_device(args.device)
     samples, profile = load_role_inputs(args)
+    # the output location is checked before the long work, not after it
+    check_writable(out)
+    if args.with_tokens:
+        check_writable(tokens_out)
     fast = args.dtype == "bfloat16"
     lm = load_model(args.model, dtype="float32" if fast else args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
     options = ScoreOptions(normalise=args.normalise, max_batch_tokens=args.batch_tokens, fast=fast, recheck_band=args.recheck_band)
@@ -63,13 +93,14 @@ def run(args) -> int:
         bar.close()
     if not main_process:
         return 0
+    require_finite_scores(result.rows, f"scoring {profile.name}")
     write_table(result.frame(), out)
     if args.with_tokens:
         lines = []
         for sid, ids in result.answer_ids.items():
             tokens = [lm.tokenizer.decode([t]) for t in ids]
             lines.append(json.dumps({"id": sid, "tokens": tokens, "ratio": result.token_ratios(sid)}, ensure_ascii=False))
-        atomic_write_text(out.with_name(out.stem + ".tokens.jsonl"), "\n".join(lines) + "\n")
+        atomic_write_text(tokens_out, "\n".join(lines) + "\n")
     st = result.stats
     speed = f"{st['samples_per_s']:.2f} samples/s" if st.get("samples_per_s") else "all from cache"
     print(
