@@ -148,7 +148,7 @@ def resolve_model_dir(spec: str | None) -> tuple[str, Path | str, str]:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise SarftError(f"{spec} is a directory but holds no config.json", "point --model at a saved Hugging Face model directory")
-        check_model_config(path, trust_remote_code=True)  # load_model checks model_type with the real flag
+        check_model_config(path, trust_remote_code=None)  # None: load_model checks model_type with the real flag
         require_safetensors(path)
         return spec, path, "dir-" + _dir_fingerprint(path)
     if path.exists():
@@ -178,7 +178,7 @@ def _is_gguf(path: Path) -> bool:
         return False
 
 
-def check_model_config(path: Path, trust_remote_code: bool = False) -> dict:
+def check_model_config(path: Path, trust_remote_code: bool | None = False) -> dict:
     """The model directory's config.json, checked before transformers reads it (one clear error each
     for a damaged file, a SaRFT run directory given as a model, and an unknown ``model_type``)."""
     config = read_json_object(path / "config.json", None)
@@ -193,6 +193,8 @@ def check_model_config(path: Path, trust_remote_code: bool = False) -> dict:
                "give the training run it evaluated (eval --run TRAIN_RUN) or a model directory" if kind == "eval" else
                "give a model directory, a .gguf file or a completed training run")
         raise SarftError(f"{path} is a SaRFT {kind} run, not a model", fix)
+    if trust_remote_code is None:
+        return config
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or not model_type:
         raise SarftError(f"{path / 'config.json'} names no model_type", "give a Hugging Face model directory (its config.json names the architecture)")

@@ -66,15 +66,13 @@ def ensure_dir(path: str | Path, what: str | None = None) -> Path:
     path = Path(path)
     if path.is_dir():
         return path
-    label = what or str(path)
     if path.exists():
-        raise SarftError(f"{label} {path} is a file, not a folder" if what else f"{path} is a file, not a folder",
+        raise SarftError(f"{what} {path} is a file, not a folder" if what else f"{path} is a file, not a folder",
                          "point it at a folder (new or existing), or move the file away")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        err = write_error(exc, path, "create the folder")
-        raise SarftError(f"{err.problem}" + (f" ({what})" if what else ""), err.fix) from None
+        raise write_error(exc, path, f"create {what or 'the folder'}") from None
     return path
 
 
@@ -333,6 +331,7 @@ def create_run(kind: str, config: dict, path: str | Path | None = None, name: st
     run = RunDir(Path(path))
     if run.path.exists() and not run.path.is_dir():
         raise SarftError(f"{run.path} is a file, not a run directory", "give --out a directory path (new or a run to resume)")
+    ensure_dir(run.path, "the run directory")
     check_writable(run.path, folder=True)
     atomic_write_json(run.config_path, dict(config, kind=kind))
     if not run.status_path.exists():

@@ -183,7 +183,7 @@ def load_samples(
                 raise SarftError(f"{path}: row {i + 1} has an empty answer list", "drop the row or give at least one answer")
             if answer_index >= len(y):
                 raise SarftError(f"{path}: row {i + 1} has {len(y)} answer(s), so --answer-index {answer_index} does not exist",
-                                 f"give --answer-index between 0 and {len(y) - 1}")
+                                 f"give --answer-index between 0 and {len(y) - 1}, or a file where every row has {answer_index + 1} or more answers")
             y = y[answer_index]
         elif answer_index and isinstance(y, str):
             raise SarftError(f"{path}: row {i + 1} has one answer, not a list, so --answer-index {answer_index} does not exist",
