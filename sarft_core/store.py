@@ -275,14 +275,14 @@ class RunDir:
 
     def config(self) -> dict:
         data = read_json_object(self.config_path, {})
-        return {} if data is None else data
+        return {} if data is None else _typed_fields(data, _CONFIG_TYPES)
 
     def status(self) -> dict:
         data = read_json_object(self.status_path, {"state": "created"})
         if data is None or data.get("state") not in STATES:
             # damaged by hand or by a disk fault (our own writes are atomic): never show it as complete
             return {"state": "failed", "error": f"{self.status_path.name} is unreadable", "unreadable": True}
-        return data
+        return _typed_fields(data, _STATUS_TYPES)
 
     def set_status(self, state: str, **fields) -> dict:
         if state not in STATES:
@@ -304,6 +304,22 @@ class RunDir:
     @property
     def is_complete(self) -> bool:
         return self.status().get("state") == "completed"
+
+
+_NUMBER = (int, float)
+_STATUS_TYPES = {
+    "updated": _NUMBER, "created": _NUMBER, "started": _NUMBER, "seconds": _NUMBER, "eta_s": _NUMBER, "train_loss": _NUMBER,
+    "step": int, "max_steps": int, "pid": int, "last_checkpoint_step": int, "samples": int, "dh": int, "exit_code": int,
+    "error": str, "fix": str, "reason": str, "last_checkpoint": str, "weights": str, "method": str, "role": str,
+}
+_CONFIG_TYPES = {"kind": str, "model": str, "role": str, "method": str, "source_run": str, "model_fingerprint": str}
+
+
+def _typed_fields(data: dict, types: dict) -> dict:
+    """``data`` without the known fields whose type is wrong (a hand-edited file): readers such as
+    the dashboard then see a field as missing, never as a value that crashes them."""
+    return {k: v for k, v in data.items()
+            if k not in types or (v is None and k != "state") or (isinstance(v, types[k]) and not isinstance(v, bool))}
 
 
 def read_json_object(path: str | Path, default: dict | None = None) -> dict | None:

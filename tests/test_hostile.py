@@ -550,10 +550,20 @@ def test_a_damaged_job_json_shows_a_failed_job_not_a_crash(tmp_path, monkeypatch
     assert len(jobs.list_jobs("eval")) == 1
 
 
-def test_dashboard_pages_render_beside_a_damaged_job_json(tmp_path, monkeypatch, tiny_model_dir):
+def test_dashboard_pages_render_beside_a_damaged_job_json_and_wrongly_typed_runs(tmp_path, monkeypatch, tiny_model_dir):
     from streamlit.testing.v1 import AppTest
 
+    from sarft_core.store import create_run
+
     ws = tmp_path / "ws"
+    run = create_run("train", {"model": 5, "method": [1], "role": {"a": 1}, "train": "x"}, path=ws / "runs" / "t1")
+    run.status_path.write_text(json.dumps({"state": "running", "step": "x", "max_steps": "y", "eta_s": "z", "pid": "p", "updated": "u", "error": 3}))
+    run.log_path.write_text('{"step": "a", "loss": "b"}\n{"step": 1, "loss": null}\n')
+    ev = create_run("eval", {"model": ["m"], "generation": "g", "suites": 3}, path=ws / "runs" / "e1")
+    ev.set_status("completed")
+    (ev.path / "metrics.json").write_text('{"suites": [1, 2]}')
+    create_run("score", {"role": 3, "limit": "many"}, path=ws / "runs" / "s1").status_path.write_text('{"state": "completed", "updated": 5}')
+    create_run("survey", {"roles": "abc", "mode": 3}, path=ws / "runs" / "v1")
     (ws / "jobs" / "x-train-0").mkdir(parents=True)
     (ws / "jobs" / "x-train-0" / "job.json").write_text('{"kind": "train", "run_dir": "/nowhere", "crea')
     (ws / "jobs" / "y-eval-0").mkdir(parents=True)
@@ -563,7 +573,7 @@ def test_dashboard_pages_render_beside_a_damaged_job_json(tmp_path, monkeypatch,
     at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=120)
     at.run()
     assert not at.exception, at.exception
-    for page in ("overview", "training", "evaluation", "scoring", "survey"):
+    for page in ("overview", "training", "evaluation", "scoring", "survey", "compare"):
         at.switch_page(f"../pages/{page}.py")
         at.run()
         assert not at.exception, (page, at.exception)
