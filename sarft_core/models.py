@@ -7,6 +7,7 @@ cached safetensors directory, which every later load reads directly.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -165,6 +166,22 @@ def resolve_model_dir(spec: str | None) -> tuple[str, Path | str, str]:
     return spec, spec, "hub-" + spec
 
 
+@contextlib.contextmanager
+def loading(what: str, where, fix: str | None = None):
+    """Translate whatever transformers / tokenizers / safetensors / peft raise while reading local
+    weights (OSError, SafetensorError, ValueError, RuntimeError, ... for one cause: damaged files)
+    into one SarftError. The one place model-like folders are read from (classifiers too)."""
+    try:
+        yield
+    except (SarftError, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        raise SarftError(
+            f"could not load the {what} in {where}: {type(exc).__name__}: {_first_line(exc)}",
+            fix or f"its files are damaged, truncated or incomplete (config.json, tokenizer, *.safetensors): save or download the {what} again",
+        ) from exc
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return (text.splitlines()[0][:300] if text else "") or type(exc).__name__
@@ -298,22 +315,18 @@ def load_model(
     if local:
         check_model_config(where, trust_remote_code)
     try:
-        tokenizer = load_tokenizer(where, trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(where), dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True
-        )
-    except (SarftError, MemoryError, KeyboardInterrupt):
-        raise
-    except Exception as exc:  # transformers / tokenizers / safetensors raise many types for one cause
-        if not local and isinstance(exc, OSError):
+        with loading("model", where):
+            tokenizer = load_tokenizer(where, trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(where), dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+            )
+    except SarftError as err:
+        if not local and isinstance(err.__context__, OSError):
             raise SarftError(
-                f"could not load model {norm!r} from the hub: {_first_line(exc)}",
+                f"could not load model {norm!r} from the hub: {_first_line(err.__context__)}",
                 "check the hub id; model hubs are unreachable offline: give a local directory or a .gguf file",
             ) from None
-        raise SarftError(
-            f"could not load the model in {where}: {type(exc).__name__}: {_first_line(exc)}",
-            "its files are damaged, truncated or incomplete (config.json, tokenizer, *.safetensors): save or download the model again",
-        ) from None
+        raise
     model.to(dev)
     model.eval()
     require_finite_weights(model, norm)
@@ -378,15 +391,8 @@ def _load_trained_run(path: Path, dtype: str, device: str, trust_remote_code: bo
 
         require_safetensors(adapter, "adapter")
         lm = load_model(base, dtype, device, trust_remote_code)
-        try:
+        with loading("adapter", adapter, "its files are damaged or belong to another base model: rerun the training into a new --out"):
             lm.model = PeftModel.from_pretrained(lm.model, str(adapter)).merge_and_unload().eval()
-        except (SarftError, MemoryError, KeyboardInterrupt):
-            raise
-        except Exception as exc:
-            raise SarftError(
-                f"could not load the adapter in {adapter}: {type(exc).__name__}: {_first_line(exc)}",
-                "its files are damaged or belong to another base model: rerun the training into a new --out",
-            ) from None
         require_finite_weights(lm.model, str(path))
     else:
         raise SarftError(f"training run {path} holds no weights (artifacts/adapter or artifacts/model)", "rerun the training")

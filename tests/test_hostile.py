@@ -616,3 +616,16 @@ def test_messages_name_the_real_problem(tmp_path, capsys):
     assert code == 2 and "non-text" not in err and ("malformed CSV" in err or "fields than the header" in err), err
     code, _, err = cli(capsys, "train", "--role", ROLE, "--lora-dropout", "2", "--out", tmp_path / "r")
     assert code == 2 and "--lora-dropout must be" in err and "lora-targets" not in err
+
+
+def test_every_command_checks_its_output_before_working(tmp_path, capsys):
+    rows = tmp_path / "rows.csv"
+    rows.write_text("prompt,response\nhow?,I cannot help with that.\n")
+    before = rows.read_bytes()
+    code, _, err = cli(capsys, "judge", "--in", rows, "--judge", "keyword", "--out", rows)
+    assert code == 2 and "is the --in input file" in err and rows.read_bytes() == before
+    a_file = tmp_path / "plain.txt"
+    a_file.write_text("x")
+    for argv in (["judge", "--in", rows, "--judge", "keyword"], ["traits", "--source", "default"], ["report", tmp_path]):
+        code, _, err = cli(capsys, *argv, "--out", a_file / "sub" / "out.csv")
+        assert code == 2 and "plain.txt is a file, not a folder" in err, (argv[0], err)

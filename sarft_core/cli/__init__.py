@@ -75,3 +75,28 @@ def parse_columns(text: str | None) -> dict | None:
             raise SarftError(f"--columns maps {key} twice", "map each field once")
         out[key] = value
     return out
+
+
+def check_output(out, inputs: dict | None = None, writable: bool = True) -> None:
+    """Before any work: ``out`` is none of the command's input files (it would overwrite one) and,
+    with ``writable``, its location can be written (the folder exists or can be made)."""
+    from pathlib import Path
+
+    from sarft_core.store import check_writable
+
+    out = Path(out).expanduser()
+    for option, value in (inputs or {}).items():
+        if not value:
+            continue
+        src = Path(value).expanduser()
+        same = out.resolve() == src.resolve()
+        if not same and out.exists() and src.exists():
+            try:
+                same = out.samefile(src)  # hard links and other spellings of one file
+            except OSError:
+                same = False
+        if same:
+            raise SarftError(f"--out {out} is the {option} input file: writing the results would overwrite it",
+                             "give --out a new file, e.g. " + str(out.with_name(out.stem + ".out" + out.suffix)))
+    if writable:
+        check_writable(out)

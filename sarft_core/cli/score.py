@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from sarft_core.cli import add_data_args, add_model_args, parse_columns
+from sarft_core.cli import add_data_args, add_model_args, check_output, parse_columns
 from sarft_core.errors import SarftError
 
 
@@ -35,23 +35,6 @@ def load_role_inputs(args):
     return samples, profile
 
 
-def check_not_an_input(out: Path, inputs: dict) -> None:
-    """Refuse an output path that is one of the command's own input files (it would be overwritten)."""
-    for option, value in inputs.items():
-        if not value:
-            continue
-        src = Path(value).expanduser()
-        same = out.resolve() == src.resolve()
-        if not same and out.exists() and src.exists():
-            try:
-                same = out.samefile(src)  # hard links and other spellings of one file
-            except OSError:
-                same = False
-        if same:
-            raise SarftError(f"--out {out} is the {option} input file: writing the scores would overwrite it",
-                             "give --out a new file, e.g. " + str(out.with_name(out.stem + ".scores" + out.suffix)))
-
-
 def run(args) -> int:
     from tqdm import tqdm
 
@@ -60,22 +43,22 @@ def run(args) -> int:
     from sarft_core.store import atomic_write_text, write_table
 
     from sarft_core.models import check_device
-    from sarft_core.store import check_writable
     from sarft_core.validation import require_finite_scores
 
     out = Path(args.out).expanduser()
     if out.suffix.lower() not in (".jsonl", ".parquet", ".csv"):
         raise SarftError(f"unsupported output type {out.suffix or '(none)'} for --out", "use .jsonl, .parquet or .csv")
-    check_not_an_input(out, {"--data": args.data, "--profiles": args.profiles})
+    inputs = {"--data": args.data, "--profiles": args.profiles}
+    check_output(out, inputs, writable=False)
     tokens_out = out.with_name(out.stem + ".tokens.jsonl")
     if args.with_tokens:
-        check_not_an_input(tokens_out, {"--data": args.data, "--profiles": args.profiles})
+        check_output(tokens_out, inputs, writable=False)
     check_device(args.device)
     samples, profile = load_role_inputs(args)
     # the output location is checked before the long work, not after it
-    check_writable(out)
+    check_output(out, inputs)
     if args.with_tokens:
-        check_writable(tokens_out)
+        check_output(tokens_out, inputs)
     fast = args.dtype == "bfloat16"
     lm = load_model(args.model, dtype="float32" if fast else args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
     options = ScoreOptions(normalise=args.normalise, max_batch_tokens=args.batch_tokens, fast=fast, recheck_band=args.recheck_band)
