@@ -85,6 +85,8 @@ def check_output(out, inputs: dict | None = None, writable: bool = True) -> None
     from sarft_core.store import check_writable
 
     out = Path(out).expanduser()
+    if out.is_dir():
+        raise SarftError(f"{out} is a folder, not a file", f"give --out a file path, e.g. {out / ('out' + (out.suffix or '.csv'))}")
     for option, value in (inputs or {}).items():
         if not value:
             continue
