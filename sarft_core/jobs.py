@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sarft_core.errors import SarftError
-from sarft_core.store import FINAL_STATES, RunDir, atomic_write_json, read_json, workspace_root
+from sarft_core.store import FINAL_STATES, RunDir, atomic_write_json, read_json_object, workspace_root
 
 JOB_STATES = ("starting", "running", "cancelling", "completed", "failed", "cancelled")
 JOB_FINAL = ("completed", "failed", "cancelled")
@@ -87,7 +87,12 @@ class Job:
         return self.path.name
 
     def meta(self) -> dict:
-        return read_json(self.path / "job.json", {}) or {}
+        """job.json with every field of the type readers expect; a damaged file reads as
+        ``{"damaged": True}`` (the job then shows as failed), never as an exception in a page."""
+        raw = read_json_object(self.path / "job.json", {})
+        if raw is None:
+            return {"damaged": True, "label": self.id, "kind": "", "command": "", "argv": [], "created": 0.0}
+        return _typed_meta(raw)
 
     @property
     def log_path(self) -> Path:
@@ -107,7 +112,11 @@ class Job:
         return RunDir(Path(p)) if p else None
 
     def exit_info(self) -> dict | None:
-        return read_json(self.path / "exit.json")
+        path = self.path / "exit.json"
+        info = read_json_object(path, None)
+        if info is None and path.exists():
+            return {"exit_code": None, "damaged": True}  # the command ended; its status is unreadable
+        return info
 
     @property
     def cancel_requested(self) -> bool:
@@ -115,6 +124,8 @@ class Job:
 
     def state(self) -> str:
         meta = self.meta()
+        if meta.get("damaged"):
+            return "failed"
         ended = self.exit_info()
         cancelled = self.cancel_requested
         if ended is not None:
@@ -141,6 +152,8 @@ class Job:
         """Why a failed job failed, in one line (the log tail says the rest)."""
         if self.state() != "failed":
             return None
+        if self.meta().get("damaged"):
+            return f"the job's record {self.path / 'job.json'} is damaged (not a JSON object)"
         ended = self.exit_info()
         if ended is None:
             return "the job's process ended without recording an exit status (killed, or the machine restarted)"
@@ -163,6 +176,29 @@ class Job:
     def progress(self) -> float | None:
         """Fraction done from the command's last progress-bar line, if it printed one."""
         return progress_from_log(self.log_text(8192))
+
+
+_META_TYPES = {
+    "id": str, "kind": str, "label": str, "command": str, "log": str, "cwd": str,
+    "created": (int, float), "started": (int, float), "pid": int, "pgid": int,
+}
+
+
+def _typed_meta(raw: dict) -> dict:
+    """Drop fields of the wrong type (hand-edited or damaged job.json) so readers see only sound ones."""
+    out = {}
+    for key, value in raw.items():
+        want = _META_TYPES.get(key)
+        if want is not None and (isinstance(value, bool) or not isinstance(value, want)):
+            continue
+        if key == "argv" and not (isinstance(value, list) and all(isinstance(a, str) for a in value)):
+            continue
+        if key == "run_dir" and value is not None and not isinstance(value, str):
+            continue
+        if key == "env" and not isinstance(value, dict):
+            continue
+        out[key] = value
+    return out
 
 
 def log_tail(text: str, lines: int = 30) -> str:
@@ -394,7 +430,7 @@ def supervise(job_dir: Path) -> int:
     with open(job.log_path, "ab", buffering=0) as log:
         log.write(f"$ {meta.get('command', '')}\n".encode())
         try:
-            child = subprocess.Popen(meta["argv"], cwd=meta.get("cwd"), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            child = subprocess.Popen(meta.get("argv") or [""], cwd=meta.get("cwd"), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         except OSError as exc:
             log.write(f"could not start the command: {exc}\n".encode())
             atomic_write_json(job.path / "exit.json", {"exit_code": 127, "ended": time.time()})

@@ -7,6 +7,7 @@ cached safetensors directory, which every later load reads directly.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sarft_core.errors import SarftError
-from sarft_core.store import locked
+from sarft_core.store import ensure_dir, locked, read_json_object
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 ALIGNED_MODEL = "embedded-aligned"
@@ -33,10 +34,9 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 def cache_root() -> Path:
     """Where converted models and score caches live (``$SARFT_HOME`` or ~/.cache/sarft_studio)."""
-    root = os.environ.get("SARFT_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "sarft_studio")
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    env = os.environ.get("SARFT_HOME")
+    root = os.path.expanduser(env) if env else os.path.join(os.path.expanduser("~"), ".cache", "sarft_studio")
+    return ensure_dir(Path(root), "the cache folder (SARFT_HOME)" if env else "the cache folder")
 
 
 @dataclass
@@ -75,11 +75,12 @@ def _file_fingerprint(path: Path) -> str:
 
 
 def _dir_fingerprint(path: Path) -> str:
-    h = hashlib.sha256()
+    # the folder itself and nanosecond times: two copies saved in the same second are two models
+    h = hashlib.sha256(str(path.resolve()).encode("utf-8", "surrogatepass"))
     for f in sorted(path.iterdir()):
         if f.is_file() and (f.suffix in {".json", ".safetensors", ".bin", ".jinja", ".model"}):
             st = f.stat()
-            h.update(f"{f.name}|{st.st_size}|{int(st.st_mtime)}".encode())
+            h.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}".encode("utf-8", "surrogatepass"))
     return h.hexdigest()[:16]
 
 
@@ -96,14 +97,22 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
 
         tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp", dir=out_dir.parent))
         try:
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-            config = quantised.config
-            if hasattr(config, "quantization_config"):
-                del config.quantization_config
-            config = AutoConfig.for_model(**config.to_dict())
-            fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-            fresh.load_state_dict(quantised.state_dict(), strict=True)
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+                quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+                config = quantised.config
+                if hasattr(config, "quantization_config"):
+                    del config.quantization_config
+                config = AutoConfig.for_model(**config.to_dict())
+                fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+                fresh.load_state_dict(quantised.state_dict(), strict=True)
+            except (SarftError, MemoryError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # the gguf reader fails in many ways on a damaged file: all mean the same
+                raise SarftError(
+                    f"could not read {gguf} as a GGUF model ({_first_line(exc)})",
+                    "the file is damaged, truncated or of an architecture transformers cannot read: download it again, or give a model directory",
+                ) from None
             fresh.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             (tmp / ".converted").write_text(json.dumps({"source": str(gguf)}))
@@ -129,17 +138,31 @@ def resolve_model_dir(spec: str | None) -> tuple[str, Path | str, str]:
     if "\x00" in spec:
         raise SarftError("the model name contains a NUL character", "give a hub id, a local model directory or a .gguf file")
     path = Path(os.path.expanduser(spec))
-    if spec.lower().endswith(".gguf"):
+    if spec.lower().endswith(".gguf") or (path.is_file() and _is_gguf(path)):
+        if path.is_dir():
+            raise SarftError(f"{spec} is a folder, not a .gguf file", "give the path of the .gguf file itself")
         if not path.is_file():
             raise SarftError(f"model file does not exist: {spec}", "give the path of an existing .gguf file")
+        if not _is_gguf(path):
+            size = path.stat().st_size
+            raise SarftError(
+                f"{spec} is not a GGUF model file ({'empty' if size == 0 else 'it does not start with the GGUF signature'})",
+                "download the .gguf file again, or give a model directory or hub id",
+            )
         out = cache_root() / "models" / f"gguf-{path.stem}-{_file_fingerprint(path)}"
         convert_gguf(path, out)
         return spec, out, "gguf-" + _file_fingerprint(path)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise SarftError(f"{spec} is a directory but holds no config.json", "point --model at a saved Hugging Face model directory")
+        check_model_config(path, trust_remote_code=None)  # None: load_model checks model_type with the real flag
         require_safetensors(path)
         return spec, path, "dir-" + _dir_fingerprint(path)
+    if path.exists():
+        raise SarftError(
+            f"{spec} is a file, but not a model (a model is a folder with config.json and *.safetensors, or a .gguf file)",
+            "give a local model directory, a .gguf file, a hub id like org/name, or leave --model out for the embedded default",
+        )
     is_hub_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", spec) is not None and not path.exists()
     if not is_hub_id:
         raise SarftError(
@@ -180,8 +203,9 @@ def merge_adapter(base_dir: Path, adapter: Path, out_dir: Path) -> Path:
 
         tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp", dir=out_dir.parent))
         try:
-            base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, use_safetensors=True)
-            merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+            with loading("alignment adapter", adapter):
+                base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, use_safetensors=True)
+                merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
             merged.save_pretrained(tmp, safe_serialization=True)
             load_tokenizer(base_dir).save_pretrained(tmp)
             (tmp / ".converted").write_text(json.dumps({"base": str(base_dir), "adapter": str(adapter)}))
@@ -192,6 +216,65 @@ def merge_adapter(base_dir: Path, adapter: Path, out_dir: Path) -> Path:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+@contextlib.contextmanager
+def loading(what: str, where, fix: str | None = None):
+    """Translate whatever transformers / tokenizers / safetensors / peft raise while reading local
+    weights (OSError, SafetensorError, ValueError, RuntimeError, ... for one cause: damaged files)
+    into one SarftError. The one place model-like folders are read from (classifiers too)."""
+    try:
+        yield
+    except (SarftError, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        raise SarftError(
+            f"could not load the {what} in {where}: {type(exc).__name__}: {_first_line(exc)}",
+            fix or f"its files are damaged, truncated or incomplete (config.json, tokenizer, *.safetensors): save or download the {what} again",
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0][:300] if text else "") or type(exc).__name__
+
+
+def _is_gguf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+def check_model_config(path: Path, trust_remote_code: bool | None = False) -> dict:
+    """The model directory's config.json, checked before transformers reads it (one clear error each
+    for a damaged file, a SaRFT run directory given as a model, and an unknown ``model_type``)."""
+    config = read_json_object(path / "config.json", None)
+    if config is None:
+        raise SarftError(
+            f"{path / 'config.json'} is damaged (not a JSON object)",
+            "save the model again (save_pretrained) or download it again",
+        )
+    kind = config.get("kind")
+    if isinstance(kind, str) and (path / "status.json").exists():
+        fix = ("give this training run with --run (eval) or as --model" if kind == "train" else
+               "give the training run it evaluated (eval --run TRAIN_RUN) or a model directory" if kind == "eval" else
+               "give a model directory, a .gguf file or a completed training run")
+        raise SarftError(f"{path} is a SaRFT {kind} run, not a model", fix)
+    if trust_remote_code is None:
+        return config
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise SarftError(f"{path / 'config.json'} names no model_type", "give a Hugging Face model directory (its config.json names the architecture)")
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING and not (trust_remote_code and config.get("auto_map")):
+        raise SarftError(
+            f"{path} is a {model_type!r} model, an architecture this transformers version does not know",
+            "upgrade transformers, convert the model to a known architecture, or (only for code you trust) pass --trust-remote-code",
+        )
+    return config
 
 
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
@@ -210,12 +293,38 @@ def require_safetensors(path: Path, what: str = "model") -> None:
         )
 
 
+_DEVICE = re.compile(r"(cpu|cuda)(?::(\d+))?")
+
+
+def check_device(device: str | None) -> str:
+    """``device`` if it names a device this project runs on (auto, cpu, cuda, cuda:N), else one SarftError."""
+    text = (device or "auto").strip() if isinstance(device, str) or device is None else str(device)
+    if text == "auto":
+        return text
+    m = _DEVICE.fullmatch(text)
+    if m is None:
+        kind = text.split(":")[0]
+        problem = (f"device {text!r} is not supported (SaRFT Studio runs on the CPU or CUDA GPUs)"
+                   if kind in ("mps", "meta", "xpu", "hip", "xla", "vulkan", "mtia", "ipu", "hpu", "npu", "lazy")
+                   else f"unknown device {text!r}")
+        raise SarftError(problem, "use --device auto, cpu, cuda or cuda:N")
+    if m.group(1) == "cpu" and m.group(2) not in (None, "0"):
+        raise SarftError(f"unknown device {text!r}", "use --device cpu (one CPU device)")
+    return text
+
+
 def pick_device(device: str = "auto") -> str:
     import torch
 
-    if device and device != "auto":
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise SarftError(f"device {device} asked for, but no CUDA GPU is visible", "use --device cpu or run on a GPU machine")
+    device = check_device(device)
+    if device != "auto":
+        if device.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise SarftError(f"device {device} asked for, but no CUDA GPU is visible", "use --device cpu or run on a GPU machine")
+            index = int(device.split(":")[1]) if ":" in device else 0
+            if index >= torch.cuda.device_count():
+                raise SarftError(f"device {device} asked for, but only {torch.cuda.device_count()} GPU(s) are visible",
+                                 f"use --device cuda:0 ... cuda:{torch.cuda.device_count() - 1}")
         return device
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -251,22 +360,47 @@ def load_model(
     run_dir = _training_run_dir(spec)
     if run_dir is not None:
         return _load_trained_run(run_dir, dtype, device, trust_remote_code)
-    norm, where, fingerprint = resolve_model_dir(spec)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
+    norm, where, fingerprint = resolve_model_dir(spec)
+    local = isinstance(where, Path)
+    if local:
+        check_model_config(where, trust_remote_code)
     try:
-        tokenizer = load_tokenizer(where, trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(where), dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True
-        )
-    except OSError as exc:
-        raise SarftError(
-            f"could not load model {norm!r}: {str(exc).splitlines()[0]}",
-            "model hubs are unreachable offline: give a local directory or a .gguf file",
-        ) from exc
+        with loading("model", where):
+            tokenizer = load_tokenizer(where, trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(where), dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+            )
+    except SarftError as err:
+        if not local and isinstance(err.__context__, OSError):
+            raise SarftError(
+                f"could not load model {norm!r} from the hub: {_first_line(err.__context__)}",
+                "check the hub id; model hubs are unreachable offline: give a local directory or a .gguf file",
+            ) from None
+        raise
     model.to(dev)
     model.eval()
+    require_finite_weights(model, norm)
     return LoadedModel(model=model, tokenizer=tokenizer, spec=norm, path=str(where), fingerprint=fingerprint)
+
+
+def require_finite_weights(model, spec: str) -> None:
+    """Refuse a model with NaN / inf weights: everything computed from it would be silently wrong
+    (scoring would flag nothing, generation would answer nothing)."""
+    import torch
+
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    if not params:
+        return
+    with torch.no_grad():
+        ok = torch.stack([torch.isfinite(p).all() for p in params]).all()
+    if not bool(ok):
+        bad = next(name for name, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all()))
+        raise SarftError(
+            f"model {spec!r} has non-finite (NaN or inf) weights, e.g. in {bad}",
+            "the weights are broken (a diverged training run?): retrain it, or use another model",
+        )
 
 
 def _training_run_dir(spec: str | None) -> Path | None:
@@ -276,10 +410,10 @@ def _training_run_dir(spec: str | None) -> Path | None:
     path = Path(os.path.expanduser(spec))
     if not (path / "status.json").is_file() or not (path / "config.json").is_file():
         return None
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+    config = read_json_object(path / "config.json", None)
+    if config is None:
+        raise SarftError(f"{path / 'config.json'} is damaged (not a JSON object)",
+                         "this run's record is broken: rerun the training into a new --out")
     return path if config.get("kind") == "train" else None
 
 
@@ -289,25 +423,45 @@ def _load_trained_run(path: Path, dtype: str, device: str, trust_remote_code: bo
     Contract with sarft_core.training: ``config.json`` names the base model under ``model``;
     the weights are ``artifacts/adapter`` (PEFT, safetensors) or ``artifacts/model`` (full).
     """
-    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    status = json.loads((path / "status.json").read_text(encoding="utf-8"))
+    config = read_json_object(path / "config.json", None) or {}
+    status = read_json_object(path / "status.json", None)
+    if status is None:
+        raise SarftError(f"{path / 'status.json'} is damaged (not a JSON object)", "this run's record is broken: rerun the training into a new --out")
+    base = config.get("model") or None
+    if base is not None and not isinstance(base, str):
+        raise SarftError(f"{path / 'config.json'}: 'model' is not text", "this run's record is broken: rerun the training into a new --out")
     if status.get("state") != "completed":
         raise SarftError(
             f"training run {path} is not complete (state: {status.get('state')})",
             "wait for it to finish, or resume it with `python -m sarft_core train --resume ...`",
         )
     adapter, full = path / "artifacts" / "adapter", path / "artifacts" / "model"
-    stamp = f"run-{path.resolve()}-{status.get('updated', '')}"
     if full.is_dir():
         lm = load_model(str(full), dtype, device, trust_remote_code)
     elif adapter.is_dir():
         from peft import PeftModel
 
         require_safetensors(adapter, "adapter")
-        lm = load_model(config.get("model") or None, dtype, device, trust_remote_code)
-        lm.model = PeftModel.from_pretrained(lm.model, str(adapter)).merge_and_unload().eval()
+        lm = load_model(base, dtype, device, trust_remote_code)
+        with loading("adapter", adapter, "its files are damaged or belong to another base model: rerun the training into a new --out"):
+            lm.model = PeftModel.from_pretrained(lm.model, str(adapter)).merge_and_unload().eval()
+        require_finite_weights(lm.model, str(path))
     else:
         raise SarftError(f"training run {path} holds no weights (artifacts/adapter or artifacts/model)", "rerun the training")
     lm.spec = str(path)
-    lm.fingerprint = hashlib.sha256(stamp.encode()).hexdigest()[:16]
+    lm.fingerprint = run_fingerprint(path, status)
     return lm
+
+
+def run_fingerprint(path: Path, status: dict) -> str:
+    """Identifies the weights a training run produced (its path and when it completed)."""
+    return hashlib.sha256(f"run-{path.resolve()}-{status.get('updated', '')}".encode()).hexdigest()[:16]
+
+
+def model_fingerprint(spec: str | None) -> str:
+    """The fingerprint :func:`load_model` gives ``spec``, without loading any weights (for cache keys)."""
+    run_dir = _training_run_dir(spec)
+    if run_dir is not None:
+        status = read_json_object(run_dir / "status.json", None) or {}
+        return run_fingerprint(run_dir, status)
+    return resolve_model_dir(spec)[2]

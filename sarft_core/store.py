@@ -9,6 +9,7 @@ target, so a reader sees either the old or the new content, never a half-written
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -27,39 +28,135 @@ FINAL_STATES = ("completed", "failed", "cancelled")
 
 
 def workspace_root() -> Path:
-    root = Path(os.environ.get("SARFT_WORKSPACE") or Path.cwd() / "workspace")
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+    env = os.environ.get("SARFT_WORKSPACE")
+    root = Path(env).expanduser() if env else Path.cwd() / "workspace"
+    return ensure_dir(root, "the workspace (SARFT_WORKSPACE)" if env else "the workspace")
 
 
 def runs_root() -> Path:
-    path = workspace_root() / "runs"
-    path.mkdir(parents=True, exist_ok=True)
+    return ensure_dir(workspace_root() / "runs", "the workspace's runs folder")
+
+
+# ---------------------------------------------------------------- one writer, one set of errors
+def write_error(exc: OSError, path: str | Path, action: str = "write") -> SarftError:
+    """The one message for an OS error while writing ``path``: the problem and the fix that fits it."""
+    path = Path(path)
+    code = exc.errno
+    reason = exc.strerror or str(exc)
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "choose an output location you can write to, or fix the folder's permissions"
+    elif code in (errno.ENOTDIR, errno.EEXIST):
+        blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker else reason
+        fix = "choose an output path whose folders are folders (or move that file away)"
+    elif code == errno.EISDIR:
+        reason = f"{path} is a folder"
+        fix = f"give a file path, e.g. {path / 'out.jsonl'}" if action == "write" else "give another path"
+    elif code in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        fix = "free disk space or choose another output location"
+    elif code == errno.ENAMETOOLONG:
+        fix = "use a shorter path"
+    else:
+        fix = "choose another output location"
+    return SarftError(f"could not {action} {path}: {reason}", fix + ("; the previous file is unchanged" if action == "write" else ""))
+
+
+def ensure_dir(path: str | Path, what: str | None = None) -> Path:
+    """Create a folder (and its parents) or raise one clear SarftError saying why it cannot be."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise SarftError(f"{what} {path} is a file, not a folder" if what else f"{path} is a file, not a folder",
+                         "point it at a folder (new or existing), or move the file away")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(exc, path, f"create {what or 'the folder'}") from None
     return path
+
+
+def check_writable(path: str | Path, folder: bool = False) -> Path:
+    """Check, before any long work, that ``path`` (a file, or a folder with ``folder=True``) can be
+    written: its folder exists or can be made, a file can be created there, and the target is not
+    a folder where a file is expected. Raises the same SarftError the final write would."""
+    path = Path(path).expanduser()
+    if not folder and path.is_dir():
+        raise SarftError(f"{path} is a folder, not a file", f"give a file path, e.g. {path / 'out.jsonl'}")
+    where = ensure_dir(path if folder else path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".sarft-write-check.", dir=where)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise write_error(exc, path) from None
+    return path
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no /proc: read it the classic way (set and restore)
+    os.umask(mask)
+    return mask
+
+
+def _plain_write_mode(path: Path) -> int:
+    """The permissions a plain ``open(path, "w")`` would leave: the old file's, or 0666 less the umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        ensure_dir(path.parent)
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), _plain_write_mode(path))  # mkstemp's 0600 would leak through the rename
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise SarftError(f"could not write {path}: {exc.strerror or exc}", "free disk space or choose another output directory; the previous file is unchanged") from exc
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise write_error(exc, path) from None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate (e.g. from a "\\ud800" JSON escape)
+        raise SarftError(f"could not write {path}: the text holds a character that is not valid Unicode "
+                         f"({text[exc.start:exc.end]!r} at position {exc.start})",
+                         "remove the broken escape (a lone surrogate such as \\ud800) from the input") from None
+    atomic_write_bytes(path, data)
+
+
+def _json_text(obj: Any, indent: int | None) -> str:
+    """JSON as readable UTF-8; a lone surrogate (unencodable) falls back to \\u escapes, never an error."""
+    text = json.dumps(obj, indent=indent, ensure_ascii=False, default=str)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj, indent=indent, ensure_ascii=True, default=str)
+    return text
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+    atomic_write_text(path, _json_text(obj, 2))
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:
@@ -73,8 +170,8 @@ def read_json(path: str | Path, default: Any = None) -> Any:
 def append_jsonl(path: str | Path, obj: Any) -> None:
     """Append one JSON line; a crash can cut only this last line, which readers skip."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = (json.dumps(obj, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+    ensure_dir(path.parent)
+    data = (_json_text(obj, None) + "\n").encode("utf-8")
     try:
         with open(path, "a+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
@@ -90,8 +187,8 @@ def append_jsonl(path: str | Path, obj: Any) -> None:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
     except OSError as exc:
-        raise SarftError(f"could not append to {path}: {exc.strerror or exc}",
-                         "free disk space or choose another output directory; lines already written are kept") from exc
+        err = write_error(exc, path, "append to")
+        raise SarftError(err.problem, err.fix + "; lines already written are kept") from None
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -170,24 +267,22 @@ class RunDir:
 
     @property
     def artifacts(self) -> Path:
-        p = self.path / "artifacts"
-        p.mkdir(parents=True, exist_ok=True)
-        return p
+        return ensure_dir(self.path / "artifacts")
 
     @property
     def name(self) -> str:
         return self.path.name
 
     def config(self) -> dict:
-        data = _read_object(self.config_path, {})
-        return {} if data is None else data
+        data = read_json_object(self.config_path, {})
+        return {} if data is None else _typed_fields(data, _CONFIG_TYPES)
 
     def status(self) -> dict:
-        data = _read_object(self.status_path, {"state": "created"})
+        data = read_json_object(self.status_path, {"state": "created"})
         if data is None or data.get("state") not in STATES:
             # damaged by hand or by a disk fault (our own writes are atomic): never show it as complete
             return {"state": "failed", "error": f"{self.status_path.name} is unreadable", "unreadable": True}
-        return data
+        return _typed_fields(data, _STATUS_TYPES)
 
     def set_status(self, state: str, **fields) -> dict:
         if state not in STATES:
@@ -211,8 +306,25 @@ class RunDir:
         return self.status().get("state") == "completed"
 
 
-def _read_object(path: Path, default: dict) -> dict | None:
-    """A JSON object from ``path``, ``default`` when absent, None when unreadable or not an object."""
+_NUMBER = (int, float)
+_STATUS_TYPES = {
+    "updated": _NUMBER, "created": _NUMBER, "started": _NUMBER, "seconds": _NUMBER, "eta_s": _NUMBER, "train_loss": _NUMBER,
+    "step": int, "max_steps": int, "pid": int, "last_checkpoint_step": int, "samples": int, "dh": int, "exit_code": int,
+    "error": str, "fix": str, "reason": str, "last_checkpoint": str, "weights": str, "method": str, "role": str,
+}
+_CONFIG_TYPES = {"kind": str, "model": str, "role": str, "method": str, "source_run": str, "model_fingerprint": str}
+
+
+def _typed_fields(data: dict, types: dict) -> dict:
+    """``data`` without the known fields whose type is wrong (a hand-edited file): readers such as
+    the dashboard then see a field as missing, never as a value that crashes them."""
+    return {k: v for k, v in data.items()
+            if k not in types or (v is None and k != "state") or (isinstance(v, types[k]) and not isinstance(v, bool))}
+
+
+def read_json_object(path: str | Path, default: dict | None = None) -> dict | None:
+    """A JSON object from ``path``; ``default`` when absent, None when unreadable or not an object
+    (a damaged file, never an exception: callers decide what a damaged file means)."""
     try:
         data = read_json(path, default)
     except (ValueError, OSError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -235,10 +347,8 @@ def create_run(kind: str, config: dict, path: str | Path | None = None, name: st
     run = RunDir(Path(path))
     if run.path.exists() and not run.path.is_dir():
         raise SarftError(f"{run.path} is a file, not a run directory", "give --out a directory path (new or a run to resume)")
-    try:
-        run.path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SarftError(f"could not create the run directory {run.path}: {exc.strerror or exc}", "choose another output directory") from exc
+    ensure_dir(run.path, "the run directory")
+    check_writable(run.path, folder=True)
     atomic_write_json(run.config_path, dict(config, kind=kind))
     if not run.status_path.exists():
         run.set_status("created", created=time.time())
@@ -252,11 +362,71 @@ def list_runs(root: str | Path | None = None) -> list[RunDir]:
     return sorted(runs, key=_updated, reverse=True)
 
 
+class RunBusy(SarftError):
+    """Another live process owns the run directory."""
+
+
+class OwnerLock:
+    """The claim of the one process that writes a run directory (``RUN/.owner.lock``, flock).
+
+    Non-blocking: a second writer (a second ``train`` into the same ``--out``) fails at once with
+    the owner's pid instead of interleaving its logs, config and weights with the first. The OS
+    releases the lock when the owner dies, so a crashed run never stays locked.
+    """
+
+    NAME = ".owner.lock"
+
+    def __init__(self, run_path: str | Path, what: str = "run"):
+        self.run_path = Path(run_path)
+        self.path = self.run_path / self.NAME
+        self.what = what
+        self._fh = None
+
+    def acquire(self) -> "OwnerLock":
+        ensure_dir(self.run_path)
+        try:
+            fh = open(self.path, "a+", encoding="utf-8")
+        except OSError as exc:
+            raise write_error(exc, self.path, "create the lock file") from None
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            owner = fh.read().strip()[:40]
+            fh.close()
+            raise RunBusy(
+                f"{self.run_path} is in use: another process (pid {owner or 'unknown'}) is writing this {self.what} now",
+                f"wait for it to finish (or stop it: kill -TERM {owner}), or choose another --out" if owner.isdigit()
+                else "wait for it to finish, or choose another --out",
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._fh.seek(0)
+                self._fh.truncate()
+                fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> "OwnerLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 @contextlib.contextmanager
 def locked(path: str | Path) -> Iterator[None]:
     """An exclusive inter-process lock on ``path`` (created if needed)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent)
     with open(path, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:

@@ -30,6 +30,7 @@ implementations; the defaults call ``python -m sarft_core train`` / ``eval`` in 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import importlib.util
 import math
 import os
@@ -43,7 +44,8 @@ from pathlib import Path
 from typing import Callable
 
 from sarft_core.errors import SarftError
-from sarft_core.store import RunDir, atomic_write_json, create_run, read_json
+from sarft_core.validation import number, require_finite_scores, validate_numbers
+from sarft_core.store import RunDir, atomic_write_json, create_run, ensure_dir, read_json, read_json_object
 
 SCREEN, FULL = "screen", "full"
 # config fields that must not change when a survey is resumed (they change the results)
@@ -59,8 +61,8 @@ class SurveyConfig:
     model: str = ""  # "" = the embedded default model
     data: list[str] = field(default_factory=list)  # sample files; empty = the demo samples
     profiles: str = ""  # "" = the demo profiles
-    limit: int | None = None
-    answer_index: int = 0
+    limit: int | None = number(None, lo=1, integer=True, optional=True, option="--limit")
+    answer_index: int = number(0, lo=0, integer=True, option="--answer-index")
     exact: bool = False  # score in IEEE fp32 instead of the fast mode
     device: str = "auto"
     batch_tokens: int | None = None  # None: the scorer's default for the device
@@ -72,9 +74,23 @@ class SurveyConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def validate(self) -> None:
+        validate_numbers(self)
+        from sarft_core.models import check_device
+
+        check_device(self.device)
+
+
+def legacy_role_slug(name: str) -> str:
+    """The folder name of surveys made before slugs carried a hash (two names could share it)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "role"
+
 
 def role_slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "role"
+    """A collision-free folder name: the readable slug plus a short hash of the exact name, so
+    names that differ only in characters the slug drops (an emoji, punctuation) never share one."""
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{legacy_role_slug(name)[:80]}-{digest}"
 
 
 # ---------------------------------------------------------------- the survey directory
@@ -87,16 +103,30 @@ class Survey:
     def path(self) -> Path:
         return self.run.path
 
+    def slug(self, role: str) -> str:
+        """The role's folder name; a survey made before hashed slugs keeps its old one for a role
+        whose finished result names exactly this role (so old surveys stay readable)."""
+        legacy = legacy_role_slug(role)
+        old = read_json_object(self.path / "roles" / f"{legacy}.json", None)
+        if old is not None and old.get("role") == role and not (self.path / "roles" / f"{role_slug(role)}.json").exists():
+            return legacy
+        return role_slug(role)
+
     def role_dir(self, role: str) -> Path:
-        p = self.path / "roles" / role_slug(role)
-        p.mkdir(parents=True, exist_ok=True)
-        return p
+        return ensure_dir(self.path / "roles" / self.slug(role))
 
     def result_path(self, role: str) -> Path:
-        return self.path / "roles" / f"{role_slug(role)}.json"
+        return self.path / "roles" / f"{self.slug(role)}.json"
+
+    def lock_path(self, role: str) -> Path:
+        return self.path / "roles" / f"{role_slug(role)}.lock"
 
     def result(self, role: str) -> dict | None:
-        return read_json(self.result_path(role))
+        """The role's finished result; a damaged file (or one of another role) reads as not done."""
+        data = read_json_object(self.result_path(role), None)
+        if data is None or data.get("role") != role:
+            return None
+        return data
 
     def is_done(self, role: str) -> bool:
         r = self.result(role)
@@ -108,8 +138,14 @@ class Survey:
 
 def open_survey(path: str | Path, config: SurveyConfig) -> Survey:
     """Create a survey directory, or reopen one to resume (its result-defining settings must match)."""
+    config.validate()
     path = Path(path)
-    old = read_json(path / "config.json")
+    old = read_json_object(path / "config.json", {})
+    if old is not None and old.get("kind") == "survey" and not (isinstance(old.get("roles", []), list) and all(isinstance(r, str) for r in old.get("roles", []))):
+        old = None
+    if old is None:
+        raise SarftError(f"{path / 'config.json'} is damaged (not a JSON object)",
+                         "choose another --out (finished roles under roles/ stay readable there), or restore the file")
     if old and old.get("kind") == "survey":
         changed = [k for k in _RESULT_FIELDS if k in old and old[k] != getattr(config, k)]
         if changed:
@@ -227,6 +263,7 @@ def score_step(ctx: RoleContext) -> dict:
     finally:
         if bar is not None:
             bar.close()
+    require_finite_scores(result.rows, f"RDS scoring of {ctx.role}")
     frame = result.frame()
     write_table(frame, ctx.work_dir / "scores.parquet")
     margin = (frame["logp_unsafe"] - frame["logp_role"]).astype(float)  # = s_unsafe - s_role
@@ -406,12 +443,12 @@ def run_role(ctx: RoleContext, steps: Steps) -> dict:
 
 def role_line(result: dict, index: int | None = None, total: int | None = None) -> str:
     head = f"[{index}/{total}] " if index and total else ""
-    s = result.get("score") or {}
+    s = _obj(result.get("score"))
     bits = []
     if s:
         bits.append(f"{s['samples']} samples, {100 * s['flagged_fraction']:.1f}% flagged")
-    for m, e in (result.get("methods") or {}).items():
-        ev = e.get("eval") or {}
+    for m, e in _obj(result.get("methods")).items():
+        ev = _obj(_obj(e).get("eval"))
         if ev:
             bits.append(f"{m}: " + ", ".join(f"{k} {v:.3g}" for k, v in ev.items()))
     if result.get("errors"):
@@ -448,7 +485,7 @@ def run_pending(
         for role in roles:
             if survey.is_done(role):
                 continue
-            lock = RoleLock(survey.path / "roles" / f"{role_slug(role)}.lock")
+            lock = RoleLock(survey.lock_path(role))
             if not lock.acquire():
                 continue  # another worker has it
             try:
@@ -520,12 +557,22 @@ def run_workers(survey: Survey, worker_argv: list[str], workers: int, poll_s: fl
 
 def submit_slurm(survey: Survey, role_argv: Callable[[str], list[str]], options: dict) -> list[str]:
     """Submit one SLURM job per pending role through submitit (imported only here)."""
+    import shutil
+
+    cluster = options.pop("cluster", None)  # only tests name one (submitit's local / debug executors)
+    if cluster is None and shutil.which("sbatch") is None:
+        # submitit would silently fall back to local processes and report them as submitted jobs
+        raise SarftError("--slurm asked for, but SLURM is not available on this machine (no sbatch command)",
+                         "run on the cluster's login node, or drop --slurm (use --workers N for local processes)")
     try:
         import submitit
     except ImportError:
         raise SarftError("--slurm needs the submitit package", "pip install submitit (on the cluster's login node)") from None
     folder = survey.path / "slurm" / "%j"
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=options.pop("cluster", None))
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    if cluster is None and executor.cluster != "slurm":
+        raise SarftError(f"--slurm asked for, but submitit found no SLURM cluster (it would run the jobs {executor.cluster}ly)",
+                         "run on the cluster's login node, or drop --slurm (use --workers N for local processes)")
     executor.update_parameters(**{k: v for k, v in options.items() if v is not None})
     jobs = []
     pending = survey.pending()
@@ -559,14 +606,22 @@ def survey_traits(survey: Survey) -> "object":
     cfg = survey.config
     path = survey.path / "traits.csv"
     if path.exists():
-        have = pd.read_csv(path)
-        if set(cfg.roles) <= set(have["role"]):
+        try:
+            have = pd.read_csv(path)
+        except (ValueError, OSError, UnicodeDecodeError):  # damaged: rate the traits again
+            have = None
+        if have is not None and "role" in have.columns and set(cfg.roles) <= set(have["role"].astype(str)):
             return have
     profiles = load_profiles(cfg.profiles or DEMO_PROFILES)
     chosen = {r: get_profile(profiles, r) for r in cfg.roles}
     table = rate_traits(chosen, source=cfg.trait_source, csv=cfg.trait_csv or None)
     write_table(table, path)
     return table
+
+
+def _obj(value) -> dict:
+    """``value`` if it is a dict, else {} (a hand-edited or damaged result never crashes a report)."""
+    return value if isinstance(value, dict) else {}
 
 
 def _safety(metrics: dict | None) -> tuple[float, str]:
@@ -595,16 +650,16 @@ def aggregate(survey: Survey, traits=None):
         if not res:
             continue
         base = {"role": role, **{t: float(by_role.loc[role, t]) if role in by_role.index else math.nan for t in trait_cols}}
-        sc = res.get("score") or {}
+        sc = _obj(res.get("score"))
         base.update(samples=sc.get("samples"), flagged_fraction=sc.get("flagged_fraction", math.nan),
                     mean_margin=sc.get("mean_margin", math.nan), status=res.get("status"), seconds=res.get("seconds"))
         if survey.config.mode == SCREEN:
             rows.append(base)
             continue
-        before, measure = _safety(res.get("base"))
+        before, measure = _safety(_obj(res.get("base")))
         for method in survey.config.methods:
-            entry = (res.get("methods") or {}).get(method) or {}
-            ev = entry.get("eval") or {}
+            entry = _obj(_obj(res.get("methods")).get(method))
+            ev = _obj(entry.get("eval"))
             after, _ = _safety({measure: ev.get(measure)} if measure else ev)
             rows.append(dict(base, method=method, safety_measure=measure or None, safety_before=before, safety_after=after,
                              degradation=before - after, refusal_rate=ev.get("refusal_rate", math.nan),

@@ -42,8 +42,9 @@ def test_rolebench_loader_filters_role_and_takes_first_answer():
     assert len(samples) == 50 and {s.role for s in samples} == {"Freddy Krueger"}
     first = json.loads(next(line for line in open(ROLEBENCH_SPE) if '"Freddy Krueger"' in line))
     assert samples[0].output == first["generated"][0].strip()
-    second = load_samples(ROLEBENCH_SPE, role="Freddy Krueger", answer_index=1, limit=1)
-    assert len(second) == 1
+    # some of the role's rows hold one answer only: a second answer is refused, never replaced by the first
+    with pytest.raises(SarftError, match=r"has 1 answer\(s\), so --answer-index 1 does not exist"):
+        load_samples(ROLEBENCH_SPE, role="Freddy Krueger", answer_index=1)
 
 
 def test_role_names_match_across_spellings():

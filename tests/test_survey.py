@@ -11,7 +11,7 @@ import pytest
 
 from sarft_core.errors import SarftError
 from sarft_core.survey import (
-    FULL, SCREEN, Steps, SurveyConfig, find_metrics, open_survey, run_cli, run_pending, write_aggregate,
+    FULL, SCREEN, Steps, SurveyConfig, find_metrics, open_survey, role_slug, run_cli, run_pending, write_aggregate,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ def test_screening_runs_and_resumes_after_interruption(tmp_path, tiny_model_dir,
     assert list(table["role"]) == ROLES
     assert table["samples"].tolist() == [6, 6, 6]
     assert ((table["flagged_fraction"] >= 0) & (table["flagged_fraction"] <= 1)).all()
-    scores = pd.read_parquet(out / "roles" / "Baron_Vex_Morrow" / "scores.parquet")
+    scores = pd.read_parquet(out / "roles" / role_slug("Baron Vex Morrow") / "scores.parquet")
     assert table.loc[0, "flagged_fraction"] == pytest.approx(scores["harmful"].mean())
     assert set(corr["trait"]) == {"malevolence", "aggression", "deceptiveness", "benevolence"}
     assert (corr["target"] == "flagged_fraction").all() and (corr["n"] == 3).all()

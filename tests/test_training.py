@@ -284,7 +284,7 @@ def test_clear_errors(tiny_model_dir, tmp_path, monkeypatch, capsys):
     assert cli("--method", "dpo") == 2
     assert "unknown method 'dpo'" in capsys.readouterr().err
     assert cli("--lambda", "-1") == 2
-    assert "lambda must be >= 0" in capsys.readouterr().err
+    assert "--lambda must be a finite number in [0, 1000000], got -1.0" in capsys.readouterr().err
     empty = tmp_path / "empty.jsonl"
     empty.write_text(json.dumps({"role": "Someone Else", "input": "hi", "output": "hello"}) + "\n")
     assert cli("--data", str(empty), "--method", "sft") == 2

@@ -68,6 +68,37 @@ def parse_columns(text: str | None) -> dict | None:
     for part in text.split(","):
         if "=" not in part:
             raise SarftError(f"bad --columns entry {part!r}", "write --columns input=COL,output=COL")
-        key, value = part.split("=", 1)
-        out[key.strip()] = value.strip()
+        key, value = (x.strip() for x in part.split("=", 1))
+        if not key or not value:
+            raise SarftError(f"bad --columns entry {part!r}: a field and a column name are both needed", "write --columns input=COL,output=COL")
+        if key in out:
+            raise SarftError(f"--columns maps {key} twice", "map each field once")
+        out[key] = value
     return out
+
+
+def check_output(out, inputs: dict | None = None, writable: bool = True) -> None:
+    """Before any work: ``out`` is none of the command's input files (it would overwrite one) and,
+    with ``writable``, its location can be written (the folder exists or can be made)."""
+    from pathlib import Path
+
+    from sarft_core.store import check_writable
+
+    out = Path(out).expanduser()
+    if out.is_dir():
+        raise SarftError(f"{out} is a folder, not a file", f"give --out a file path, e.g. {out / ('out' + (out.suffix or '.csv'))}")
+    for option, value in (inputs or {}).items():
+        if not value:
+            continue
+        src = Path(value).expanduser()
+        same = out.resolve() == src.resolve()
+        if not same and out.exists() and src.exists():
+            try:
+                same = out.samefile(src)  # hard links and other spellings of one file
+            except OSError:
+                same = False
+        if same:
+            raise SarftError(f"--out {out} is the {option} input file: writing the results would overwrite it",
+                             "give --out a new file, e.g. " + str(out.with_name(out.stem + ".out" + out.suffix)))
+    if writable:
+        check_writable(out)

@@ -37,11 +37,18 @@ def run(args) -> int:
     from sarft_core.data import PROJECT_ROOT
 
     cmd = streamlit_command(args.port, args.host)
+    if not args.workspace and os.environ.get("SARFT_WORKSPACE"):
+        from sarft_core.store import workspace_root
+
+        workspace_root()  # a SARFT_WORKSPACE that is a file fails here, clearly, not inside the browser
     env = dict(os.environ)
     if args.model:
         env["SARFT_MODEL"] = args.model
     if args.workspace:
-        env["SARFT_WORKSPACE"] = os.path.abspath(args.workspace)
+        from sarft_core.store import ensure_dir
+
+        ensure_dir(os.path.abspath(os.path.expanduser(args.workspace)), "the workspace (--workspace)")
+        env["SARFT_WORKSPACE"] = os.path.abspath(os.path.expanduser(args.workspace))
     env["PYTHONPATH"] = str(PROJECT_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     print(f"SaRFT Studio on http://{args.host}:{args.port}  (Ctrl+C stops it)", file=sys.stderr)
     try:

@@ -60,23 +60,24 @@ def eval_dir(args, generation) -> Path:
 
 def run(args) -> int:
     from sarft_core.evaluation.generation import GenerationConfig
-    from sarft_core.evaluation.runner import Evaluator, summary_table
+    from sarft_core.evaluation.runner import Evaluator
     from sarft_core.evaluation.suites import SuiteContext, get_suite
-    from sarft_core.models import load_model
-    from sarft_core.store import create_run
+    from sarft_core.models import check_device, load_model, model_fingerprint
+    from sarft_core.store import OwnerLock, check_writable, create_run
 
-    if args.threads is not None and args.threads < 1:
-        raise SarftError(f"--threads must be at least 1, got {args.threads}", "give a positive number of CPU threads, or leave it out")
+    from sarft_core.validation import Range, check_number
+
+    check_number(args.threads, Range(lo=1, hi=4096, integer=True, optional=True, option="--threads",
+                                     hint="give a positive number of CPU threads, or leave it out"))
+    check_number(args.limit, Range(lo=1, integer=True, optional=True, option="--limit", hint="give a positive number, or leave it out"))
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     if args.run and args.model:
         raise SarftError("both --run and --model given", "evaluate either a training run (--run) or a model (--model)")
-    if args.run and not (Path(args.run) / "config.json").is_file():
-        raise SarftError(f"not a run directory: {args.run}", "give the directory of a completed training run")
-    if args.limit is not None and args.limit < 1:
-        raise SarftError(f"--limit must be at least 1, got {args.limit}", "give a positive number")
+    if args.run:
+        check_training_run(Path(args.run))
     generation = GenerationConfig(
         max_new_tokens=args.max_new_tokens, system_prompt=args.system_prompt, batch_size=args.batch_size,
         decoding=args.decoding, rose_alpha=args.rose_alpha,
@@ -94,14 +95,72 @@ def run(args) -> int:
     if args.decoding == "rose" and any(s.solver == "margin" for s in suites):
         print("note: the refusal margin measures the model itself; it is computed without ROSE", file=sys.stderr)
     model_spec = args.run or args.model or ""
+    check_device(args.device)
+    fingerprint = model_fingerprint(model_spec or None)  # identifies the weights without loading them
     out = eval_dir(args, generation)
-    run_dir = create_run("eval", {"model": model_spec or "embedded", "source_run": args.run, "generation": generation.identity(),
-                                  "suites": [s.name for s in suites], "judges": [j.describe() for j in judges]}, path=out)
-    evaluator = Evaluator(
-        run_dir,
-        lambda: load_model(model_spec or None, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code),
-        generation, judges, progress=tqdm_progress, log=lambda m: print(m, file=sys.stderr),
-    )
+    check_writable(out, folder=True)  # before any work
+    with OwnerLock(out, "evaluation"):  # one writer per evaluation directory
+        check_same_setting(out, model_spec or "embedded", fingerprint, generation.identity())
+        run_dir = create_run("eval", {"model": model_spec or "embedded", "model_fingerprint": fingerprint, "source_run": args.run,
+                                      "generation": generation.identity(), "suites": [s.name for s in suites],
+                                      "judges": [j.describe() for j in judges]}, path=out)
+        evaluator = Evaluator(
+            run_dir,
+            lambda: load_model(model_spec or None, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code),
+            generation, judges, progress=tqdm_progress, log=lambda m: print(m, file=sys.stderr), model_fingerprint=fingerprint,
+        )
+        return _evaluate(run_dir, evaluator, suites, ctx)
+
+
+def check_training_run(path: Path) -> None:
+    """``--run`` must be a training run directory (not an evaluation folder, not a model)."""
+    from sarft_core.store import read_json_object
+
+    if not (path / "config.json").is_file():
+        raise SarftError(f"not a run directory: {path}", "give the directory of a completed training run")
+    config = read_json_object(path / "config.json", None)
+    if config is None:
+        raise SarftError(f"{path / 'config.json'} is damaged (not a JSON object)", "give the directory of a completed training run")
+    kind = config.get("kind")
+    if kind != "train":
+        raise SarftError(
+            f"{path} is a {kind if isinstance(kind, str) else 'unknown'} run, not a training run",
+            "give --run the directory of a completed training run (the one holding artifacts/adapter or artifacts/model)"
+            + ("; an evaluation folder's results are read with `report`" if kind == "eval" else ""),
+        )
+
+
+def check_same_setting(out: Path, model: str, fingerprint: str, generation: dict) -> None:
+    """An evaluation directory holds the answers of ONE model and generation setting: resuming it
+    with the same ones is free, anything else is refused (it would mix two models' results)."""
+    from sarft_core.store import read_json_object
+
+    if not (out / "config.json").exists():
+        return
+    old = read_json_object(out / "config.json", None)
+    if old is None:
+        raise SarftError(f"{out / 'config.json'} is damaged (not a JSON object)",
+                         "choose another --out (the folder's finished answers stay there, untouched)")
+    if old.get("kind") != "eval":
+        raise SarftError(f"{out} holds a {old.get('kind', 'unknown')} run, not an evaluation", "choose another --out for the evaluation")
+    changed = []
+    same_model = old["model_fingerprint"] == fingerprint if "model_fingerprint" in old else (old.get("model") or "embedded") == model
+    if not same_model:
+        changed.append(f"model: {old.get('model')!r} -> {model!r}" if old.get("model") != model else f"model {model!r}: its weights changed")
+    before = old.get("generation") if isinstance(old.get("generation"), dict) else {}
+    for key in sorted(set(before) | set(generation)):
+        if before.get(key) != generation.get(key):
+            changed.append(f"{key}: {before.get(key)!r} -> {generation.get(key)!r}")
+    if changed:
+        raise SarftError(
+            f"{out} holds an evaluation made with other settings ({'; '.join(changed)[:600]})",
+            "use another --out (or leave --out out: each model and setting gets its own folder), or repeat the original settings to resume",
+        )
+
+
+def _evaluate(run_dir, evaluator, suites, ctx) -> int:
+    from sarft_core.evaluation.runner import summary_table
+
     run_dir.set_status("running")
     records = []
     try:

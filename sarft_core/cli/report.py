@@ -25,6 +25,9 @@ def run(args) -> int:
 
     if args.examples < 0:
         raise SarftError("--examples must be 0 or more", "give e.g. --examples 8")
+    from sarft_core.cli import check_output
+
+    check_output(args.out, {"TARGET": args.target})  # before any rendering
     sources = resolve_sources(args.target, (args.runs or "").split(","))
     out, n_figures = write_report(sources, args.out, args.title, args.examples)
     size = out.stat().st_size / 1e6

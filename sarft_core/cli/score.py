@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from sarft_core.cli import add_data_args, add_model_args, parse_columns
+from sarft_core.cli import add_data_args, add_model_args, check_output, parse_columns
 from sarft_core.errors import SarftError
 
 
@@ -42,10 +42,23 @@ def run(args) -> int:
     from sarft_core.scoring import ScoreOptions, score_role
     from sarft_core.store import atomic_write_text, write_table
 
-    out = Path(args.out)
+    from sarft_core.models import check_device
+    from sarft_core.validation import require_finite_scores
+
+    out = Path(args.out).expanduser()
     if out.suffix.lower() not in (".jsonl", ".parquet", ".csv"):
         raise SarftError(f"unsupported output type {out.suffix or '(none)'} for --out", "use .jsonl, .parquet or .csv")
+    inputs = {"--data": args.data, "--profiles": args.profiles}
+    check_output(out, inputs, writable=False)
+    tokens_out = out.with_name(out.stem + ".tokens.jsonl")
+    if args.with_tokens:
+        check_output(tokens_out, inputs, writable=False)
+    check_device(args.device)
     samples, profile = load_role_inputs(args)
+    # the output location is checked before the long work, not after it
+    check_output(out, inputs)
+    if args.with_tokens:
+        check_output(tokens_out, inputs)
     fast = args.dtype == "bfloat16"
     lm = load_model(args.model, dtype="float32" if fast else args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
     options = ScoreOptions(normalise=args.normalise, max_batch_tokens=args.batch_tokens, fast=fast, recheck_band=args.recheck_band)
@@ -63,13 +76,14 @@ def run(args) -> int:
         bar.close()
     if not main_process:
         return 0
+    require_finite_scores(result.rows, f"scoring {profile.name}")
     write_table(result.frame(), out)
     if args.with_tokens:
         lines = []
         for sid, ids in result.answer_ids.items():
             tokens = [lm.tokenizer.decode([t]) for t in ids]
             lines.append(json.dumps({"id": sid, "tokens": tokens, "ratio": result.token_ratios(sid)}, ensure_ascii=False))
-        atomic_write_text(out.with_name(out.stem + ".tokens.jsonl"), "\n".join(lines) + "\n")
+        atomic_write_text(tokens_out, "\n".join(lines) + "\n")
     st = result.stats
     speed = f"{st['samples_per_s']:.2f} samples/s" if st.get("samples_per_s") else "all from cache"
     print(

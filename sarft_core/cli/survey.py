@@ -85,8 +85,13 @@ def _child_argv(args, roles: str | None = None) -> list[str]:
 def run(args) -> int:
     from sarft_core.survey import open_survey, run_pending, run_workers, submit_slurm, write_aggregate
 
-    if args.workers < 1:
-        raise SarftError(f"--workers must be at least 1 (got {args.workers})", "use --workers 1 for one process")
+    from sarft_core.validation import Range, check_number
+
+    check_number(args.workers, Range(lo=1, hi=1024, integer=True, option="--workers", hint="use --workers 1 for one process"))
+    if args.slurm:
+        for option, value, hi in (("--slurm-time", args.slurm_time, 60 * 24 * 365), ("--slurm-gpus", args.slurm_gpus, 1024),
+                                  ("--slurm-cpus", args.slurm_cpus, 4096)):
+            check_number(value, Range(lo=0 if option == "--slurm-gpus" else 1, hi=hi, integer=True, option=option))
     roles = resolve_roles(args.roles, args.profiles)
     config = config_from_args(args, roles)
     survey = open_survey(args.out, config)

@@ -43,7 +43,21 @@ def default_unsafe_prompt(profile: str) -> str:
 def _text(value, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise SarftError(f"{where} must be non-empty text", "fix the profiles file")
-    return value
+    from sarft_core.data.samples import check_text
+
+    return check_text(value, where)
+
+
+def _add(out: dict, name: str, profile: "RoleProfile", source: str) -> None:
+    """Add one role; two entries naming the same role (exactly, or as --role matches names) are refused."""
+    from sarft_core.data.names import normalise_name
+
+    key = normalise_name(name)
+    clash = next((n for n in out if normalise_name(n) == key), None)
+    if clash is not None:
+        same = "twice" if clash == name else f"twice ({clash!r} and {name!r} match the same --role)"
+        raise SarftError(f"{source}: role {name!r} is defined {same}", "keep one entry per role (rename or remove the other)")
+    out[name] = profile
 
 
 def parse_profiles(data, source: str = "profiles") -> dict[str, RoleProfile]:
@@ -60,12 +74,14 @@ def parse_profiles(data, source: str = "profiles") -> dict[str, RoleProfile]:
             description = item.get("description") or ""
             if not isinstance(description, str):
                 raise SarftError(f"{source}: {name} description must be text", "fix the profiles file")
-            out[name] = RoleProfile(name, profile, _text(unsafe, f"{source}: {name} unsafe_prompt"), description)
+            if description:
+                _text(description, f"{source}: {name} description")
+            _add(out, name, RoleProfile(name, profile, _text(unsafe, f"{source}: {name} unsafe_prompt"), description), source)
     elif isinstance(data, dict) and isinstance(data.get("role"), dict) and "safety" in data:
         generic = _text(data["safety"], f"{source}: safety")
         for key, prompt in data["role"].items():
             name = key.replace("_", " ")
-            out[name] = RoleProfile(name, _text(prompt, f"{source}: {key}"), prompt.rstrip() + "\n" + generic)
+            _add(out, name, RoleProfile(name, _text(prompt, f"{source}: {key}"), prompt.rstrip() + "\n" + generic), source)
     elif isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
         for key, item in data.items():
             if "role" not in item:
@@ -73,12 +89,12 @@ def parse_profiles(data, source: str = "profiles") -> dict[str, RoleProfile]:
             name = key.replace("_", " ")
             role_prompt = _text(item["role"], f"{source}: {key} role")
             unsafe = item.get("safe") or default_unsafe_prompt(role_prompt)
-            out[name] = RoleProfile(name, role_prompt, _text(unsafe, f"{source}: {key} safe"))
+            _add(out, name, RoleProfile(name, role_prompt, _text(unsafe, f"{source}: {key} safe")), source)
     elif isinstance(data, dict) and data and all(isinstance(v, str) for v in data.values()):
         for key, text in data.items():
             name = key.replace("_", " ")
             _text(text, f"{source}: {key}")
-            out[name] = RoleProfile(name, text, default_unsafe_prompt(text), text)
+            _add(out, name, RoleProfile(name, text, default_unsafe_prompt(text), text), source)
     else:
         raise SarftError(f"{source}: not a recognised profiles format", "see the formats listed in docs (sarft_core/data/profiles.py)")
     if not out:
@@ -88,13 +104,26 @@ def parse_profiles(data, source: str = "profiles") -> dict[str, RoleProfile]:
     return out
 
 
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object whose keys are unique: json keeps the last of two equal keys, silently."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise SarftError(f"the key {key!r} appears twice in one JSON object of the profiles file (the last one would silently win)",
+                             "keep one entry per role (rename or remove the other)")
+        out[key] = value
+    return out
+
+
 def load_profiles(path: str | Path) -> dict[str, RoleProfile]:
     path = Path(path)
+    if path.is_dir():
+        raise SarftError(f"{path} is a folder, not a profiles file", "give the profiles JSON file itself to --profiles")
     if not path.is_file():
         raise SarftError(f"profiles file does not exist: {path}", "check the path given to --profiles")
     try:
         with open(path, encoding="utf-8-sig") as fh:  # a byte-order mark is accepted
-            data = json.load(fh)
+            data = json.load(fh, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise SarftError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})", "fix the file") from None
     except UnicodeDecodeError:

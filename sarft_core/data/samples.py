@@ -38,6 +38,20 @@ _ENCODING = "utf-8-sig"
 _CSV_FIELD_LIMIT = 64 * 1024 * 1024
 
 
+def check_text(text: str, where: str) -> str:
+    """``text`` if it can be written as UTF-8; a lone surrogate (a ``\\ud800`` JSON escape) cannot,
+    and would fail much later (tokenizer, output files), so it is refused where it comes in."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SarftError(
+            f"{where} holds an invalid character {text[exc.start:exc.end]!r} at position {exc.start} (a lone surrogate, "
+            "e.g. from a \\ud800 escape)",
+            "fix the text: remove the escape or write the whole character (surrogate pairs must come in pairs)",
+        ) from None
+    return text
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
     with open(path, encoding=_ENCODING) as fh:
@@ -78,7 +92,13 @@ def _read_rows(path: Path) -> list[dict]:
             if csv.field_size_limit() < _CSV_FIELD_LIMIT:
                 csv.field_size_limit(_CSV_FIELD_LIMIT)
             with open(path, encoding=_ENCODING, newline="") as fh:
-                return list(csv.DictReader(fh))
+                rows = list(csv.DictReader(fh, strict=True))  # strict: an unterminated quote is an error, not one huge field
+            for i, row in enumerate(rows):
+                if None in row:
+                    raise SarftError(f"{path}: row {i + 1} has more fields than the header", "check quoting and delimiters (a comma inside an unquoted field?)")
+                if any(v is None for v in row.values()):
+                    raise SarftError(f"{path}: row {i + 1} has fewer fields than the header", "check quoting and delimiters (an unterminated quote?)")
+            return rows
         if suffix == ".parquet":
             import pandas as pd
 
@@ -127,8 +147,16 @@ def load_samples(
     rows = _read_rows(path)
     if not rows:
         raise SarftError(f"{path} holds no samples", "give a file with at least one sample")
-    cols = dict(DEFAULT_COLUMNS, **(columns or {}))
     explicit = columns or {}
+    unknown = sorted(set(explicit) - set(DEFAULT_COLUMNS))
+    if unknown:
+        raise SarftError(f"unknown --columns field(s): {', '.join(unknown)}", "map only input, output, role and id, e.g. --columns input=question,output=answer")
+    found = ", ".join(map(str, rows[0].keys()))
+    for key in ("role", "id"):
+        # a mapped column that is missing must not silently switch a filter off (or the ids)
+        if explicit.get(key) and explicit[key] not in rows[0]:
+            raise SarftError(f"{path}: no column {explicit[key]!r} for {key} (columns found: {found})", f"fix --columns {key}=COL")
+    cols = dict(DEFAULT_COLUMNS, **explicit)
     in_col = _pick(rows[0], explicit.get("input"), _INPUT_ALIASES)
     out_col = _pick(rows[0], explicit.get("output"), _OUTPUT_ALIASES)
     missing = [name for name, col in (("input", in_col), ("output", out_col)) if col is None]
@@ -153,7 +181,13 @@ def load_samples(
         if isinstance(y, (list, tuple)):
             if not y:
                 raise SarftError(f"{path}: row {i + 1} has an empty answer list", "drop the row or give at least one answer")
-            y = y[min(answer_index, len(y) - 1)]
+            if answer_index >= len(y):
+                raise SarftError(f"{path}: row {i + 1} has {len(y)} answer(s), so --answer-index {answer_index} does not exist",
+                                 f"give --answer-index between 0 and {len(y) - 1}, or a file where every row has {answer_index + 1} or more answers")
+            y = y[answer_index]
+        elif answer_index and isinstance(y, str):
+            raise SarftError(f"{path}: row {i + 1} has one answer, not a list, so --answer-index {answer_index} does not exist",
+                             "leave --answer-index out (it picks one of several RoleBench answers)")
         if not isinstance(x, str) or not isinstance(y, str):
             raise SarftError(
                 f"{path}: row {i + 1} has a non-text input or output ({type(x).__name__}, {type(y).__name__})",
@@ -162,7 +196,11 @@ def load_samples(
         x, y = x.strip(), y.strip()
         if not x or not y:
             continue
+        check_text(x, f"{path}: row {i + 1} input")
+        check_text(y, f"{path}: row {i + 1} output")
         sid = r.get(cols["id"]) if cols["id"] in r else None
+        check_text(str(sid), f"{path}: row {i + 1} id")
+        check_text(r_role, f"{path}: row {i + 1} role")
         samples.append(Sample(id=str(sid) if sid not in (None, "") else f"{len(samples):05d}", role=chosen_role or r_role, input=x, output=y))
         if limit and len(samples) >= limit:
             break

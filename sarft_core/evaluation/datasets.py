@@ -37,6 +37,26 @@ class Item:
     references: list[str] = field(default_factory=list)  # reference answers (RoleBench)
     meta: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        from sarft_core.data.samples import check_text
+
+        check_text(self.id, f"item id {self.id!r}")
+        check_text(self.prompt, f"the prompt of {self.id}")
+        if self.target is not None:
+            check_text(self.target, f"the target of {self.id}")
+        for ref in self.references:
+            check_text(ref, f"a reference answer of {self.id}")
+
+
+def _field(row, col: str, path: Path, i: int, required: bool = True) -> str:
+    """One text cell of a prompt file, stripped; a missing or non-text cell is one clear error."""
+    value = row.get(col)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        raise SarftError(f"{path}: row {i + 1} has no text in column {col!r} (got {type(value).__name__})", "every row needs text in that column")
+    return value.strip()
+
 
 def default_data_dir() -> Path:
     env = os.environ.get("SARFT_DATA_DIR")
@@ -64,8 +84,13 @@ def _read_records(path: Path) -> list[dict]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            with open(path, encoding="utf-8", newline="") as fh:
-                return list(csv.DictReader(fh))
+            with open(path, encoding="utf-8-sig", newline="") as fh:
+                rows = list(csv.DictReader(fh, strict=True))  # strict: an unterminated quote is an error
+            short = next((i for i, r in enumerate(rows) if None in r or None in r.values()), None)
+            if short is not None:
+                raise SarftError(f"{path}: row {short + 1} has a different number of fields than the header",
+                                 "check quoting and delimiters (an unterminated quote?)")
+            return rows
         if suffix == ".jsonl":
             rows = []
             with open(path, encoding="utf-8") as fh:
@@ -75,11 +100,11 @@ def _read_records(path: Path) -> list[dict]:
                             rows.append(json.loads(line))
                         except json.JSONDecodeError as exc:
                             raise SarftError(f"{path}: line {lineno} is not valid JSON ({exc.msg})", "fix or remove that line") from None
-            return rows
+            return _objects(path, rows)
         if suffix == ".json":
             data = json.loads(path.read_text(encoding="utf-8"))
             if isinstance(data, list):
-                return data
+                return _objects(path, data)
             raise SarftError(f"{path}: expected a JSON list of objects", "write [{\"prompt\": ...}, ...] or use .jsonl")
         if suffix == ".parquet":
             import pandas as pd
@@ -94,6 +119,13 @@ def _read_records(path: Path) -> list[dict]:
     except (OSError, ValueError, RecursionError) as exc:  # a folder, no permission, a damaged parquet file
         raise SarftError(f"{path}: could not be read ({exc})", "check that the path names a complete file") from None
     raise SarftError(f"{path}: unsupported file type {suffix or '(none)'}", "use .csv, .jsonl, .json or .parquet")
+
+
+def _objects(path: Path, rows: list) -> list[dict]:
+    bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise SarftError(f"{path}: row {bad + 1} is a {type(rows[bad]).__name__}, not a JSON object", "write one {\"prompt\": ...} object per row")
+    return rows
 
 
 def _limit(items: list[Item], limit: int | None) -> list[Item]:
@@ -113,7 +145,8 @@ def _need_columns(path: Path, rows: list[dict], columns: tuple[str, ...]) -> Non
 def load_advbench(path: Path, limit: int | None = None) -> list[Item]:
     rows = _read_records(path)
     _need_columns(path, rows, ("goal",))
-    items = [Item(f"advbench-{i:04d}", r["goal"].strip(), "harmful", target=(r.get("target") or None)) for i, r in enumerate(rows)]
+    items = [Item(f"advbench-{i:04d}", _field(r, "goal", path, i), "harmful", target=(_field(r, "target", path, i, False) or None))
+             for i, r in enumerate(rows)]
     return _limit(items, limit)
 
 
@@ -124,13 +157,13 @@ def load_xstest(path: Path, limit: int | None = None) -> list[Item]:
     out: list[Item] = []
     counts: dict[str, int] = {}
     for i, r in enumerate(rows):
-        label = str(r["label"]).strip().lower()
+        label = str(r.get("label")).strip().lower()
         if label not in ("safe", "unsafe"):
-            raise SarftError(f"{path}: row {i + 1} has label {r['label']!r}", "labels must be 'safe' or 'unsafe'")
+            raise SarftError(f"{path}: row {i + 1} has label {r.get('label')!r}", "labels must be 'safe' or 'unsafe'")
         counts[label] = counts.get(label, 0) + 1
         if limit is not None and counts[label] > limit:
             continue
-        out.append(Item(f"xstest-{r.get('id') or i}", r["prompt"].strip(), label, meta={"type": r.get("type", "")}))
+        out.append(Item(f"xstest-{r.get('id') or i}", _field(r, "prompt", path, i), label, meta={"type": r.get("type", "")}))
     return out
 
 
@@ -148,9 +181,11 @@ def load_prompt_file(path: Path, limit: int | None = None, prompt_col: str | Non
     stem = path.stem
     items = []
     for i, r in enumerate(rows):
-        text = str(r.get(col) or "").strip()
+        value = r.get(col)
+        text = value.strip() if isinstance(value, str) else "" if value is None else str(value).strip()
+        target = r.get("target")
         if text:
-            items.append(Item(f"{stem}-{r.get('id', i)}", text, group, target=r.get("target") or None))
+            items.append(Item(f"{stem}-{r.get('id', i)}", text, group, target=target if isinstance(target, str) and target else None))
     return _limit(items, limit)
 
 
@@ -161,11 +196,13 @@ def load_probes(path: Path | None = None, limit: int | None = None) -> list[Item
     _need_columns(path, rows, ("prompt", "label"))
     counts: dict[str, int] = {}
     out = []
-    for r in rows:
-        label = r["label"]
+    for i, r in enumerate(rows):
+        label = r.get("label")
+        if label not in ("harmful", "harmless"):
+            raise SarftError(f"{path}: row {i + 1} has label {label!r}", "probe labels must be 'harmful' or 'harmless'")
         counts[label] = counts.get(label, 0) + 1
         if limit is None or counts[label] <= limit:
-            out.append(Item(r["id"], r["prompt"], label, meta={"category": r.get("category", "")}))
+            out.append(Item(_field(r, "id", path, i), _field(r, "prompt", path, i), label, meta={"category": r.get("category", "")}))
     return out
 
 
@@ -173,12 +210,12 @@ def load_rolebench(path: Path, role: str, group: str, limit: int | None = None) 
     """Questions of one role with their reference answers (RoleBench ``generated`` lists)."""
     rows = _read_records(path)
     _need_columns(path, rows, ("role", "question", "generated"))
-    roles = sorted({r["role"] for r in rows})
+    roles = sorted({str(r.get("role")) for r in rows})
     name = match_role(role, roles)
     items = []
-    for i, r in enumerate(x for x in rows if x["role"] == name):
-        refs = r["generated"] if isinstance(r["generated"], list) else [r["generated"]]
-        items.append(Item(f"{group}-{i:04d}", r["question"].strip(), group, references=[str(x) for x in refs]))
+    for i, r in enumerate(x for x in rows if str(x.get("role")) == name):
+        refs = r.get("generated") if isinstance(r.get("generated"), list) else [r.get("generated")]
+        items.append(Item(f"{group}-{i:04d}", _field(r, "question", path, i), group, references=[str(x) for x in refs if x is not None]))
     return _limit(items, limit)
 
 

@@ -16,6 +16,7 @@ import torch
 
 from sarft_core.chat import encode
 from sarft_core.errors import SarftError
+from sarft_core.validation import number, validate_numbers
 
 ProgressFn = Callable[[int, int], None]
 BatchFn = Callable[[list[int], list[str]], None]
@@ -38,22 +39,27 @@ class Cancelled(Exception):
 
 @dataclass
 class GenerationConfig:
-    max_new_tokens: int = 128
+    """Every generation setting; numeric ranges are declared here and checked on construction."""
+
+    max_new_tokens: int = number(128, lo=1, hi=32_768, integer=True, option="--max-new-tokens")
     system_prompt: str | None = None  # None / "" -> empty system turn (as published)
-    batch_size: int = 16
-    max_prompt_tokens: int = 2048  # generous: the published 512 cut-off is for training data
+    batch_size: int = number(16, lo=1, hi=65_536, integer=True, option="--batch-size")
+    max_prompt_tokens: int = number(2048, lo=1, hi=1_000_000, integer=True, option="max_prompt_tokens")  # generous: the published 512 cut-off is for training data
     decoding: str = "greedy"
-    rose_alpha: float = 0.5
+    rose_alpha: float = number(0.5, lo=0, hi=100, option="--rose-alpha", hint="give e.g. --rose-alpha 0.5 (published)")
     rose_safe_prompt: str = ROSE_SAFE_PROMPT
     rose_unsafe_prompt: str = ROSE_UNSAFE_PROMPT
 
     def __post_init__(self):
         if self.decoding not in DECODINGS:
             raise SarftError(f"unknown decoding {self.decoding!r}", f"use one of {', '.join(DECODINGS)}")
-        if self.max_new_tokens < 1:
-            raise SarftError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}", "give a positive --max-new-tokens")
-        if self.batch_size < 1:
-            raise SarftError(f"batch size must be at least 1, got {self.batch_size}", "give a positive --batch-size")
+        validate_numbers(self)
+        for name in ("system_prompt", "rose_safe_prompt", "rose_unsafe_prompt"):
+            value = getattr(self, name)
+            if value is not None:
+                from sarft_core.data.samples import check_text
+
+                check_text(value, f"--{name.replace('_', '-')}")
 
     def identity(self) -> dict:
         """The settings that change the outputs (batch size does not, by design)."""
@@ -109,10 +115,27 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+class _FiniteLogits:
+    """A logits processor that refuses NaN / inf scores: greedy argmax over NaN picks token 0 (or
+    stops at once), so a broken model would otherwise "answer" with empty or garbage text."""
+
+    def __call__(self, input_ids, scores):
+        if not bool(torch.isfinite(scores).all()):
+            # -inf is how processors mask tokens; only NaN or +inf (or a row that is all -inf) is broken
+            bad = torch.isnan(scores).any() or torch.isposinf(scores).any() or bool((scores == float("-inf")).all(dim=-1).any())
+            if bad:
+                raise SarftError(
+                    "the model produced non-finite (NaN or inf) logits while generating",
+                    "its weights or precision are broken: try --dtype float32, or check the model (a diverged training run?)",
+                )
+        return scores
+
+
 @torch.no_grad()
 def greedy_ids(lm, batch_prompt_ids: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
     """Greedy continuation ids of one batch via ``model.generate`` (left padding, KV cache)."""
     from transformers import GenerationConfig as HFGenerationConfig
+    from transformers import LogitsProcessorList
 
     tok = lm.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else stop_token_ids(lm)[0]
@@ -122,7 +145,7 @@ def greedy_ids(lm, batch_prompt_ids: Sequence[Sequence[int]], max_new_tokens: in
         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
         pad_token_id=pad_id, eos_token_id=stops or None,
     )
-    out = lm.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+    out = lm.model.generate(input_ids=ids, attention_mask=mask, generation_config=config, logits_processor=LogitsProcessorList([_FiniteLogits()]))
     new = out[:, ids.shape[1]:].tolist()
     return [cut_at_stop(row, stops) for row in new]
 

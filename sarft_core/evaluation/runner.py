@@ -7,13 +7,17 @@ Layout of an evaluation run (a :class:`sarft_core.store.RunDir` of kind ``eval``
     artifacts/<suite>.parquet             one row per item: prompt, response, verdict_<judge>...
     metrics.json                          every number with its 95% CI (see results.load_metrics)
 
-Generations are keyed by (item id, prompt, system prompt): a rerun generates only what is
-missing, and re-grading with another judge never loads the model. Verdict columns of earlier
+Generations are keyed by (item id, prompt, system prompt, model fingerprint, every generation
+setting), margins by (item id, prompt, target, system prompt, model fingerprint): a rerun
+generates only what is missing, re-grading with another judge never loads the model, and an
+answer is never reused for another model or setting (``eval`` also refuses to mix them in one
+directory). Non-finite margins are refused, never saved. Verdict columns of earlier
 judges are kept, so several judges accumulate side by side in the same table.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from dataclasses import replace
@@ -49,8 +53,12 @@ class Evaluator:
         judges: list[Judge],
         progress: ProgressFactory | None = None,
         log: Callable[[str], None] | None = None,
+        model_fingerprint: str | None = None,
     ):
         self.run = run
+        # part of every cache key: answers of one model / setting are never served for another
+        self.model_fingerprint = model_fingerprint or ""
+        self._setting = _key(self.model_fingerprint, json.dumps(generation.identity(), sort_keys=True))
         self._load_lm = load_lm
         self._lm = None
         self.generation = generation
@@ -71,7 +79,7 @@ class Evaluator:
     def generate(self, suite: Suite, items, system: str | None) -> list[dict]:
         path = self._cache_path(suite)
         have = {row["key"]: row for row in read_jsonl(path)}
-        keys = [_key(it.id, it.prompt, system) for it in items]
+        keys = [_key(it.id, it.prompt, system, self._setting) for it in items]
         todo = [i for i, k in enumerate(keys) if k not in have]
         if todo:
             config = replace(self.generation, system_prompt=system)
@@ -92,13 +100,20 @@ class Evaluator:
 
         path = self._cache_path(suite)
         have = {row["key"]: row for row in read_jsonl(path)}
-        keys = [_key(it.id, it.prompt, it.target, system) for it in items]
+        keys = [_key(it.id, it.prompt, it.target, system, self.model_fingerprint) for it in items]
         todo = [i for i, k in enumerate(keys) if k not in have]
         if todo:
             bar = self.progress(f"{suite.name}: scoring", len(todo))
             for start in range(0, len(todo), MARGIN_CHUNK):
                 chunk = todo[start : start + MARGIN_CHUNK]
                 rows = refusal_margins(self.lm, [items[i].prompt for i in chunk], [items[i].target for i in chunk], system=system)
+                broken = [items[i].id for i, r in zip(chunk, rows)
+                          if not all(math.isfinite(v) for v in (r.logp_refusal, r.logp_compliance, r.margin))]
+                if broken:
+                    raise SarftError(
+                        f"{suite.name}: the model gave non-finite (NaN or inf) log-probabilities for {len(broken)} prompt(s) (first: {broken[0]})",
+                        "its weights or precision are broken: try --dtype float32, or check the model; finished margins are kept",
+                    )
                 for i, r in zip(chunk, rows):
                     row = {"key": keys[i], "id": items[i].id, "prompt": items[i].prompt, "logp_refusal": r.logp_refusal,
                            "logp_compliance": r.logp_compliance, "margin": r.margin, "time": time.time()}

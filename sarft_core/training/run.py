@@ -23,6 +23,7 @@ from pathlib import Path
 from sarft_core.errors import SarftError
 from sarft_core.training import selection
 from sarft_core.training.losses import KL_DIRECTIONS, NORMALISATIONS
+from sarft_core.validation import number, require_finite_scores, validate_numbers
 
 METHODS = ("sft", "sarft", "random", "flip", "sppft", "seal", "biselect")
 KL_METHODS = ("sarft", "random", "flip")
@@ -33,40 +34,43 @@ DEFAULT_LR = {"lora": 1e-4, "full": 2e-5}
 
 @dataclass
 class TrainConfig:
+    """Every option of one training run; numeric ranges are declared here and checked by validate()."""
+
     method: str = "sarft"
     role: str = ""
     data: str | None = None
     profiles: str | None = None
     columns: dict | None = None
-    answer_index: int = 0
-    limit: int | None = None
+    answer_index: int = number(0, lo=0, integer=True, option="--answer-index")
+    limit: int | None = number(None, lo=1, integer=True, optional=True, option="--limit")
     model: str = ""
     dtype: str = "auto"
     device: str = "auto"
     trust_remote_code: bool = False
     peft: str = "lora"
-    lam: float = 0.5
+    lam: float = number(0.5, lo=0, hi=1e6, option="--lambda", hint="give --lambda 0.5 (published example) or 0 for plain SFT")
     kl_direction: str = "ref||theta"
     ref_dtype: str = "same"  # or "bfloat16": reference forward under bf16 autocast
     normalisation: str = "answer"
-    tau: float = 0.0
+    tau: float = number(0.0, lo=-1e6, hi=1e6, option="--tau", hint="give a threshold on s_unsafe - s_role, e.g. --tau 0 (published)")
     overrides: str | None = None
-    seed: int = 0
-    epochs: float = 1.0
-    lr: float | None = None
-    batch_size: int = 4
-    grad_accum: int = 8
-    max_steps: int = -1
-    save_steps: int = 50
-    lora_r: int = 32
-    lora_alpha: int = 64
-    lora_dropout: float = 0.0
+    seed: int = number(0, lo=0, hi=2**32 - 1, integer=True, option="--seed")
+    epochs: float = number(1.0, lo=0, lo_open=True, hi=10_000, option="--epochs", hint="give e.g. --epochs 1 (published)")
+    lr: float | None = number(None, lo=0, lo_open=True, hi=1.0, optional=True, option="--lr",
+                              hint="give e.g. --lr 1e-4 (LoRA) or 2e-5 (published, full fine-tuning), or leave it out")
+    batch_size: int = number(4, lo=1, hi=1_000_000, integer=True, option="--batch-size")
+    grad_accum: int = number(8, lo=1, hi=1_000_000, integer=True, option="--grad-accum")
+    max_steps: int = number(-1, lo=1, integer=True, extra=(-1,), option="--max-steps", hint="give a positive number, or leave it out to train for --epochs")
+    save_steps: int = number(50, lo=1, integer=True, option="--save-steps")
+    lora_r: int = number(32, lo=1, hi=65_536, integer=True, option="--lora-r")
+    lora_alpha: float = number(64, lo=0, lo_open=True, hi=1e6, option="--lora-alpha")
+    lora_dropout: float = number(0.0, lo=0, hi=1, hi_open=True, option="--lora-dropout", hint="give e.g. --lora-dropout 0.05, or 0 (the default)")
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     freeze_layers: str | None = None  # sppft: explicit inclusive range, e.g. "6-12"
-    drop_fraction: float = 0.2  # seal / biselect
+    drop_fraction: float = number(0.2, lo=0, hi=1, hi_open=True, option="--drop-fraction", hint="give e.g. --drop-fraction 0.2")
     baseline_use: str = "drop"  # seal / biselect: drop the selected samples, or use them as D_h
-    max_prompt_tokens: int = 512
-    max_answer_tokens: int = 128
+    max_prompt_tokens: int = number(512, lo=1, hi=1_000_000, integer=True, option="max_prompt_tokens")
+    max_answer_tokens: int = number(128, lo=1, hi=1_000_000, integer=True, option="max_answer_tokens")
 
     @property
     def effective_lambda(self) -> float:
@@ -79,12 +83,24 @@ class TrainConfig:
         return self.lr if self.lr is not None else DEFAULT_LR[self.peft]
 
     def validate(self) -> None:
+        for name in ("method", "role", "model", "dtype", "device", "peft", "kl_direction", "ref_dtype", "normalisation", "baseline_use"):
+            if not isinstance(getattr(self, name), str):
+                raise SarftError(f"training option {name} must be text, got {getattr(self, name)!r}", "fix the option (or the run's config.json)")
+        for name in ("data", "profiles", "overrides", "freeze_layers"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise SarftError(f"training option {name} must be text, got {getattr(self, name)!r}", "fix the option (or the run's config.json)")
+        if not isinstance(self.lora_targets, list) or not all(isinstance(t, str) and t for t in self.lora_targets):
+            raise SarftError(f"--lora-targets must be module names, got {self.lora_targets!r}", "give e.g. --lora-targets q_proj,v_proj")
+        if self.columns is not None and not (isinstance(self.columns, dict) and all(isinstance(v, str) for v in self.columns.values())):
+            raise SarftError(f"--columns must map fields to column names, got {self.columns!r}", "write --columns input=COL,output=COL")
+        validate_numbers(self)
+        from sarft_core.models import check_device
+
+        check_device(self.device)
         if self.method not in METHODS:
             raise SarftError(f"unknown method {self.method!r}", f"use one of {', '.join(METHODS)}")
         if self.peft not in PEFT_KINDS:
             raise SarftError(f"unknown --peft {self.peft!r}", "use lora or full")
-        if self.lam is None or not (self.lam >= 0) or self.lam != self.lam:
-            raise SarftError(f"lambda must be >= 0 (got {self.lam})", "give --lambda 0.5 (published example) or 0 for plain SFT")
         if self.ref_dtype not in ("same", "bfloat16"):
             raise SarftError(f"unknown reference precision {self.ref_dtype!r}", "use --ref-dtype same or bfloat16")
         if self.kl_direction not in KL_DIRECTIONS:
@@ -93,17 +109,6 @@ class TrainConfig:
             raise SarftError(f"unknown normalisation {self.normalisation!r}", f"use {' or '.join(NORMALISATIONS)}")
         if self.baseline_use not in ("drop", "kl"):
             raise SarftError(f"unknown --baseline-use {self.baseline_use!r}", "use drop or kl")
-        for name in ("batch_size", "grad_accum", "lora_r", "save_steps"):
-            if getattr(self, name) < 1:
-                raise SarftError(f"--{name.replace('_', '-')} must be at least 1", "give a positive integer")
-        if self.max_steps == 0 or self.max_steps < -1:
-            raise SarftError("--max-steps must be positive", "leave it out to train for --epochs")
-        if self.epochs <= 0:
-            raise SarftError("--epochs must be positive", "give e.g. --epochs 1 (published)")
-        if self.lr is not None and self.lr <= 0:
-            raise SarftError("--lr must be positive", "give e.g. --lr 2e-5 (published, full fine-tuning)")
-        if not 0 <= self.drop_fraction < 1:
-            raise SarftError("--drop-fraction must be in [0, 1)", "give e.g. 0.2")
         if not self.role:
             raise SarftError("no --role given", "name the character to train, e.g. --role \"John Doe\"")
 
@@ -112,6 +117,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
+        if not isinstance(data, dict):
+            raise SarftError("the run's stored training options are damaged (not a JSON object)",
+                             "start a new run with another --out (the damaged run cannot be resumed)")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -162,6 +170,7 @@ def choose_samples(cfg: TrainConfig, lm, samples, profile, stop=None, log=print)
         passes = ("role", "unsafe") if cfg.method in KL_METHODS else ("ref", "role", "unsafe")
         options = ScoreOptions(passes=passes, max_prompt_tokens=cfg.max_prompt_tokens, max_answer_tokens=cfg.max_answer_tokens)
         result = score_role(lm, samples, profile, options, should_stop=(lambda: bool(stop)) if stop is not None else None)
+        require_finite_scores(result.rows, f"RDS scoring of {profile.name} for D_h")
         log(f"RDS scores: {result.stats['samples']} samples ({result.stats['from_cache']} from cache) in {result.stats['seconds']:.1f} s")
         rows = result.rows
         record["scores_dir"] = result.stats["cache_dir"]
@@ -243,21 +252,17 @@ def _build_model(cfg: TrainConfig, lm, record: dict, log=print):
 
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, stop=None, log=print) -> dict:
     """Run (or resume) one training job into ``out``; returns the final status."""
-    import torch
-    from transformers import TrainingArguments
-
-    from sarft_core.models import load_model
-    from sarft_core.store import RunDir, atomic_write_json, create_run
-    from sarft_core.training.trainer import (
-        Collator, RunCallback, SarftTrainer, StopRequest, build_examples, last_checkpoint, truncate_logs,
-    )
+    from sarft_core.store import OwnerLock, RunDir, read_json_object
 
     out = Path(out)
     existing = RunDir(out)
     if resume:
         if not existing.config_path.is_file():
             raise SarftError(f"nothing to resume in {out}", "give the --out of an earlier training run, or drop --resume")
-        stored = existing.config()
+        stored = read_json_object(existing.config_path, None)
+        if stored is None:
+            raise SarftError(f"{existing.config_path} is damaged (not a JSON object), so the run cannot be resumed",
+                             "start a new run with another --out")
         if stored.get("kind") != "train":
             raise SarftError(f"{out} is not a training run", "give the --out of an earlier training run")
         if existing.is_complete:
@@ -271,6 +276,28 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, stop=None, lo
     cfg.validate()
     check_launch_environment()
     samples, profile = _load_inputs(cfg)  # bad input fails here, before a run directory exists
+    # one owner per run directory: a second `train` into the same --out fails here, clearly,
+    # instead of interleaving its logs, config and weights with the first (ranks > 0 follow rank 0)
+    owner = OwnerLock(out, "training run").acquire() if int(os.environ.get("RANK", "0") or 0) == 0 else None
+    try:
+        if not resume and existing.status_path.is_file():  # the authoritative check, now that we own the folder
+            raise SarftError(f"{out} already holds a run (state: {existing.status().get('state')})", "add --resume to continue it, or choose another --out")
+        return _train(cfg, out, existing, resume, samples, profile, stop, log)
+    finally:
+        if owner is not None:
+            owner.release()
+
+
+def _train(cfg: TrainConfig, out: Path, existing, resume: bool, samples, profile, stop, log) -> dict:
+    import torch
+    from transformers import TrainingArguments
+
+    from sarft_core.models import load_model
+    from sarft_core.store import RunDir, atomic_write_json, create_run
+    from sarft_core.training.trainer import (
+        Collator, RunCallback, SarftTrainer, StopRequest, build_examples, last_checkpoint, truncate_logs,
+    )
+
     stop = stop if stop is not None else StopRequest().install()
 
     from accelerate import PartialState
@@ -369,8 +396,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, stop=None, lo
                 run.set_status("cancelled", reason="stopped while scoring (finished scores are cached)")
             return run.status()
         if is_main:
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            run.set_status("failed", error=message)
+            message = (exc.problem if isinstance(exc, SarftError) else str(exc).splitlines()[0] if str(exc) else "") or type(exc).__name__
+            run.set_status("failed", error=message, **({"fix": exc.fix} if isinstance(exc, SarftError) and exc.fix else {}))
         if isinstance(exc, torch.OutOfMemoryError):
             raise SarftError("out of memory during training", "lower --batch-size (raise --grad-accum to keep the effective batch), use --peft lora, or a larger GPU") from exc
         raise

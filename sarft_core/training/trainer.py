@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
+from sarft_core.errors import SarftError
+
 from sarft_core.training.losses import (
     IGNORE_INDEX,
     ce_loss,
@@ -161,6 +163,10 @@ class SarftTrainer(Trainer):
         return (loss, {"logp": logp}) if return_outputs else loss
 
 
+class NonFiniteLoss(SarftError):
+    """The loss of a micro-batch is NaN or inf: stop the run as failed, never save its weights."""
+
+
 @dataclass
 class _StepStats:
     loss: float = 0.0
@@ -257,7 +263,14 @@ class RunCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kw):
         now = time.time()
-        stats = self.trainer.step_stats.pop()
+        stats = self.trainer.step_stats.pop()  # summed over ranks: every rank sees the same values
+        if not all(math.isfinite(stats[k]) for k in ("loss", "ce", "kl")):
+            # stop before this step is logged or checkpointed: the update it made is already broken
+            raise NonFiniteLoss(
+                f"the training loss became non-finite at step {state.global_step} (loss {stats['loss']}, ce {stats['ce']}, "
+                f"kl {stats['kl']}); training stopped and no weights were saved",
+                "lower --lr or --lambda, or use --dtype float32; earlier checkpoints are kept, but the run is marked failed",
+            )
         step_seconds = max(now - self.last, 1e-9)
         self.last = now
         done = state.global_step - self.start_step
