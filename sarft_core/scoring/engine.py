@@ -141,6 +141,26 @@ def answer_token_logps(hidden: torch.Tensor, targets: torch.Tensor, head, transf
 PACKED_HEAD_ROWS = 128
 
 
+def cache_kwarg(model) -> str:
+    """The keyword a model's forward takes its KV cache under: ``cache`` in transformers 5.x
+    (where ``past_key_values`` is deprecated and goes away in 5.40), ``past_key_values`` in the
+    4.x releases requirements.txt still allows and in remote code written for them."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError, AttributeError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(out):
+    """The KV cache a forward returned, read from the field the output class declares (``cache``
+    in transformers 5.x; reading ``past_key_values`` there warns of its removal)."""
+    fields = getattr(out, "__dataclass_fields__", None) or {}
+    return out.cache if "cache" in fields else out.past_key_values
+
+
 @torch.no_grad()
 def prefix_cache(model, prefix_ids: list[int]):
     """Per-layer (key, value) tensors of a prefix, batch dimension 1."""
@@ -149,7 +169,7 @@ def prefix_cache(model, prefix_ids: list[int]):
         return None
     decoder, _ = _decoder_and_head(model)
     out = decoder(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True)
-    cache = out.past_key_values
+    cache = output_cache(out)
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
@@ -407,8 +427,8 @@ def _hf_batch_logps(model, decoder, head, transform, kv, batch, suffixes, starts
     hidden = decoder(
         input_ids=ids,
         position_ids=positions,
-        past_key_values=_expanded_cache(model, kv, len(batch)),
         use_cache=kv is not None,
+        **{cache_kwarg(decoder): _expanded_cache(model, kv, len(batch))},
     ).last_hidden_state
     rows, targets = _answer_rows(batch, {i: width for i in batch}, starts, answer_ids)
     picked = hidden.reshape(-1, hidden.shape[-1])[torch.tensor(rows, device=device)]
