@@ -276,6 +276,7 @@ def score_passes(
     should_stop: Callable[[], bool] | None = None,
     prefix_kv_caches: dict[str, dict] | None = None,
     precision: str = "float32",
+    on_sample: Callable[[int, dict[str, list[float]]], None] | None = None,
 ) -> dict[str, PassResult]:
     """Answer-token log-probs of each sample under each system prompt (pass name -> prompt ids).
 
@@ -286,7 +287,9 @@ def score_passes(
     results do not depend on how many (one worker on several threads may differ in the last
     bits: oneDNN can split a small matmul's sum across threads). ``progress(done, total)``
     counts samples x passes and is called from this thread, which also polls ``should_stop``
-    between batches.
+    between batches. ``on_sample(i, {pass: token log-probs})`` is called, from this thread, as
+    soon as sample ``i`` has all its passes (so that a caller can keep finished samples even if
+    the call is cancelled later).
     """
     packed = packed_runner(model, precision)
     device = packed.device if packed is not None else next(model.parameters()).device
@@ -316,6 +319,8 @@ def score_passes(
     done = 0
     total = n * len(work)
 
+    missing = [len(work)] * n  # passes each sample still waits for
+
     def store(item, logps) -> None:
         nonlocal done
         name, batch = item
@@ -324,6 +329,9 @@ def score_passes(
             a = len(answer_ids[i])
             results[name][i] = logps[offset : offset + a]
             offset += a
+            missing[i] -= 1
+            if missing[i] == 0 and on_sample is not None:
+                on_sample(i, {p: results[p][i] for p in work})
         done += len(batch)
         if progress is not None:
             progress(done, total)
