@@ -101,11 +101,7 @@ class ScoreOptions:
                                  f"give {option} an integer of at least {low}" + (" (or leave it out for the device's default)" if name == "max_batch_tokens" else ""))
         band = self.recheck_band
         if band is not None:
-            try:
-                ok = not isinstance(band, bool) and math.isfinite(float(band)) and float(band) >= 0
-            except (TypeError, ValueError):
-                ok = False
-            if not ok:
+            if isinstance(band, bool) or not isinstance(band, (int, float)) or not math.isfinite(band) or band < 0:
                 raise SarftError(f"--recheck-band must be a finite number >= 0 (got {band!r})",
                                  "give a band in [0, inf): 0 re-checks nothing, 0.03 is the measured safe band of the CPU screen; or leave it out")
 
