@@ -2,6 +2,7 @@
 and a run keeps every finished sample. Properties only: never this CPU's speed."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -194,3 +195,21 @@ def test_numeric_options_are_validated_with_their_range(field, value, allowed):
 def test_valid_numeric_options_pass():
     ScoreOptions(recheck_band=0.0, max_batch_tokens=1, chunk_size=1).validate()
     ScoreOptions(recheck_band=10, max_batch_tokens=None).validate()
+
+
+def test_records_of_one_plan_are_not_served_to_another(tiny_lm, demo_profiles, demo_samples, score_cache):
+    """One cache per role; every record carries its plan's tag (precision and band), and a run
+    reads only its own plan's records and the exact ones."""
+    profile = demo_profiles["Captain Nell Corran"]
+    samples = load_samples(DEMO_SAMPLES, role=profile.name)[:4]
+    bare = score_role(tiny_lm, samples, profile, ScoreOptions(fast=True, recheck_band=0.0))
+    assert bare.stats["scored"] == 4
+    assert score_role(tiny_lm, samples, profile, ScoreOptions(fast=True, recheck_band=0.0)).stats["from_cache"] == 4
+    wide = score_role(tiny_lm, samples, profile, ScoreOptions(fast=True, recheck_band=10.0))
+    assert wide.stats["from_cache"] == 0 and wide.stats["rechecked"] == 4
+    exact = score_role(tiny_lm, samples, profile)
+    assert exact.stats["from_cache"] == 0
+    tags = {json.loads(line)["plan"] for path in Path(exact.stats["cache_dir"]).glob("records*.jsonl") for line in open(path)}
+    assert tags == {"exact", "packed-bf16-recheck0.0", "packed-bf16-recheck10.0"}
+    # and any fast plan may use exact records
+    assert score_role(tiny_lm, samples, profile, ScoreOptions(fast=True, recheck_band=0.5)).stats["from_cache"] == 4
