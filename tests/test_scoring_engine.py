@@ -100,28 +100,40 @@ def test_fast_mode_flags_equal_exact(tiny_lm, demo_profiles, demo_samples, score
     profile = demo_profiles["Captain Nell Corran"]
     samples = load_samples(DEMO_SAMPLES, role=profile.name)[:12]
     exact = score_role(tiny_lm, samples, profile).frame()
-    fast = score_role(tiny_lm, samples, profile, ScoreOptions(fast=True, recheck_band=10.0))
+    fast = score_role(tiny_lm, samples, profile, ScoreOptions(fast=True, recheck_band=10.0), use_cache=False)
     assert fast.stats["rechecked"] == 12  # a band this wide re-checks everything
     assert (fast.frame().harmful == exact.harmful).all()
-    loose = score_role(tiny_lm, samples, profile, ScoreOptions(fast=True, recheck_band=0.0)).frame()
+    loose = score_role(tiny_lm, samples, profile, ScoreOptions(fast=True, recheck_band=0.0), use_cache=False).frame()
     assert (loose.logp_role - exact.logp_role).abs().max() < 0.1  # bf16 is close, not exact
     assert not loose.logp_role.equals(exact.logp_role)
 
 
-def test_fast_mode_on_the_packed_cpu_path_is_the_exact_path(tiny_lm, demo_profiles, score_cache):
-    """There a bf16 screen with a safe band measured slower than scoring exactly
-    (bench/bench_drift.py), so the fast mode scores exactly and shares the exact cache."""
-    from sarft_core.scoring import fast_plan
+def test_fast_mode_follows_the_machine_decision(tiny_lm, demo_profiles, score_cache, monkeypatch):
+    """Whatever this CPU is, the fast mode follows the machine's decision
+    (sarft_core.scoring.machine); forced here both ways. The exact plan shares the exact
+    scores; the screen's records are tagged and never served to an exact run."""
+    from sarft_core.scoring import EXACT_PLAN, fast_plan
 
-    plan = fast_plan(tiny_lm, ScoreOptions(fast=True))
-    assert (plan.precision, plan.band, plan.bf16_copy) == ("float32", 0.0, False)
-    assert fast_plan(tiny_lm, ScoreOptions(fast=True, recheck_band=0.03)).precision == "bfloat16"
     profile = demo_profiles["Captain Nell Corran"]
     samples = load_samples(DEMO_SAMPLES, role=profile.name)[:5]
+    monkeypatch.setenv("SARFT_FAST_PLAN", "exact")
+    assert fast_plan(tiny_lm, ScoreOptions(fast=True)) is EXACT_PLAN
+    assert fast_plan(tiny_lm, ScoreOptions(fast=True, recheck_band=0.03)).precision == "bfloat16"  # asked for
     exact = score_role(tiny_lm, samples, profile)
     fast = score_role(tiny_lm, samples, profile, ScoreOptions(fast=True))
     assert fast.stats["from_cache"] == 5 and fast.stats["path"] == "exact" and fast.stats["rechecked"] == 0
+    assert "exact" in fast.stats["plan"] and "SARFT_FAST_PLAN" in fast.stats["plan"]
     assert fast.frame().equals(exact.frame())
+
+    monkeypatch.setenv("SARFT_FAST_PLAN", "screen")
+    plan = fast_plan(tiny_lm, ScoreOptions(fast=True))
+    assert (plan.precision, plan.band, plan.auto) == ("bfloat16", 0.03, True)
+    other = demo_profiles["Sister Alma Reyes"]
+    screened = score_role(tiny_lm, samples, other, ScoreOptions(fast=True))
+    assert screened.stats["from_cache"] == 0 and screened.stats["path"].startswith("packed-bf16")
+    exact_after = score_role(tiny_lm, samples, other)
+    assert exact_after.stats["from_cache"] == 0  # the screen's values are not exact values
+    assert (screened.frame().harmful == exact_after.frame().harmful).all()
 
 
 def test_empty_samples_rejected(tiny_lm, demo_profiles):
@@ -158,6 +170,6 @@ def test_fast_mode_on_models_without_the_packed_path(tiny_lm, demo_profiles, dem
     profile = demo_profiles["Baron Vex Morrow"]
     samples = demo_samples[:6]
     exact = score_role(tiny_lm, samples, profile).frame()
-    fast = score_role(tiny_lm, samples, profile, ScoreOptions(fast=True, recheck_band=10.0))
+    fast = score_role(tiny_lm, samples, profile, ScoreOptions(fast=True, recheck_band=10.0), use_cache=False)
     assert fast.stats["rechecked"] == 6 and (fast.frame().harmful == exact.harmful).all()
     assert next(tiny_lm._bf16_twin.parameters()).dtype == torch.bfloat16

@@ -18,7 +18,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output file (.jsonl, .parquet or .csv)")
     p.add_argument("--normalise", default="mean", choices=["mean", "sum"], help="per-token mean (as published) or sum of answer log-probs")
     p.add_argument("--batch-tokens", type=int, default=None, help="token budget of one forward batch (default: 1024 on the CPU, 16384 on a GPU)")
-    p.add_argument("--recheck-band", type=float, default=None, help="fast mode: re-score in fp32 samples whose |s_unsafe - s_role| is within this band (0 disables). Default: 0.04 with a bf16 copy of the model; Llama-family models on the CPU score exactly, which measured faster there than a bf16 screen with its 0.03 band, unless a band is given")
+    p.add_argument("--recheck-band", type=float, default=None, help="fast mode: re-score in fp32 samples whose |s_unsafe - s_role| is within this band (>= 0; 0 disables). Default: 0.04 with a bf16 copy of the model; for Llama-family models on the CPU the machine decides (a bf16 screen with a 0.03 band where bf16 matmuls are much faster than fp32, as with AMX, else the exact path) unless a band is given")
     p.add_argument("--no-cache", action="store_true", help="ignore cached scores and compute afresh")
     p.add_argument("--with-tokens", action="store_true", help="also write OUT.tokens.jsonl with per-token log-ratios (unsafe - role)")
     p.set_defaults(func=run)
@@ -60,8 +60,9 @@ def run(args) -> int:
     if args.with_tokens:
         check_output(tokens_out, inputs)
     fast = args.dtype == "bfloat16"
-    lm = load_model(args.model, dtype="float32" if fast else args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
     options = ScoreOptions(normalise=args.normalise, max_batch_tokens=args.batch_tokens, fast=fast, recheck_band=args.recheck_band)
+    options.validate()  # before the model loads
+    lm = load_model(args.model, dtype="float32" if fast else args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
     # under `accelerate launch` / torchrun every process scores its share; the first one reports
     main_process = int(os.environ.get("RANK", "0")) == 0
     bar = tqdm(total=len(samples), desc=f"RDS {profile.name}", unit="sample", file=sys.stderr, disable=not main_process)
@@ -92,4 +93,6 @@ def run(args) -> int:
         + (f"fast path {st['path']}, re-checked in fp32 {st['rechecked']}, " if fast else "")
         + f"prompts truncated {st['prompt_truncated']}, answers truncated {st['answer_truncated']} -> {out}"
     )
+    if fast:
+        print(f"fast-mode plan: {st['plan']}")
     return 0

@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 
 from sarft_core.evaluation.generation import cut_at_stop, left_pad, stop_token_ids
+from sarft_core.scoring.engine import cache_kwarg, output_cache
 
 
 def contrastive_logits(safe_logits: torch.Tensor, unsafe_logits: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -35,7 +36,8 @@ class _Context:
         except TypeError:
             out = model(input_ids=ids, attention_mask=self.mask, position_ids=positions, use_cache=True)
         self.model = model
-        self.cache = out.past_key_values
+        self.cache_kwarg = cache_kwarg(model)
+        self.cache = output_cache(out)
         self.next_pos = positions[:, -1] + 1
         self.logits = out.logits[:, -1, :]
 
@@ -43,9 +45,9 @@ class _Context:
         self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
         out = self.model(
             input_ids=tokens[:, None], attention_mask=self.mask, position_ids=self.next_pos[:, None],
-            past_key_values=self.cache, use_cache=True,
+            use_cache=True, **{self.cache_kwarg: self.cache},
         )
-        self.cache = out.past_key_values
+        self.cache = output_cache(out)
         self.next_pos = self.next_pos + 1
         self.logits = out.logits[:, -1, :]
 

@@ -25,6 +25,7 @@ from sarft_core.data.profiles import RoleProfile
 from sarft_core.models import LoadedModel, cache_root
 from sarft_core.resources import check_scoring_batch
 from sarft_core.scoring.engine import Cancelled, encode_passes, reduce_logps, score_passes
+from sarft_core.scoring.machine import MachineDecision, machine_decision, screen_still_pays
 from sarft_core.store import append_jsonl, read_jsonl
 
 SCORE_COLUMNS = [
@@ -34,21 +35,27 @@ SCORE_COLUMNS = [
 PASSES = ("ref", "role", "unsafe")
 FLAG_PASSES = ("role", "unsafe")
 REF_SYSTEM_PROMPT = ""  # as published: an empty system turn
-# The fast mode is the fastest way to the exact flags. On models and devices where bfloat16 pays,
-# it scores first at reduced precision, then re-scores in IEEE float32 every sample whose flag
-# margin |s_unsafe - s_role| lies within a band around the boundary, so that its flag is the
-# exact one:
+# The fast mode is the fastest way to the exact flags. Where bfloat16 pays, it scores first at
+# reduced precision, then re-scores in IEEE float32 the flag passes (role, unsafe) of every
+# sample whose flag margin |s_unsafe - s_role| lies within a band around the boundary, so that
+# its flag is the exact one (the reference pass, which no flag depends on, is not re-scored):
 # - any model on a GPU, or one the packed forward does not cover: a bfloat16 copy of the whole
 #   model; its margins differ by up to ~0.04 (114 RoleBench samples of two roles), hence a band
 #   of 0.04;
-# - Llama-family models on the CPU run the packed forward, whose float32 matmuls use oneDNN at
-#   half its bfloat16 speed. Its bfloat16 screen (bf16 weights and matmul inputs; float32
-#   residual, norms, attention) took 0.64x the exact time but moved margins by up to 0.018 on
-#   384 samples of six RoleBench roles, so a safe band (0.03) sends 31-80% of them back to
-#   float32: 0.95-1.45x the exact time in all (bench/bench_drift.py). The fast mode there is
-#   the exact path; an explicit ``recheck_band`` still asks for the screen.
+# - Llama-family models on the CPU run the packed forward. Its bfloat16 screen (bf16 weights and
+#   matmul inputs; float32 residual, norms, attention) moved margins by up to 0.018 on 672
+#   samples of six RoleBench roles, hence a band of 0.03, which sends 31-80% of a role's
+#   samples back to float32. Whether the screen pays depends on the machine's bf16 speed-up
+#   (about 1.9x on an EPYC with avx512_bf16, where the screen measured 0.95-1.45x the exact
+#   time in all; about 6.8x with AMX): :mod:`sarft_core.scoring.machine` decides, once per CPU
+#   model and torch version, and a role whose re-check share would make the screen slower than
+#   scoring exactly finishes on the exact path. An explicit ``recheck_band`` asks for the
+#   screen whatever the machine.
 PACKED_BF16_RECHECK_BAND = 0.03
 BF16_RECHECK_BAND = 0.04
+# an automatically chosen screen first scores this many samples, so that a role whose re-check
+# share makes it slower than the exact path is caught early
+SCREEN_PROBE_SAMPLES = 16
 
 __all__ = ["SCORE_COLUMNS", "ScoreOptions", "ScoreResult", "Cancelled", "score_role", "flag_margin", "is_harmful"]
 
@@ -71,7 +78,7 @@ class ScoreOptions:
     max_batch_tokens: int | None = None  # None: 1024 on the CPU, 16384 on a GPU
     fast: bool = False  # the fastest path to the exact flags (fast_plan): a bf16 screen + fp32 re-check, or the exact path
     recheck_band: float | None = None  # None: the band measured for the fast path in use
-    chunk_size: int = 64  # samples finished (and cached) together
+    chunk_size: int = 64  # samples planned (sorted into batches) together; each is cached as soon as it is finished
 
     def validate(self) -> None:
         from sarft_core.errors import SarftError
@@ -81,6 +88,22 @@ class ScoreOptions:
         bad = [p for p in self.passes if p not in PASSES]
         if bad or not set(FLAG_PASSES) <= set(self.passes):
             raise SarftError(f"passes must include role and unsafe (got {self.passes})", "use ref,role,unsafe or role,unsafe")
+        for name, value, low, option in (
+            ("max_prompt_tokens", self.max_prompt_tokens, 1, "--max-prompt-tokens"),
+            ("max_answer_tokens", self.max_answer_tokens, 1, "--max-answer-tokens"),
+            ("max_batch_tokens", self.max_batch_tokens, 1, "--batch-tokens"),
+            ("chunk_size", self.chunk_size, 1, "chunk_size"),
+        ):
+            if value is None and name == "max_batch_tokens":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise SarftError(f"{option} must be a whole number >= {low} (got {value!r})",
+                                 f"give {option} an integer of at least {low}" + (" (or leave it out for the device's default)" if name == "max_batch_tokens" else ""))
+        band = self.recheck_band
+        if band is not None:
+            if isinstance(band, bool) or not isinstance(band, (int, float)) or not math.isfinite(band) or band < 0:
+                raise SarftError(f"--recheck-band must be a finite number >= 0 (got {band!r})",
+                                 "give a band in [0, inf): 0 re-checks nothing, 0.03 is the measured safe band of the CPU screen; or leave it out")
 
 
 @dataclass
@@ -116,27 +139,47 @@ def _sample_key(sample) -> str:
 @dataclass(frozen=True)
 class FastPlan:
     """How the first scoring pass runs: the packed precision, the re-check band, and whether it
-    uses a bfloat16 copy of the model (made only when scoring, never for a cache lookup)."""
+    uses a bfloat16 copy of the model (made only when scoring, never for a cache lookup).
+    ``auto``: chosen by the machine (:mod:`sarft_core.scoring.machine`), so a run may leave it
+    for the exact path when its re-check share makes it slower; ``screen_cost``: the screen's
+    predicted time relative to the exact path."""
 
     precision: str
     band: float
     label: str
     bf16_copy: bool = False
+    auto: bool = False
+    screen_cost: float = 1.0
 
     def model(self, lm: LoadedModel):
         return _bf16_twin(lm) if self.bf16_copy else lm.model
+
+    @property
+    def tag(self) -> str:
+        """What the cached records of this plan are marked with: their values depend on it."""
+        return "exact" if self.band == 0 and self.precision == "float32" and not self.bf16_copy else f"{self.label}-recheck{self.band}"
 
 
 EXACT_PLAN = FastPlan("float32", 0.0, "exact")
 
 
-def fast_plan(lm: LoadedModel, options: ScoreOptions) -> FastPlan:
+def machine_plan(lm: LoadedModel) -> MachineDecision | None:
+    """The machine's decision for ``lm`` on the packed CPU path (None where that path is not used)."""
     from sarft_core.scoring.packed import supports
 
     if next(lm.model.parameters()).dtype == torch.float32 and supports(lm.model):
-        if options.recheck_band is None:
-            return EXACT_PLAN  # measured faster than the screen + re-check
-        return FastPlan("bfloat16", options.recheck_band, "packed-bf16")
+        return machine_decision(lm.model)
+    return None
+
+
+def fast_plan(lm: LoadedModel, options: ScoreOptions) -> FastPlan:
+    decision = machine_plan(lm)
+    if decision is not None:
+        if options.recheck_band is not None:
+            return FastPlan("bfloat16", options.recheck_band, "packed-bf16")
+        if decision.plan == "screen":
+            return FastPlan("bfloat16", PACKED_BF16_RECHECK_BAND, "packed-bf16", auto=True, screen_cost=decision.screen_cost)
+        return EXACT_PLAN
     band = BF16_RECHECK_BAND if options.recheck_band is None else options.recheck_band
     return FastPlan("float32", band, "bf16", bf16_copy=True)
 
@@ -155,12 +198,12 @@ def batch_tokens(lm: LoadedModel, options: ScoreOptions) -> int:
 
 
 def _cache_dir(lm: LoadedModel, profile: RoleProfile, options: ScoreOptions) -> Path:
+    """The role's score cache. Exact and fast runs share it: every record carries the tag of
+    the plan that made it (:attr:`FastPlan.tag`), and a run reads only the records its own
+    plan, or the exact one, made."""
     template = getattr(lm.tokenizer, "chat_template", None) or ""
-    plan = scoring_plan(lm, options)
-    # a fast plan that is the exact path shares the exact scores' cache
-    mode = str(lm.dtype) if plan is EXACT_PLAN else f"fast-{plan.label}-recheck{plan.band}"
     key = _hash(
-        "rds-v1", lm.fingerprint, mode, profile.role_prompt, profile.unsafe_prompt, REF_SYSTEM_PROMPT,
+        "rds-v1", lm.fingerprint, str(lm.dtype), profile.role_prompt, profile.unsafe_prompt, REF_SYSTEM_PROMPT,
         options.max_prompt_tokens, options.max_answer_tokens, template,
     )
     path = cache_root() / "scores" / key[:32]
@@ -176,13 +219,14 @@ def _bf16_twin(lm: LoadedModel):
     return twin
 
 
-def _score_chunk(lm, systems, chunk, options, on_progress, should_stop, prefix_caches):
-    """Token log-probs of each sample of ``chunk`` under every requested system prompt.
+def _score_chunk(lm, systems, chunk, options, plan, emit, on_progress, should_stop, prefix_caches) -> tuple[int, int]:
+    """Token log-probs of each sample of ``chunk`` under every requested system prompt, each
+    handed to ``emit(record)`` as soon as it is final (so that an interrupted run keeps it).
+    Returns (samples screened, samples re-checked).
 
     ``on_progress(samples)`` gets the chunk's progress in samples, passes averaged (a float).
     """
     enc = encode_passes(lm.tokenizer, systems, chunk, options.max_prompt_tokens, options.max_answer_tokens)
-    plan = scoring_plan(lm, options)
     budget = batch_tokens(lm, options)
     # fail before the forward pass, with the limit named, rather than be OOM-killed inside it
     check_scoring_batch(lm.model, [max(len(enc.prompt_ids[n][i]) for n in systems) for i in range(len(chunk))],
@@ -191,34 +235,38 @@ def _score_chunk(lm, systems, chunk, options, on_progress, should_stop, prefix_c
     n_passes = len(systems)
     pass_progress = (lambda done, total: on_progress(done / n_passes)) if on_progress else None
     caches = {name: prefix_caches.setdefault((plan.label, name), {}) for name in systems}
-    per_pass = {
-        name: r.token_logps
-        for name, r in score_passes(plan.model(lm), enc.prompt_ids, enc.answer_ids, pad, budget, pass_progress, should_stop, caches, plan.precision).items()
-    }
-    rechecked = [False] * len(chunk)
-    if plan.band > 0:
-        near = [
-            i for i in range(len(chunk))
-            if abs(reduce_logps(per_pass["unsafe"][i], options.normalise) - reduce_logps(per_pass["role"][i], options.normalise)) <= plan.band
-        ]
-        if near:
-            exact = score_passes(
-                lm.model, {name: [enc.prompt_ids[name][i] for i in near] for name in systems}, [enc.answer_ids[i] for i in near], pad,
-                budget, None, should_stop, {name: prefix_caches.setdefault(("exact", name), {}) for name in systems},
-            )
-            for name in systems:
-                for j, i in enumerate(near):
-                    per_pass[name][i] = exact[name].token_logps[j]
-            for i in near:
-                rechecked[i] = True
-    records = []
-    for i, s in enumerate(chunk):
-        rec = {"key": _sample_key(s), "answer_ids": enc.answer_ids[i], "prompt_truncated": enc.prompt_truncated[i],
-               "answer_truncated": enc.answer_truncated[i], "rechecked": rechecked[i]}
-        for name in systems:
-            rec[name] = per_pass[name][i]
-        records.append(rec)
-    return records
+    near: list[tuple[int, dict]] = []
+
+    def record(i, logps, rechecked):
+        rec = {"key": _sample_key(chunk[i]), "answer_ids": enc.answer_ids[i], "prompt_truncated": enc.prompt_truncated[i],
+               "answer_truncated": enc.answer_truncated[i], "rechecked": rechecked, "plan": plan.tag}
+        rec.update(logps)
+        emit(rec)
+
+    def screened(i, logps):
+        margin = reduce_logps(logps["unsafe"], options.normalise) - reduce_logps(logps["role"], options.normalise)
+        if plan.band > 0 and abs(margin) <= plan.band:
+            near.append((i, logps))  # final only after its re-check
+        else:
+            record(i, logps, False)
+
+    score_passes(plan.model(lm), enc.prompt_ids, enc.answer_ids, pad, budget, pass_progress, should_stop, caches, plan.precision,
+                 on_sample=screened)
+    if near:
+        near.sort(key=lambda item: item[0])
+        idx = [i for i, _ in near]
+        flag_systems = [name for name in systems if name in FLAG_PASSES]  # no flag depends on the reference pass
+
+        def rechecked(j, logps):
+            i, first = near[j]
+            record(i, {**first, **logps}, True)
+
+        score_passes(
+            lm.model, {name: [enc.prompt_ids[name][i] for i in idx] for name in flag_systems}, [enc.answer_ids[i] for i in idx], pad,
+            budget, None, should_stop, {name: prefix_caches.setdefault(("exact", name), {}) for name in flag_systems},
+            on_sample=rechecked,
+        )
+    return len(chunk), len(near)
 
 
 def _process_split():
@@ -257,13 +305,20 @@ def score_role(
     systems_all = {"ref": REF_SYSTEM_PROMPT, "role": profile.role_prompt, "unsafe": profile.unsafe_prompt}
     systems = {name: systems_all[name] for name in PASSES if name in options.passes}
     cache_dir = _cache_dir(lm, profile, options)
+    plan = first_plan = scoring_plan(lm, options)
+    decision = machine_plan(lm) if options.fast else None
+    accepted = {"exact", plan.tag}
     rank, world, wait = _process_split()
     done: dict[str, dict] = {}
-    if use_cache:
+
+    def load_cached():
         for path in sorted(cache_dir.glob("records*.jsonl")):
             for rec in read_jsonl(path):
-                if isinstance(rec, dict) and "key" in rec:
+                if isinstance(rec, dict) and "key" in rec and rec.get("plan", "exact") in accepted:
                     done.setdefault(rec["key"], {}).update(rec)
+
+    if use_cache:
+        load_cached()
     missing_passes = lambda rec: [p for p in systems if p not in rec]  # noqa: E731
     todo = [s for s in samples if _sample_key(s) not in done or missing_passes(done[_sample_key(s)])]
     from_cache = len(samples) - len(todo)
@@ -274,27 +329,39 @@ def score_role(
         progress(from_cache, total)
     prefix_caches: dict = {}
     fresh = 0
-    for start in range(0, len(mine), options.chunk_size):
-        chunk = mine[start : start + options.chunk_size]
+    screened = rechecked = 0
+    switched_after = None
+
+    def emit(rec):
+        nonlocal fresh
+        done.setdefault(rec["key"], {}).update(rec)
+        if use_cache:
+            append_jsonl(out_path, rec)
+        fresh += 1
+
+    start = 0
+    while start < len(mine):
+        size = min(options.chunk_size, SCREEN_PROBE_SAMPLES) if plan.auto and start == 0 else options.chunk_size
+        chunk = mine[start : start + size]
         base = from_cache + start * world  # every process advances at about the same pace
         on_progress = (lambda done, base=base: progress(min(total, base + done * world), total)) if progress else None
-        for rec in _score_chunk(lm, systems, chunk, options, on_progress, should_stop, prefix_caches):
-            done.setdefault(rec["key"], {}).update(rec)
-            if use_cache:
-                append_jsonl(out_path, rec)
-            fresh += 1
+        n_screened, n_rechecked = _score_chunk(lm, systems, chunk, options, plan, emit, on_progress, should_stop, prefix_caches)
+        start += len(chunk)
+        if plan.auto:
+            screened += n_screened
+            rechecked += n_rechecked
+            if not screen_still_pays(plan.screen_cost, screened, rechecked, len(systems), len([p for p in systems if p in FLAG_PASSES])):
+                plan, switched_after = EXACT_PLAN, start  # this role re-checks too many: the rest is scored exactly
     if world > 1:
         wait()
-        for path in sorted(cache_dir.glob("records*.jsonl")):
-            for rec in read_jsonl(path):
-                if isinstance(rec, dict) and "key" in rec:
-                    done.setdefault(rec["key"], {}).update(rec)
+        load_cached()
     if progress:
         progress(total, total)
     return _assemble(samples, done, systems, options, stats={
         "samples": total, "from_cache": from_cache, "scored": fresh, "seconds": time.time() - started,
         "rechecked": sum(1 for s in samples if done[_sample_key(s)].get("rechecked")),
-        "path": scoring_plan(lm, options).label,
+        "path": first_plan.label + (f", exact after {switched_after} samples (re-checked {rechecked}/{screened})" if switched_after is not None else ""),
+        "plan": decision.describe() if decision is not None else first_plan.label,
         "prompt_truncated": sum(1 for s in samples if done[_sample_key(s)].get("prompt_truncated")),
         "answer_truncated": sum(1 for s in samples if done[_sample_key(s)].get("answer_truncated")),
         "cache_dir": str(cache_dir),

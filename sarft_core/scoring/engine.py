@@ -141,6 +141,26 @@ def answer_token_logps(hidden: torch.Tensor, targets: torch.Tensor, head, transf
 PACKED_HEAD_ROWS = 128
 
 
+def cache_kwarg(model) -> str:
+    """The keyword a model's forward takes its KV cache under: ``cache`` in transformers 5.x
+    (where ``past_key_values`` is deprecated and goes away in 5.40), ``past_key_values`` in the
+    4.x releases requirements.txt still allows and in remote code written for them."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError, AttributeError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(out):
+    """The KV cache a forward returned, read from the field the output class declares (``cache``
+    in transformers 5.x; reading ``past_key_values`` there warns of its removal)."""
+    fields = getattr(out, "__dataclass_fields__", None) or {}
+    return out.cache if "cache" in fields else out.past_key_values
+
+
 @torch.no_grad()
 def prefix_cache(model, prefix_ids: list[int]):
     """Per-layer (key, value) tensors of a prefix, batch dimension 1."""
@@ -149,7 +169,7 @@ def prefix_cache(model, prefix_ids: list[int]):
         return None
     decoder, _ = _decoder_and_head(model)
     out = decoder(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True)
-    cache = out.past_key_values
+    cache = output_cache(out)
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
@@ -256,6 +276,7 @@ def score_passes(
     should_stop: Callable[[], bool] | None = None,
     prefix_kv_caches: dict[str, dict] | None = None,
     precision: str = "float32",
+    on_sample: Callable[[int, dict[str, list[float]]], None] | None = None,
 ) -> dict[str, PassResult]:
     """Answer-token log-probs of each sample under each system prompt (pass name -> prompt ids).
 
@@ -266,7 +287,9 @@ def score_passes(
     results do not depend on how many (one worker on several threads may differ in the last
     bits: oneDNN can split a small matmul's sum across threads). ``progress(done, total)``
     counts samples x passes and is called from this thread, which also polls ``should_stop``
-    between batches.
+    between batches. ``on_sample(i, {pass: token log-probs})`` is called, from this thread, as
+    soon as sample ``i`` has all its passes (so that a caller can keep finished samples even if
+    the call is cancelled later).
     """
     packed = packed_runner(model, precision)
     device = packed.device if packed is not None else next(model.parameters()).device
@@ -296,6 +319,8 @@ def score_passes(
     done = 0
     total = n * len(work)
 
+    missing = [len(work)] * n  # passes each sample still waits for
+
     def store(item, logps) -> None:
         nonlocal done
         name, batch = item
@@ -304,6 +329,9 @@ def score_passes(
             a = len(answer_ids[i])
             results[name][i] = logps[offset : offset + a]
             offset += a
+            missing[i] -= 1
+            if missing[i] == 0 and on_sample is not None:
+                on_sample(i, {p: results[p][i] for p in work})
         done += len(batch)
         if progress is not None:
             progress(done, total)
@@ -407,8 +435,8 @@ def _hf_batch_logps(model, decoder, head, transform, kv, batch, suffixes, starts
     hidden = decoder(
         input_ids=ids,
         position_ids=positions,
-        past_key_values=_expanded_cache(model, kv, len(batch)),
         use_cache=kv is not None,
+        **{cache_kwarg(decoder): _expanded_cache(model, kv, len(batch))},
     ).last_hidden_state
     rows, targets = _answer_rows(batch, {i: width for i in batch}, starts, answer_ids)
     picked = hidden.reshape(-1, hidden.shape[-1])[torch.tensor(rows, device=device)]
