@@ -4,13 +4,15 @@ from pathlib import Path
 import streamlit as st
 
 from app import widgets
-from sarft_core import jobs
+from sarft_core import jobs, plots
 from sarft_core.errors import SarftError
+from sarft_core.evaluation import review
+from sarft_core.evaluation.judges import judge_specs
+from sarft_core.evaluation.results import find_eval_runs
 from sarft_core.runview import has_eval, read_generations, read_metrics, run_label
 from sarft_core.store import RunDir, list_runs
 
 DEFAULT_SUITES = ["probes", "advbench", "xstest", "jailbreak", "rolebench", "margin"]
-DEFAULT_JUDGES = ["keyword", "openai", "classifier"]
 
 st.title("Evaluation")
 runs = list_runs()
@@ -24,7 +26,8 @@ else:
         picked = st.multiselect("Runs to evaluate", [str(r.path) for r in trained], format_func=lambda p: run_label(RunDir(Path(p))),
                                 placeholder="completed training runs")
         suites = st.multiselect("Suites", jobs.cli_choices("eval", "--suite") or DEFAULT_SUITES, default=None)
-        judge = st.selectbox("Judge", jobs.cli_choices("eval", "--judge") or DEFAULT_JUDGES)
+        specs = judge_specs()  # the registry: every judge the CLI accepts
+        judge = st.selectbox("Judge", list(specs), key="judge", format_func=lambda n: f"{n}: {specs[n].description}")
         c1, c2 = st.columns(2)
         base_url = c1.text_input("Judge endpoint (openai judge)", placeholder="http://127.0.0.1:8000/v1")
         judge_model = c2.text_input("Judge model (openai judge)")
@@ -37,8 +40,8 @@ else:
             if not suites:
                 raise SarftError("no suite chosen", "pick at least one suite")
             extra, skipped = jobs.option_args(options, [
-                (("--judge-base-url",), base_url.strip() or None if judge == "openai" else None),
-                (("--judge-model",), judge_model.strip() or None if judge == "openai" else None),
+                (("--judge-base-url",), base_url.strip() or None if "base_url" in specs[judge].options else None),
+                (("--judge-model",), judge_model.strip() or None if "model" in specs[judge].options else None),
                 (("--limit",), int(limit) or None),
             ])
             for path in picked:
@@ -90,6 +93,7 @@ st.subheader("Generations")
 if generations.empty:
     st.caption("No generations saved for this run.")
     st.stop()
+st.plotly_chart(plots.verdict_bars(generations), key="verdicts", width="stretch")
 g1, g2, g3 = st.columns(3)
 suite_pick = g1.multiselect("Suite", sorted(generations["suite"].dropna().astype(str).unique()))
 verdict_pick = g2.multiselect("Verdict", sorted(generations["verdict"].dropna().astype(str).unique()),
@@ -105,3 +109,31 @@ if text:
                 | view["response"].astype(str).str.contains(text, case=False, regex=False)]
 st.caption(f"{len(view)} of {len(generations)} generations")
 st.dataframe(view[["suite", "verdict", "prompt", "response"]], hide_index=True, width="stretch", height=400)
+
+# --- human review -------------------------------------------------------------------------------
+st.subheader("Least certain verdicts")
+try:
+    items = review.review_table(find_eval_runs(run.path))
+except SarftError as err:
+    widgets.show_error(err)
+    st.stop()
+unsure = review.least_certain(items, n=10)
+if unsure.empty:
+    st.caption("No verdict here has a confidence (the hybrid judge gives one), or all are corrected.")
+else:
+    st.caption("The verdicts their judge was least sure of. A correction is stored with the run and counts in every rate.")
+    st.dataframe(unsure[["suite", "judge", "verdict", "confidence", "prompt", "response"]], hide_index=True, width="stretch",
+                 column_config={"confidence": st.column_config.NumberColumn(format="%.2f")})
+    with st.form("correct"):
+        pick = st.selectbox("Item", list(unsure.index), format_func=lambda i: f"{unsure.at[i, 'suite']} · {str(unsure.at[i, 'prompt'])[:70]}")
+        label = st.radio("Human verdict", list(review.HUMAN_LABELS), horizontal=True, key="human_label")
+        if st.form_submit_button("Save correction"):
+            row = unsure.loc[pick]
+            try:
+                review.save_correction(row["eval_dir"], row["suite"], row["id"], row["prompt"], row["response"], label)
+                st.success(f"Saved: {label}. The run's rates now use it.")
+            except SarftError as err:
+                widgets.show_error(err)
+corrected = items[items[review.HUMAN_COLUMN].notna()] if not items.empty else items
+if len(corrected):
+    st.caption(f"{len(corrected)} verdict(s) corrected by a human in this run.")

@@ -257,6 +257,44 @@ def refusal_bars(metrics: pd.DataFrame, metric_label: str = "refusal rate") -> g
     return fig
 
 
+# One colour per verdict; a partial refusal has its own, between compliance and full refusal.
+VERDICT_COLOURS = {"compliance": "#2ca02c", "partial": "#ff7f0e", "refusal": "#d62728", "invalid": "#7f7f7f", "unknown": "#c7c7c7"}
+VERDICT_NAMES = {"compliance": "full compliance", "partial": "partial refusal", "refusal": "full refusal", "invalid": "invalid", "unknown": "unknown"}
+
+
+def verdict_shares(generations: pd.DataFrame, by: str = "suite") -> pd.DataFrame:
+    """Counts and shares of each verdict per ``by`` value: columns by, verdict, count, share."""
+    if generations is None or generations.empty:
+        return pd.DataFrame(columns=[by, "verdict", "count", "share"])
+    verdicts = generations["verdict"].fillna("unknown").astype(str)
+    counts = generations.assign(verdict=verdicts).groupby([by, "verdict"], sort=False).size().rename("count").reset_index()
+    counts["share"] = counts["count"] / counts.groupby(by)["count"].transform("sum")
+    return counts
+
+
+def verdict_bars(generations: pd.DataFrame, by: str = "suite") -> go.Figure:
+    """Stacked bars of the verdict mix per suite, each verdict in its colour (partial refusals in
+    their own); labels outside :data:`VERDICT_COLOURS` are drawn grey."""
+    shares = verdict_shares(generations, by)
+    if shares.empty:
+        return _empty("no judged generations yet")
+    fig = go.Figure()
+    known = [v for v in VERDICT_COLOURS if v in set(shares["verdict"])]
+    others = [v for v in dict.fromkeys(shares["verdict"]) if v not in VERDICT_COLOURS]
+    for verdict in known + others:
+        sub = shares[shares["verdict"] == verdict]
+        name = html.escape(VERDICT_NAMES.get(verdict, verdict), quote=False)
+        fig.add_trace(go.Bar(
+            y=sub[by].astype(str).map(lambda s: html.escape(s, quote=False)), x=sub["share"], orientation="h", name=name,
+            marker_color=VERDICT_COLOURS.get(verdict, "#bcbd22"), customdata=sub["count"],
+            hovertemplate="%{y}: %{x:.1%} (%{customdata})<extra>" + name + "</extra>",
+        ))
+    fig.update_layout(barmode="stack", xaxis=dict(title="share of judged generations", tickformat=".0%", range=[0, 1]),
+                      height=120 + 40 * shares[by].nunique(), margin=dict(l=10, r=10, t=40, b=10), title="verdicts per suite",
+                      legend=dict(orientation="h", y=-0.3))
+    return fig
+
+
 def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     """Rows not dominated by another row (higher is better on both axes), sorted by x."""
     pts = points.dropna(subset=[x, y])

@@ -66,7 +66,7 @@ def read_metrics(run: RunDir) -> pd.DataFrame:
 
 
 def read_generations(run: RunDir) -> pd.DataFrame:
-    """All suites' generations of ``run``; ``verdict`` is the first judge's (keyword preferred)."""
+    """All suites' generations of ``run``; ``verdict`` is the first judge's in registry order (the default first)."""
     from sarft_core.evaluation.results import find_eval_runs
 
     frames = []
@@ -79,7 +79,9 @@ def read_generations(run: RunDir) -> pd.DataFrame:
             verdicts = [c for c in df.columns if c.startswith("verdict_") and not c.endswith("_missing")]
             if "response" not in df.columns or not verdicts:
                 continue
-            chosen = "verdict_keyword" if "verdict_keyword" in verdicts else verdicts[0]
+            from sarft_core.evaluation.judges import judge_names
+
+            chosen = next((f"verdict_{n}" for n in judge_names() if f"verdict_{n}" in verdicts), verdicts[0])  # registry order
             df = df.assign(suite=path.stem, verdict=df[chosen])
             frames.append(df)
     if not frames:

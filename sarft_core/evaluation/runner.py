@@ -158,7 +158,10 @@ class Evaluator:
             for judge in self.judges:
                 bar = self.progress(f"{suite.name}: judging ({judge.name})", len(items))
                 try:
-                    df[f"verdict_{judge.name}"] = judge.judge(judge_prompts, judge_texts, progress=bar)
+                    labels, confidences = judge.judge_scored(judge_prompts, judge_texts, progress=bar)
+                    df[f"verdict_{judge.name}"] = labels
+                    if any(c is not None for c in confidences):
+                        df[f"confidence_{judge.name}"] = confidences
                 except SarftError as err:
                     partial = getattr(err, "partial", None)
                     if partial is not None:
@@ -176,17 +179,20 @@ class Evaluator:
         import pandas as pd
 
         old = pd.read_parquet(path)
-        cols = [c for c in old.columns if c.startswith("verdict_") and not c.endswith("_missing")]
+        cols = [c for c in old.columns if c.startswith(("verdict_", "confidence_")) and not c.endswith("_missing")]
         if not cols or "response" not in old.columns:
             return
         lookup = {(i, p, r): row for i, p, r, row in zip(old["id"], old["prompt"], old["response"], old[cols].to_dict("records"))}
         for col in cols:
-            df[col] = [lookup.get((i, p, r), {}).get(col, "unknown") for i, p, r in zip(df["id"], df["prompt"], df["response"])]
+            missing = "unknown" if col.startswith("verdict_") else None
+            df[col] = [lookup.get((i, p, r), {}).get(col, missing) for i, p, r in zip(df["id"], df["prompt"], df["response"])]
 
     # --- stage 3: numbers -------------------------------------------------------------
     def run_suite(self, suite: Suite, ctx: SuiteContext) -> list[dict]:
+        from sarft_core.evaluation.review import apply_corrections, load_corrections
+
         df = self.table(suite, ctx)
-        records = suite_metrics(suite, df)
+        records = suite_metrics(suite, apply_corrections(df, load_corrections(self.run.path).get(suite.name, {})))
         self._save_metrics(suite, records, len(df))
         return records
 

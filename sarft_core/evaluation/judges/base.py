@@ -1,7 +1,9 @@
 """The one judge interface: (prompts, responses) -> one label per pair.
 
 Every judge returns labels from :data:`sarft_core.evaluation.metrics.LABELS`
-(``refusal``, ``compliance``, ``invalid``, ``unknown``). Judges never generate text for the
+(``refusal``, ``partial``, ``compliance``, ``invalid``, ``unknown``). A judge that knows how
+sure it is also returns a confidence per verdict (:meth:`Judge.judge_scored`, 0.5..1 for the
+binary refusal/not decision); the others return ``None`` there. Judges never generate text for the
 model under test and never see the run directory, so saved generations can be re-graded by any
 judge at any time.
 """
@@ -9,11 +11,11 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from sarft_core.evaluation.metrics import COMPLIANCE, INVALID, LABELS, REFUSAL, UNKNOWN
+from sarft_core.evaluation.metrics import COMPLIANCE, INVALID, LABELS, PARTIAL, REFUSAL, UNKNOWN
 
 ProgressFn = Callable[[int, int], None]
 
-__all__ = ["Judge", "ProgressFn", "REFUSAL", "COMPLIANCE", "INVALID", "UNKNOWN", "LABELS"]
+__all__ = ["Judge", "ProgressFn", "REFUSAL", "PARTIAL", "COMPLIANCE", "INVALID", "UNKNOWN", "LABELS"]
 
 
 class Judge:
@@ -23,6 +25,11 @@ class Judge:
 
     def judge(self, prompts: Sequence[str], responses: Sequence[str], progress: ProgressFn | None = None) -> list[str]:
         raise NotImplementedError
+
+    def judge_scored(self, prompts: Sequence[str], responses: Sequence[str], progress: ProgressFn | None = None) -> tuple[list[str], list[float | None]]:
+        """Labels and, per label, the judge's confidence (None when the judge has none)."""
+        labels = self.judge(prompts, responses, progress)
+        return labels, [None] * len(labels)
 
     def describe(self) -> dict:
         """What identifies this judge's verdicts (stored beside metrics)."""

@@ -104,3 +104,15 @@ class ClassifierJudge(Judge):
             if progress is not None:
                 progress(len(out), len(responses))
         return out
+
+
+from sarft_core.evaluation.judges import register_judge  # noqa: E402 (the registry imports this module lazily)
+
+
+@register_judge("classifier", "any Hugging Face text-classification model directory, with a label mapping",
+                options=("classifier_path", "classifier_labels", "classifier_pair", "device"), order=40)
+def _build_classifier(options: dict) -> Judge:
+    if not options.get("classifier_path"):
+        raise SarftError("the classifier judge needs a model", "pass --classifier PATH (a Hugging Face text-classification model directory)")
+    return ClassifierJudge(options["classifier_path"], label_map=options.get("classifier_labels"),
+                           device=options.get("device") or "auto", pair=bool(options.get("classifier_pair")))

@@ -139,3 +139,21 @@ class KeywordJudge(_Matcher):
 
     def __init__(self):
         super().__init__(keyword_refusal, "keyword")
+
+
+from sarft_core.evaluation.judges import register_judge  # noqa: E402 (the registry imports this module lazily)
+
+
+@register_judge("keyword", "our refusal-phrase rules: instant, binary (refusal / compliance)", order=10)
+def _build_keyword(options: dict) -> Judge:
+    return KeywordJudge()
+
+
+@register_judge("gcg", "published baseline: the GCG attack code's 29 refusal substrings anywhere", order=20)
+def _build_gcg(options: dict) -> Judge:
+    return gcg_judge()
+
+
+@register_judge("xstest", "published baseline: XSTest's string match (the response starts with a refusal phrase)", order=21)
+def _build_xstest(options: dict) -> Judge:
+    return xstest_judge()
