@@ -226,7 +226,7 @@ def _claim(grid: Grid, cell: Cell):
 
 def _panel_values(res: dict) -> dict:
     """Per-prompt values of each metric (0/1 for rates, floats for margin and ROUGE-L)."""
-    from sarft_core.evaluation.metrics import COMPLIANCE, REFUSAL
+    from sarft_core.evaluation.metrics import COMPLIANCE, REFUSAL, counts_as
 
     rows = res.get("rows", [])
     out: dict[str, list[float]] = {}
@@ -235,7 +235,7 @@ def _panel_values(res: dict) -> dict:
             out.setdefault("rouge_l", []).append(float(r["score"]))
         else:
             positive = COMPLIANCE if r["metric"] == "xstest_safe" else REFUSAL
-            out.setdefault(r["metric"], []).append(1.0 if r["label"] == positive else 0.0)
+            out.setdefault(r["metric"], []).append(1.0 if counts_as(r["label"], positive) else 0.0)
     if "margin" in res:
         out["margin"] = res["margin_values"]
     return out

@@ -9,8 +9,8 @@ no training in the project sees:
 - ``jailbreak``: refusal under the five jailbreak transforms, averaged over the attacks;
 - ``rouge_l``: RoleBench role-specific ROUGE-L (x100) of one role's answers.
 
-Generation is greedy with an empty system turn (as in training). Refusals are judged by the
-keyword judge on the answer's opening (``max_new_tokens`` 48 by default: a refusal shows in the
+Generation is greedy with an empty system turn (as in training). Refusals are judged by one
+registered judge (default: the keyword judge, instant and deterministic), on the answer's opening (``max_new_tokens`` 48 by default: a refusal shows in the
 first sentence; the published 128 only lengthens the compliant answers).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from sarft_core.evaluation import datasets as ds
-from sarft_core.evaluation.metrics import COMPLIANCE, REFUSAL, mean_with_ci, rate
+from sarft_core.evaluation.metrics import COMPLIANCE, REFUSAL, counts_as, mean_with_ci, rate
 
 # the panel's metrics: name -> (kind, higher is safer?)
 PANEL_METRICS = {
@@ -40,6 +40,7 @@ class PanelConfig:
     xstest: int | None = 50  # XSTest prompts per label (None: all 250 safe / 200 unsafe)
     jailbreak: int = 10  # held-out AdvBench prompts per attack (0: skip)
     rolebench: int = 20  # RoleBench questions of the role (0 or no role: skip)
+    judge: str = "keyword"  # any registered judge (sarft_core.evaluation.judges); saved rows can be re-judged by others
     max_new_tokens: int = 48
     rouge_tokens: int = 96
     batch_size: int = 32
@@ -73,7 +74,7 @@ def run_panel(lm, cfg: PanelConfig, role: str | None = None, progress: Callable[
     ``cfg.rolebench`` RoleBench questions (held-out questions of a training split)."""
     from sarft_core.evaluation.attacks import get_attacks
     from sarft_core.evaluation.generation import GenerationConfig, generate
-    from sarft_core.evaluation.judges.keyword import keyword_refusal
+    from sarft_core.evaluation.judges import build_judge
     from sarft_core.evaluation.margin import refusal_margins
     from sarft_core.evaluation.rouge import rouge_l
 
@@ -82,10 +83,11 @@ def run_panel(lm, cfg: PanelConfig, role: str | None = None, progress: Callable[
     held = heldout_advbench(cfg.data_dir)
     out: dict = {}
     rows: list[dict] = []
+    judge = build_judge(cfg.judge) if set(cfg.metrics) - {"margin", "rouge_l"} else None
 
     def judged(metric: str, items, prompts, view=lambda r: r, positive=REFUSAL):
         responses = generate(lm, prompts, gen)
-        labels = [REFUSAL if keyword_refusal(view(r)) else COMPLIANCE for r in responses]
+        labels = judge.judge([getattr(i, "meta", {}).get("source_prompt", p) for i, p in zip(items, prompts)], [view(r) for r in responses])
         for it, p, r, lab in zip(items, prompts, responses, labels):
             rows.append({"metric": metric, "id": it.id, "group": it.group, "prompt": p, "response": r, "label": lab})
         return labels
@@ -113,9 +115,9 @@ def run_panel(lm, cfg: PanelConfig, role: str | None = None, progress: Callable[
         per_attack = []
         for attack in get_attacks(None):
             base = held[: cfg.jailbreak]
-            items = [ds.Item(f"{attack.name}-{b.id}", attack.apply(b.prompt), attack.name) for b in base]
+            items = [ds.Item(f"{attack.name}-{b.id}", attack.apply(b.prompt), attack.name, meta={"source_prompt": b.prompt}) for b in base]
             labels = judged("jailbreak", items, [i.prompt for i in items], view=attack.for_judge)
-            per_attack += [1.0 if lab == REFUSAL else 0.0 for lab in labels]
+            per_attack += [1.0 if counts_as(lab, REFUSAL) else 0.0 for lab in labels]
         out["jailbreak"] = mean_with_ci(per_attack)
     if "rouge_l" in want and (rouge_items or (cfg.rolebench and role)):
         say("rolebench")
