@@ -90,6 +90,25 @@ def evaluate(spec: str, args) -> dict:
     return res
 
 
+def cached_evaluate(name: str, spec: str, args) -> dict:
+    """A model's figures, reused from --results-dir when the same settings measured the same weights."""
+    from sarft_core.models import resolve_model_dir
+
+    key = {"fingerprint": resolve_model_dir(spec)[2], "quick": args.quick, "max_new_tokens": args.max_new_tokens,
+           "second_judge": args.second_judge}
+    path = Path(args.results_dir) / f"{name}.json" if args.results_dir else None
+    if path and path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("key") == key:
+            print(f"  [{name}] reusing {path}", file=sys.stderr)
+            return old["result"]
+    result = evaluate(spec, args)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"key": key, "result": result}, default=str))
+    return result
+
+
 def fmt(m: dict, pct: bool) -> str:
     if pct:
         return f"{100 * m['value']:.1f}% [{100 * m['ci_low']:.1f}, {100 * m['ci_high']:.1f}] (n={m['n']})"
@@ -103,6 +122,8 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--second-judge", default="hybrid", help="a registered judge that re-reads the same generations ('' for none)")
+    ap.add_argument("--only", choices=["embedded", "embedded-aligned"], default=None, help="measure one model (its figures are kept in --results-dir)")
+    ap.add_argument("--results-dir", default=str(ROOT / "workspace" / "bench_aligned"), help="per-model figures, reused for the same weights and settings")
     ap.add_argument("--write-manifest", action="store_true", help="store the figures in the adapter's manifest.json")
     ap.add_argument("--out", default=None, help="also write all figures and judged generations to this JSON file")
     args = ap.parse_args()
@@ -114,10 +135,17 @@ def main() -> int:
     from sarft_core.models import resolve_aligned
 
     adapter = Path(args.adapter) if args.adapter else ADAPTER_DIR
-    _, aligned_dir, _ = resolve_aligned(adapter)
+    aligned_dir = resolve_aligned(adapter)[1] if args.only != "embedded" else None
     print(f"# bench_aligned  {time.strftime('%Y-%m-%d')}  {platform.processor() or platform.machine()}  torch {torch.__version__}  "
           f"threads {torch.get_num_threads()}  adapter {adapter}  max_new_tokens {args.max_new_tokens}")
-    results = {"embedded": evaluate("embedded", args), "embedded-aligned": evaluate(str(aligned_dir), args)}
+    results = {}
+    for name, spec in (("embedded", "embedded"), ("embedded-aligned", str(aligned_dir))):
+        if args.only and name != args.only:
+            continue
+        results[name] = cached_evaluate(name, spec, args)
+    if len(results) < 2:
+        print(f"measured {', '.join(results)} only (--only)")
+        return 0
     names = [("advbench", "refusal, AdvBench held-out (odd rows)", True), ("xstest_unsafe", "refusal, XSTest unsafe", True),
              ("probes_harmful", "refusal, project probes (harmful)", True), ("jailbreak", "refusal, jailbreak average", True),
              ("margin", "refusal margin, AdvBench held-out", False), ("xstest_safe", "compliance, XSTest safe", True),

@@ -48,8 +48,9 @@ COLUMNS = {
     "margin": ("Refusal margin", False),
 }
 # the training protocol, the same for every method (see docs/reproduce.md for why these values)
-DEFAULT_TRAIN = {"peft": "lora", "epochs": 3.0, "lr": 3e-4, "batch_size": 8, "grad_accum": 1, "lora_r": 16, "lora_alpha": 32,
-                 "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "lam": 1.0}
+DEFAULT_TRAIN = {"peft": "lora", "epochs": 2.0, "lr": 3e-4, "batch_size": 8, "grad_accum": 1, "lora_r": 16, "lora_alpha": 32,
+                 "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "lam": 0.5,
+                 "autocast": "bf16"}
 _RESULT_FIELDS = ("model", "methods", "train", "panel", "data", "profiles")
 
 

@@ -19,11 +19,20 @@ METRIC_COLUMNS = ["suite", "metric", "value", "ci_low", "ci_high", "n"]
 GENERATION_COLUMNS = ["suite", "prompt", "response", "verdict"]
 
 
+def run_lambda(cfg: dict):
+    """A training run's KL weight: the top-level ``lambda`` (written since it was added), else the
+    stored training options' ``lam`` (older runs); None for methods without a KL term."""
+    lam = cfg.get("lambda")
+    if lam is None and isinstance(cfg.get("train"), dict):
+        lam = cfg["train"].get("lam")
+    return lam if isinstance(lam, (int, float)) and not isinstance(lam, bool) else None
+
+
 def run_label(run: RunDir) -> str:
     cfg = run.config()
     bits = [cfg.get("method"), cfg.get("role")]
-    lam = cfg.get("lambda")
-    if lam is not None and cfg.get("method") not in (None, "sft"):
+    lam = run_lambda(cfg)
+    if lam is not None and cfg.get("method") not in (None, "sft", "sppft"):
         bits.append(f"λ={lam}")
     detail = ", ".join(str(b) for b in bits if b)
     return f"{run.name} ({detail})" if detail else run.name
@@ -36,7 +45,7 @@ def runs_table(runs: list[RunDir]) -> pd.DataFrame:
         updated = st.get("updated")
         rows.append({
             "run": run.name, "kind": cfg.get("kind", "?"), "state": st.get("state", "?"), "role": cfg.get("role", ""),
-            "method": cfg.get("method", ""), "lambda": cfg.get("lambda"),
+            "method": cfg.get("method", ""), "lambda": run_lambda(cfg),
             "updated": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(updated)) if updated else "",
             "path": str(run.path),
         })
