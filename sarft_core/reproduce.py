@@ -48,7 +48,7 @@ COLUMNS = {
     "margin": ("Refusal margin", False),
 }
 # the training protocol, the same for every method (see docs/reproduce.md for why these values)
-DEFAULT_TRAIN = {"peft": "lora", "epochs": 2.0, "lr": 3e-4, "batch_size": 8, "grad_accum": 1, "lora_r": 16, "lora_alpha": 32,
+DEFAULT_TRAIN = {"peft": "lora", "epochs": 3.0, "lr": 3e-4, "batch_size": 8, "grad_accum": 1, "lora_r": 16, "lora_alpha": 32,
                  "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "lam": 0.5,
                  "autocast": "bf16"}
 _RESULT_FIELDS = ("model", "methods", "train", "panel", "data", "profiles")
@@ -296,6 +296,7 @@ def run_pending(grid: Grid, log: Callable[[str], None] = print, progress: Callab
     """Work through the unfinished cells (skipping those another worker holds); returns cells done."""
     cells = plan_cells(grid.cfg)
     done = 0
+    started = time.time()
     for i, cell in enumerate(cells):
         if grid.result(cell) is not None:
             continue
@@ -309,7 +310,9 @@ def run_pending(grid: Grid, log: Callable[[str], None] = print, progress: Callab
             done += 1
             s = r["summary"]
             shown = ", ".join(f"{k} {v:.3f}" for k, v in s.items())
-            log(f"[{i + 1}/{len(cells)}] {cell.name}: {shown} ({r['seconds']:.0f} s)")
+            left = len(grid.pending())
+            eta = (time.time() - started) / done * left
+            log(f"[{len(cells) - left}/{len(cells)}] {cell.name}: {shown} ({r['seconds']:.0f} s; about {eta / 60:.0f} min left for this worker)")
             if progress:
                 progress(i + 1, len(cells), cell.name)
         finally:
