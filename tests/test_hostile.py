@@ -352,7 +352,6 @@ def test_duplicate_json_keys_in_a_profiles_file_are_refused(tmp_path):
 # ---- 9. survey --slurm without SLURM --------------------------------------------------------
 
 def test_survey_slurm_without_slurm_fails_instead_of_running_locally(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("submitit")
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no sbatch anywhere
     code, out, err = cli(capsys, "survey", "--roles", ROLE, "--screen", "--slurm", "--out", tmp_path / "sv")
     assert code == 2 and "SLURM is not available" in err and "submitted" not in out
