@@ -207,9 +207,11 @@ def test_records_of_one_plan_are_not_served_to_another(tiny_lm, demo_profiles, d
     assert score_role(tiny_lm, samples, profile, ScoreOptions(fast=True, recheck_band=0.0)).stats["from_cache"] == 4
     wide = score_role(tiny_lm, samples, profile, ScoreOptions(fast=True, recheck_band=10.0))
     assert wide.stats["from_cache"] == 0 and wide.stats["rechecked"] == 4
+    summed = score_role(tiny_lm, samples, profile, ScoreOptions(fast=True, recheck_band=10.0, normalise="sum"))
+    assert summed.stats["from_cache"] == 0  # a band on sums is another re-check
     exact = score_role(tiny_lm, samples, profile)
     assert exact.stats["from_cache"] == 0
     tags = {json.loads(line)["plan"] for path in Path(exact.stats["cache_dir"]).glob("records*.jsonl") for line in open(path)}
-    assert tags == {"exact", "packed-bf16-recheck0.0", "packed-bf16-recheck10.0"}
+    assert tags == {"exact", "packed-bf16-recheck0.0", "packed-bf16-recheck10.0", "packed-bf16-recheck10.0-sum"}
     # and any fast plan may use exact records
     assert score_role(tiny_lm, samples, profile, ScoreOptions(fast=True, recheck_band=0.5)).stats["from_cache"] == 4

@@ -150,6 +150,7 @@ class FastPlan:
     bf16_copy: bool = False
     auto: bool = False
     screen_cost: float = 1.0
+    normalise: str = "mean"  # the margin the band is applied to (a sum's band means something else)
 
     def model(self, lm: LoadedModel):
         return _bf16_twin(lm) if self.bf16_copy else lm.model
@@ -157,7 +158,9 @@ class FastPlan:
     @property
     def tag(self) -> str:
         """What the cached records of this plan are marked with: their values depend on it."""
-        return "exact" if self.band == 0 and self.precision == "float32" and not self.bf16_copy else f"{self.label}-recheck{self.band}"
+        if self.band == 0 and self.precision == "float32" and not self.bf16_copy:
+            return "exact"
+        return f"{self.label}-recheck{self.band}" + ("" if self.normalise == "mean" else f"-{self.normalise}")
 
 
 EXACT_PLAN = FastPlan("float32", 0.0, "exact")
@@ -176,12 +179,13 @@ def fast_plan(lm: LoadedModel, options: ScoreOptions) -> FastPlan:
     decision = machine_plan(lm)
     if decision is not None:
         if options.recheck_band is not None:
-            return FastPlan("bfloat16", options.recheck_band, "packed-bf16")
+            return FastPlan("bfloat16", options.recheck_band, "packed-bf16", normalise=options.normalise)
         if decision.plan == "screen":
-            return FastPlan("bfloat16", PACKED_BF16_RECHECK_BAND, "packed-bf16", auto=True, screen_cost=decision.screen_cost)
+            return FastPlan("bfloat16", PACKED_BF16_RECHECK_BAND, "packed-bf16", auto=True, screen_cost=decision.screen_cost,
+                            normalise=options.normalise)
         return EXACT_PLAN
     band = BF16_RECHECK_BAND if options.recheck_band is None else options.recheck_band
-    return FastPlan("float32", band, "bf16", bf16_copy=True)
+    return FastPlan("float32", band, "bf16", bf16_copy=True, normalise=options.normalise)
 
 
 def scoring_plan(lm: LoadedModel, options: ScoreOptions) -> FastPlan:
