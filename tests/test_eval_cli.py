@@ -37,7 +37,7 @@ def test_eval_writes_tables_and_metrics_then_regrades_without_the_model(tiny_mod
     assert read_json(out / "status.json")["state"] == "completed"
     probes = pd.read_parquet(out / "artifacts" / "probes.parquet")
     assert list(probes["group"]) == ["harmful", "harmless"]
-    assert {"id", "prompt", "response", "verdict_keyword"} <= set(probes.columns)
+    assert {"id", "prompt", "response", "verdict_hybrid"} <= set(probes.columns)  # the default judge
     jail = pd.read_parquet(out / "artifacts" / "jailbreak.parquet")
     assert sorted(jail["group"]) == ["aim", "caesar"] and "source_prompt" in jail.columns
     margin = pd.read_parquet(out / "artifacts" / "margin.parquet")
@@ -57,11 +57,11 @@ def test_eval_writes_tables_and_metrics_then_regrades_without_the_model(tiny_mod
     monkeypatch.setattr(sarft_core.models, "load_model", no_model)
     assert _eval(tiny_model_dir, out, "--suite", "probes", "--judge", "gcg") == 0
     regraded = pd.read_parquet(out / "artifacts" / "probes.parquet")
-    assert {"verdict_keyword", "verdict_gcg"} <= set(regraded.columns)
+    assert {"verdict_hybrid", "verdict_gcg"} <= set(regraded.columns)
     assert list(regraded["response"]) == list(probes["response"])
     assert len(read_jsonl(out / "artifacts" / "generations" / "probes.jsonl")) == n_generated
     judges = set(load_metrics(out).query("suite == 'probes'")["judge"])
-    assert judges == {"keyword", "gcg"}
+    assert judges == {"hybrid", "gcg"}
 
 
 def test_rolebench_rouge_and_rose_decoding(tiny_model_dir, tmp_path):

@@ -173,3 +173,28 @@ def test_cli_writes_one_row_per_role(tmp_path):
     assert list(df.columns) == ["role", *TRAITS] and len(df) == 3
     bad = subprocess.run([sys.executable, "-m", "sarft_core", "traits", "--source", "csv", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "needs --csv" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# --- the 1-5 ordinal labels of all 95 characters -------------------------------------------
+def test_ordinal_labels_cover_every_rolebench_character_and_agree_with_the_groups():
+    from sarft_core.data.names import normalise_name
+    from sarft_core.trait_labels import MALEVOLENCE
+
+    profiles = load_profiles(DESCRIPTIONS)
+    assert {normalise_name(n) for n in MALEVOLENCE} == {normalise_name(n) for n in profiles}
+    assert set(MALEVOLENCE.values()) == {1, 2, 3, 4, 5}
+    assert all(MALEVOLENCE[n] >= 4 for n in VILLAINS) and all(MALEVOLENCE[n] == 1 for n in BENEVOLENT)
+    assert all(2 <= MALEVOLENCE[n] <= 4 for n in IN_BETWEEN)
+
+
+@pytest.mark.slow
+def test_default_malevolence_ranks_all_characters_with_the_ordinal_labels():
+    """Not fitted to the labels. Measured 0.665 [0.545, 0.765] (bench/bench_traits.py); the issue's
+    target of 0.80 is not reached yet: this guards against falling back."""
+    from sarft_core.stats import spearman_rho
+    from sarft_core.trait_labels import MALEVOLENCE
+
+    profiles = load_profiles(DESCRIPTIONS)
+    table = rate_default(profiles).set_index("role")
+    rho = spearman_rho([table.loc[n, "malevolence"] for n in MALEVOLENCE], [MALEVOLENCE[n] for n in MALEVOLENCE])
+    assert rho >= 0.60

@@ -10,18 +10,18 @@ from sarft_core.errors import SarftError
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("judge", help="label (prompt, response) rows as refusal / compliance / invalid", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = subparsers.add_parser("judge", help="label (prompt, response) rows as refusal / partial / compliance / invalid", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--in", dest="inp", required=True, help="input file (.csv, .jsonl or .parquet)")
     p.add_argument("--prompt-col", default="prompt")
     p.add_argument("--response-col", default="response")
-    p.add_argument("--out", required=True, help="output file (.csv, .jsonl or .parquet): the input rows plus label and refusal")
+    p.add_argument("--out", required=True, help="output file (.csv, .jsonl or .parquet): the input rows plus label, refusal (full or partial) and the judge's confidence where it has one")
     p.add_argument("--device", default="auto", help="classifier judge: auto, cpu, cuda ...")
     add_judge_args(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from sarft_core.evaluation.metrics import REFUSAL, UNKNOWN, rate
+    from sarft_core.evaluation.metrics import REFUSAL, UNKNOWN, is_refusal, rate
     from sarft_core.store import read_table, write_table
 
     out = Path(args.out)
@@ -40,9 +40,11 @@ def run(args) -> int:
     judge = judges[0]
     prompts = df[args.prompt_col].fillna("").astype(str).tolist()
     responses = df[args.response_col].fillna("").astype(str).tolist()
-    labels = judge.judge(prompts, responses, progress=tqdm_progress(f"judging ({judge.name})", len(df)))
+    labels, confidences = judge.judge_scored(prompts, responses, progress=tqdm_progress(f"judging ({judge.name})", len(df)))
     df["label"] = labels
-    df["refusal"] = [lab == REFUSAL for lab in labels]
+    df["refusal"] = [is_refusal(lab) for lab in labels]
+    if any(c is not None for c in confidences):
+        df["confidence"] = confidences
     write_table(df, out)
     stats = rate(labels, REFUSAL)
     unknown = sum(1 for lab in labels if lab == UNKNOWN)
