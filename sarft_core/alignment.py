@@ -278,6 +278,7 @@ def align(cfg: AlignConfig, out: str | Path, data_dir: str | Path | None = None,
     adapter = out / "adapter"
     model.save_pretrained(str(adapter), safe_serialization=True)
     halve_adapter(adapter)
+    tidy_adapter(adapter, lm.spec)
     manifest = {
         "what": "LoRA adapter that makes SmolLM2-135M-Instruct refuse harmful requests (sarft_core.alignment)",
         "command": "python -m sarft_core align " + " ".join(_cli_args(cfg)),
@@ -323,6 +324,17 @@ def halve_adapter(adapter: Path) -> None:
     f = adapter / "adapter_model.safetensors"
     tensors = {k: v.to(torch.float16).contiguous() for k, v in load_file(str(f)).items()}
     save_file(tensors, str(f), metadata={"format": "pt"})
+
+
+def tidy_adapter(adapter: Path, base_spec: str) -> None:
+    """Name the base by its model spec (not this machine's cache path) and drop PEFT's model card."""
+    cfg_path = adapter / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg["base_model_name_or_path"] = base_spec
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (adapter / "README.md").unlink(missing_ok=True)
+    for f in adapter.iterdir():
+        f.chmod(0o644)
 
 
 def adapter_hash(adapter: Path) -> str:
