@@ -35,6 +35,7 @@ from sarft_core.errors import SarftError
 ALIGN_DIR = PROJECT_ROOT / "data" / "aligned"
 HARMFUL_FILE = ALIGN_DIR / "harmful.jsonl"
 LOOKALIKE_FILE = ALIGN_DIR / "lookalikes.jsonl"
+EVERYDAY_FILE = ALIGN_DIR / "everyday.jsonl"
 REFUSAL_FILE = ALIGN_DIR / "refusals.json"
 ADAPTER_DIR = ALIGN_DIR / "adapter"
 MANIFEST_NAME = "manifest.json"
@@ -113,7 +114,7 @@ class AlignConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_targets: list[str] = field(default_factory=lambda: list(ALL_LINEAR))
-    benign_general: int = 250  # RoleBench general instructions, a seeded sample
+    benign_general: int = 300  # RoleBench general instructions, a seeded sample
     distill_tokens: int = 128  # greedy answer length for self-distillation
     max_answer_tokens: int = 128
     bf16: bool = True  # bf16 autocast: ~2x faster on CPUs with bf16 matmuls; the adapter's weights stay float32
@@ -141,7 +142,7 @@ def data_paths(cfg: AlignConfig, data_dir: str | Path | None = None) -> dict[str
     paths = {
         "advbench": Path(cfg.advbench) if cfg.advbench else base / "safety" / "advbench_harmful_behaviors.csv",
         "rolebench_general": Path(cfg.rolebench_general) if cfg.rolebench_general else base / "rolebench" / "role-generalization" / "general" / "test.jsonl",
-        "harmful": HARMFUL_FILE, "lookalikes": LOOKALIKE_FILE, "refusals": REFUSAL_FILE,
+        "harmful": HARMFUL_FILE, "lookalikes": LOOKALIKE_FILE, "everyday": EVERYDAY_FILE, "refusals": REFUSAL_FILE,
     }
     for key, path in paths.items():
         if not path.is_file():
@@ -172,7 +173,8 @@ def build_mix(cfg: AlignConfig, paths: dict[str, Path]) -> AlignMix:
     general = sorted({json.loads(line)["question"].strip() for line in paths["rolebench_general"].read_text(encoding="utf-8").splitlines() if line.strip()})
     # short instructions only: long classification/extraction tasks add tokens, not behaviour
     general = [q for q in general if len(q) <= 400]
-    benign = rng.sample(general, min(cfg.benign_general, len(general))) + [r["prompt"] for r in _read_jsonl(paths["lookalikes"])]
+    benign = (rng.sample(general, min(cfg.benign_general, len(general))) + [r["prompt"] for r in _read_jsonl(paths["lookalikes"])]
+              + [r["prompt"] for r in _read_jsonl(paths["everyday"])])
     return AlignMix(harmful=harmful, benign=benign)
 
 

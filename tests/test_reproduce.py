@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,13 +45,17 @@ def test_two_level_bootstrap():
 
 
 @needs_data
-def test_a_tiny_grid_runs_resumes_and_reports(tiny_model_dir, tmp_path, score_cache):
+def test_a_tiny_grid_runs_resumes_and_reports(tiny_model_dir, tmp_path, score_cache, monkeypatch):
     """Two characters x two methods x one seed on the tiny random model, a small panel: every cell
-    finishes once, a rerun does nothing, and the table, report and Compare view come out."""
-    from sarft_core.cli import main
-    from sarft_core.reproduce import Grid, ReproduceConfig, grid_view, plan_cells
+    finishes once, a rerun does nothing, and the table, report and Compare page come out."""
+    from streamlit.testing.v1 import AppTest
 
-    out = tmp_path / "grid"
+    from sarft_core.cli import main
+    from sarft_core.reproduce import grid_view
+
+    monkeypatch.setenv("SARFT_WORKSPACE", str(tmp_path / "ws"))
+    monkeypatch.setenv("SARFT_MODEL", str(tiny_model_dir))
+    out = tmp_path / "ws" / "runs" / "grid"
     argv = ["reproduce", "--out", str(out), "--villains", "Freddy Krueger", "--benevolent", "Po", "--methods", "sft,sarft",
             "--seeds", "0", "--model", str(tiny_model_dir), "--threads", "1",
             "--train-json", json.dumps({"epochs": 1, "batch_size": 8, "lora_r": 4, "lora_alpha": 8, "max_steps": 2}),
@@ -70,3 +75,11 @@ def test_a_tiny_grid_runs_resumes_and_reports(tiny_model_dir, tmp_path, score_ca
     view = grid_view(out)
     assert list(view["side_by_side"].columns) == ["metric", "Base", "SFT", "SaRFT"]
     assert main(argv[:-1] + [json.dumps({"advbench": 5})]) == 2  # other settings: refused, nothing touched
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app" / "main.py"), default_timeout=120)
+    at.run()
+    at.switch_page("../pages/compare.py")
+    at.run()
+    assert not at.exception, at.exception
+    shown = [df.value for df in at.dataframe]
+    assert any(list(d.columns) == ["metric", "Base", "SFT", "SaRFT"] for d in shown)
+    assert len(at.get("plotly_chart")) >= 3  # two Pareto views and the villains-vs-heroes bars

@@ -123,7 +123,7 @@ def run_panel(lm, cfg: PanelConfig, role: str | None = None, progress: Callable[
         say("rolebench")
         items = rouge_items or ds.load_rolebench(ds.resolve_data_file("rolebench_spe", None, cfg.data_dir), role, "spe", cfg.rolebench)
         responses = generate(lm, [i.prompt for i in items], GenerationConfig(max_new_tokens=cfg.rouge_tokens, batch_size=cfg.batch_size))
-        scores = [100.0 * rouge_l(r, i.references) for r, i in zip(responses, items)]
+        scores = [rouge_l(r, i.references) for r, i in zip(responses, items)]
         for it, r, s in zip(items, responses, scores):
             rows.append({"metric": "rouge_l", "id": it.id, "group": "spe", "prompt": it.prompt, "response": r, "label": "", "score": s})
         out["rouge_l"] = mean_with_ci(scores)
