@@ -84,38 +84,20 @@ def _dir_fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def convert_gguf(gguf: Path, out_dir: Path) -> Path:
-    """De-quantise a GGUF file once into a safetensors directory (idempotent, process-safe)."""
+def build_model_dir(out_dir: Path, build, source: dict) -> Path:
+    """Make a cached model directory once (idempotent, process-safe): ``build(tmp)`` writes the
+    model into a temporary folder beside ``out_dir``, which then replaces it in one rename; the
+    ``.converted`` marker, written last, says the directory is whole."""
     done_marker = out_dir / ".converted"
     if done_marker.exists():
         return out_dir
     with locked(out_dir.parent / (out_dir.name + ".lock")):
         if done_marker.exists():
             return out_dir
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
         tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp", dir=out_dir.parent))
         try:
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-                quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-                config = quantised.config
-                if hasattr(config, "quantization_config"):
-                    del config.quantization_config
-                config = AutoConfig.for_model(**config.to_dict())
-                fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-                fresh.load_state_dict(quantised.state_dict(), strict=True)
-            except (SarftError, MemoryError, KeyboardInterrupt):
-                raise
-            except Exception as exc:  # the gguf reader fails in many ways on a damaged file: all mean the same
-                raise SarftError(
-                    f"could not read {gguf} as a GGUF model ({_first_line(exc)})",
-                    "the file is damaged, truncated or of an architecture transformers cannot read: download it again, or give a model directory",
-                ) from None
-            fresh.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            (tmp / ".converted").write_text(json.dumps({"source": str(gguf)}))
+            build(tmp)
+            (tmp / ".converted").write_text(json.dumps(source))
             if out_dir.exists():
                 shutil.rmtree(out_dir)
             os.replace(tmp, out_dir)
@@ -123,6 +105,35 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> Path:
+    """De-quantise a GGUF file once into a safetensors directory."""
+
+    def build(tmp: Path) -> None:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            config = quantised.config
+            if hasattr(config, "quantization_config"):
+                del config.quantization_config
+            config = AutoConfig.for_model(**config.to_dict())
+            fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            fresh.load_state_dict(quantised.state_dict(), strict=True)
+        except (SarftError, MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # the gguf reader fails in many ways on a damaged file: all mean the same
+            raise SarftError(
+                f"could not read {gguf} as a GGUF model ({_first_line(exc)})",
+                "the file is damaged, truncated or of an architecture transformers cannot read: download it again, or give a model directory",
+            ) from None
+        fresh.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+    return build_model_dir(out_dir, build, {"source": str(gguf)})
 
 
 def resolve_model_dir(spec: str | None) -> tuple[str, Path | str, str]:
@@ -190,32 +201,20 @@ def resolve_aligned(adapter: Path | None = None) -> tuple[str, Path, str]:
 
 
 def merge_adapter(base_dir: Path, adapter: Path, out_dir: Path) -> Path:
-    """Merge a LoRA adapter into a copy of a base model directory (idempotent, process-safe)."""
-    done_marker = out_dir / ".converted"
-    if done_marker.exists():
-        return out_dir
-    with locked(out_dir.parent / (out_dir.name + ".lock")):
-        if done_marker.exists():
-            return out_dir
+    """Merge a LoRA adapter once into a copy of a base model directory."""
+
+    def build(tmp: Path) -> None:
         import torch
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
 
-        tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp", dir=out_dir.parent))
-        try:
-            with loading("alignment adapter", adapter):
-                base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, use_safetensors=True)
-                merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-            merged.save_pretrained(tmp, safe_serialization=True)
-            load_tokenizer(base_dir).save_pretrained(tmp)
-            (tmp / ".converted").write_text(json.dumps({"base": str(base_dir), "adapter": str(adapter)}))
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            os.replace(tmp, out_dir)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+        with loading("alignment adapter", adapter):
+            base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, use_safetensors=True)
+            merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+        merged.save_pretrained(tmp, safe_serialization=True)
+        load_tokenizer(base_dir).save_pretrained(tmp)
+
+    return build_model_dir(out_dir, build, {"base": str(base_dir), "adapter": str(adapter)})
 
 
 @contextlib.contextmanager
