@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Callable
 
 from sarft_core.errors import SarftError
-from sarft_core.validation import number, require_finite_scores, validate_numbers
+from sarft_core.validation import number, validate_numbers
 from sarft_core.store import RunDir, atomic_write_json, create_run, ensure_dir, read_json, read_json_object
 
 SCREEN, FULL = "screen", "full"
@@ -263,7 +263,6 @@ def score_step(ctx: RoleContext) -> dict:
     finally:
         if bar is not None:
             bar.close()
-    require_finite_scores(result.rows, f"RDS scoring of {ctx.role}")
     frame = result.frame()
     write_table(frame, ctx.work_dir / "scores.parquet")
     margin = (frame["logp_unsafe"] - frame["logp_role"]).astype(float)  # = s_unsafe - s_role

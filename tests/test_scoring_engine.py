@@ -173,3 +173,18 @@ def test_fast_mode_on_models_without_the_packed_path(tiny_lm, demo_profiles, dem
     fast = score_role(tiny_lm, samples, profile, ScoreOptions(fast=True, recheck_band=10.0), use_cache=False)
     assert fast.stats["rechecked"] == 6 and (fast.frame().harmful == exact.harmful).all()
     assert next(tiny_lm._bf16_twin.parameters()).dtype == torch.bfloat16
+
+
+def test_score_role_itself_refuses_non_finite_scores(tiny_model_dir, demo_profiles, demo_samples, score_cache):
+    """The check sits in score_role, so every caller (CLI, training, survey, the dashboard's
+    in-process scoring) gets it: a broken model is never reported as '0 flagged'."""
+    import torch
+
+    from sarft_core.errors import SarftError
+    from sarft_core.models import load_model
+
+    lm = load_model(str(tiny_model_dir), dtype="float32", device="cpu")
+    with torch.no_grad():
+        lm.model.model.norm.weight.fill_(float("nan"))
+    with pytest.raises(SarftError, match="non-finite"):
+        score_role(lm, demo_samples[:3], demo_profiles["Baron Vex Morrow"])

@@ -43,7 +43,6 @@ def run(args) -> int:
     from sarft_core.store import atomic_write_text, write_table
 
     from sarft_core.models import check_device
-    from sarft_core.validation import require_finite_scores
 
     out = Path(args.out).expanduser()
     if out.suffix.lower() not in (".jsonl", ".parquet", ".csv"):
@@ -77,7 +76,6 @@ def run(args) -> int:
         bar.close()
     if not main_process:
         return 0
-    require_finite_scores(result.rows, f"scoring {profile.name}")
     write_table(result.frame(), out)
     if args.with_tokens:
         lines = []

@@ -392,4 +392,9 @@ def _assemble(samples, done, systems, options, stats) -> ScoreResult:
     n = len(rows)
     stats = dict(stats, flagged=sum(r["harmful"] for r in rows), flagged_fraction=(sum(r["harmful"] for r in rows) / n) if n else 0.0)
     stats["samples_per_s"] = stats["scored"] / stats["seconds"] if stats["seconds"] > 0 and stats["scored"] else None
+    from sarft_core.validation import require_finite_scores
+
+    # the one check for every caller (CLI, training's D_h, the survey, the dashboard): a NaN
+    # margin is never flagged, so non-finite scores would read as "0 flagged"
+    require_finite_scores(rows, f"RDS scoring of {profile.name}")
     return ScoreResult(rows=rows, token_logps=tokens, answer_ids=answers, stats=stats)

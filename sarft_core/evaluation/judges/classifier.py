@@ -61,11 +61,12 @@ class ClassifierJudge(Judge):
         if self._model is None:
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(str(self.path))
-            from sarft_core.models import require_safetensors
+            from sarft_core.models import loading, require_safetensors
 
             require_safetensors(Path(self.path), "classifier")
-            self._model = AutoModelForSequenceClassification.from_pretrained(str(self.path), use_safetensors=True).to(self.device).eval()
+            with loading("classifier", self.path):
+                self._tokenizer = AutoTokenizer.from_pretrained(str(self.path))
+                self._model = AutoModelForSequenceClassification.from_pretrained(str(self.path), use_safetensors=True).to(self.device).eval()
             if self._tokenizer.pad_token is None:
                 self._tokenizer.pad_token = self._tokenizer.eos_token
             if self._model.config.pad_token_id is None:
