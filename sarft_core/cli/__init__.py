@@ -30,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse has printed the usage and what is wrong (--help: 0)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         result = args.func(args)
     except SarftError as err:

@@ -361,7 +361,7 @@ def score_role(
         load_cached()
     if progress:
         progress(total, total)
-    return _assemble(samples, done, systems, options, stats={
+    result = _assemble(samples, done, systems, options, stats={
         "samples": total, "from_cache": from_cache, "scored": fresh, "seconds": time.time() - started,
         "rechecked": sum(1 for s in samples if done[_sample_key(s)].get("rechecked")),
         "path": first_plan.label + (f", exact after {switched_after} samples (re-checked {rechecked}/{screened})" if switched_after is not None else ""),
@@ -370,6 +370,12 @@ def score_role(
         "answer_truncated": sum(1 for s in samples if done[_sample_key(s)].get("answer_truncated")),
         "cache_dir": str(cache_dir),
     })
+    from sarft_core.validation import require_finite_scores
+
+    # the one check for every caller (CLI, training's D_h, the survey, the dashboard): a NaN
+    # margin is never flagged, so non-finite scores would read as "0 flagged"
+    require_finite_scores(result.rows, f"RDS scoring of {profile.name}")
+    return result
 
 
 def _assemble(samples, done, systems, options, stats) -> ScoreResult:
@@ -392,9 +398,4 @@ def _assemble(samples, done, systems, options, stats) -> ScoreResult:
     n = len(rows)
     stats = dict(stats, flagged=sum(r["harmful"] for r in rows), flagged_fraction=(sum(r["harmful"] for r in rows) / n) if n else 0.0)
     stats["samples_per_s"] = stats["scored"] / stats["seconds"] if stats["seconds"] > 0 and stats["scored"] else None
-    from sarft_core.validation import require_finite_scores
-
-    # the one check for every caller (CLI, training's D_h, the survey, the dashboard): a NaN
-    # margin is never flagged, so non-finite scores would read as "0 flagged"
-    require_finite_scores(rows, f"RDS scoring of {profile.name}")
     return ScoreResult(rows=rows, token_logps=tokens, answer_ids=answers, stats=stats)
