@@ -1,4 +1,4 @@
-"""End to end in a real headless Chromium: `python -m sarft_core app` on loopback, the embedded model.
+"""End to end in a real headless Chromium: `python -m sarft_core app` on loopback, the default (aligned) embedded model.
 
 Screenshots are saved as artifacts in $SARFT_SCREENSHOT_DIR (default: artifacts/screenshots/,
 git-ignored); docs/screenshots/ holds the copies shown in the README
@@ -79,7 +79,7 @@ def test_pick_role_score_and_open_a_flagged_sample(server, shots):
         page.set_default_timeout(120_000)
         page.goto(server)
         expect(page.get_by_text("SaRFT Studio: safety audits for role-play fine-tuning")).to_be_visible()
-        expect(page.get_by_text("embedded:smollm2-135m-instruct")).to_be_visible()
+        expect(page.get_by_text("embedded-aligned (default", exact=False)).to_be_visible()
         wait_idle(page)
 
         # pick a demo role in the sidebar
