@@ -205,7 +205,7 @@ def open_grid(path: str | Path, cfg: ReproduceConfig) -> Grid:
             raise SarftError(f"{path} holds a grid made with other settings ({', '.join(changed)})",
                              "use another --out for the new settings, or repeat the original ones to resume")
         roles = list(dict.fromkeys(old.get("villains", []) + old.get("benevolent", [])))
-        if roles and roles != cfg.roles or old.get("seeds") != cfg.seeds:
+        if (roles and roles != cfg.roles) or old.get("seeds") != cfg.seeds:
             cfg.villains = list(dict.fromkeys(old.get("villains", []) + cfg.villains))
             cfg.benevolent = list(dict.fromkeys(old.get("benevolent", []) + cfg.benevolent))
             cfg.seeds = list(dict.fromkeys(old.get("seeds", []) + cfg.seeds))

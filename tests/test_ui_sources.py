@@ -33,3 +33,15 @@ def test_run_labels_show_lambda_from_the_config_training_writes(tmp_path):
     assert "λ=0.7" in run_label(old)  # runs written before the top-level key
     sft = create_run("train", run_config(TrainConfig(method="sft", role="John Doe", lam=0.7)), path=tmp_path / "sft")
     assert "λ" not in run_label(sft)
+
+
+def test_overview_shows_the_aligned_models_measured_figures(tmp_path, monkeypatch, tiny_model_dir):
+    monkeypatch.setenv("SARFT_WORKSPACE", str(tmp_path / "ws"))
+    monkeypatch.setenv("SARFT_MODEL", str(tiny_model_dir))
+    at = AppTest.from_file(MAIN, default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    tables = [df.value for df in at.dataframe]
+    figures = next(t for t in tables if "embedded-aligned" in t.columns)
+    assert "refusal, AdvBench held-out" in set(figures["metric"])
+    assert 0.0 <= figures["embedded-aligned"].min() and figures.shape[0] >= 6
