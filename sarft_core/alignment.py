@@ -234,17 +234,18 @@ def align(cfg: AlignConfig, out: str | Path, data_dir: str | Path | None = None,
 
     cfg.validate()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     paths = data_paths(cfg, data_dir)
     mix = build_mix(cfg, paths)
     _check_no_leak([p for p, _ in mix.harmful] + mix.benign, held_out_prompts(data_dir))
+    lm = load_model(base_model, dtype="float32", device="cpu")  # a bad --model fails before anything is written
+    out.mkdir(parents=True, exist_ok=True)
     log(f"alignment mix: {len(mix.harmful)} harmful prompts with refusals, {len(mix.benign)} benign prompts to distil (seed {cfg.seed})")
     started = time.time()
-    lm = load_model(base_model, dtype="float32", device="cpu")
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(mix.benign), desc="self-distillation", unit="prompt")
-    answers = distill(lm, mix.benign, cfg.distill_tokens, out / "distilled.jsonl",
+    work = out / ".align-work"  # the distilled answers (resumable) and the Trainer's scratch space
+    answers = distill(lm, mix.benign, cfg.distill_tokens, work / "distilled.jsonl",
                       progress=lambda done, total: (bar.update(done - bar.n)))
     bar.close()
     benign = [(p, answers[p]) for p in mix.benign if answers.get(p)]
@@ -264,7 +265,7 @@ def align(cfg: AlignConfig, out: str | Path, data_dir: str | Path | None = None,
     examples = build_examples(lm.tokenizer, samples, {}, 512, cfg.max_answer_tokens)
     total_steps = math.ceil(math.ceil(len(examples) / cfg.batch_size) / cfg.grad_accum * cfg.epochs)
     args = TrainingArguments(
-        output_dir=str(out / "checkpoints"), per_device_train_batch_size=cfg.batch_size,
+        output_dir=str(work / "checkpoints"), per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=cfg.epochs, learning_rate=cfg.lr,
         lr_scheduler_type="cosine", warmup_steps=max(1, int(0.05 * total_steps)), weight_decay=0.0, logging_steps=10,
         save_strategy="no", report_to="none", seed=cfg.seed, use_cpu=True, remove_unused_columns=False, bf16=cfg.bf16,

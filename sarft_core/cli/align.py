@@ -13,7 +13,8 @@ def register(subparsers) -> None:
         "align", help="fine-tune the embedded SmolLM2 to refuse harmful requests (the adapter behind --model embedded-aligned)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--out", default=str(ALIGN_DIR), help="where adapter/ and manifest.json go (the default replaces the shipped adapter)")
+    p.add_argument("--out", required=True, help=f"where adapter/ and manifest.json go ({ALIGN_DIR.relative_to(ALIGN_DIR.parents[1])} replaces the shipped adapter)")
+    p.add_argument("--model", default="embedded", help="the base model to align (default: raw SmolLM2, `embedded`)")
     p.add_argument("--data-dir", default=None, help="folder with safety/advbench_harmful_behaviors.csv and rolebench/ (default: $SARFT_DATA_DIR or ../shared/data)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--epochs", type=float, default=d.epochs)
@@ -33,7 +34,7 @@ def run(args) -> int:
     cfg = AlignConfig(seed=args.seed, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
                       lora_r=args.lora_r, lora_alpha=args.lora_alpha, benign_general=args.benign_general,
                       distill_tokens=args.distill_tokens)
-    manifest = align(cfg, args.out, data_dir=args.data_dir, log=lambda m: print(m, file=sys.stderr, flush=True))
+    manifest = align(cfg, args.out, data_dir=args.data_dir, base_model=args.model, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(f"aligned adapter written to {args.out}/adapter ({manifest['training']['steps']} steps); "
           "measure it with: python bench/bench_aligned.py")
     return 0
