@@ -249,11 +249,9 @@ def run_label(run: RunDir) -> str:
 
 
 def run_lambda(run: RunDir) -> float | None:
-    cfg = run.config()
-    if cfg.get("lambda") is not None:
-        return cfg["lambda"]
-    train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
-    return train.get("lam", train.get("lambda"))
+    from sarft_core.runview import run_lambda as from_config
+
+    return from_config(run.config())
 
 
 # --- role profile ---------------------------------------------------------------------------------

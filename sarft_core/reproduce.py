@@ -356,19 +356,18 @@ def table(results: list[dict], cfg: ReproduceConfig, n_boot: int = 2000):
     return pd.DataFrame(rows)
 
 
+def format_ci(v: float, lo: float, hi: float, pct: bool) -> str:
+    """``value [low, high]``: rates in percent with one decimal, other numbers with two."""
+    if v != v:
+        return "–"
+    return f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" if pct else f"{v:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
 def markdown_table(df, group: str = "all") -> str:
     head = "| method | " + " | ".join(title for title, _ in COLUMNS.values()) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
     for _, r in df[df.group == group].iterrows():
-        cells = []
-        for metric, (_, pct) in COLUMNS.items():
-            v, lo, hi = r[metric], r[f"{metric}_lo"], r[f"{metric}_hi"]
-            if v != v:
-                cells.append("–")
-            elif pct:
-                cells.append(f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]")
-            else:
-                cells.append(f"{v:.2f} [{lo:.2f}, {hi:.2f}]")
+        cells = [format_ci(r[m], r[f"{m}_lo"], r[f"{m}_hi"], pct) for m, (_, pct) in COLUMNS.items()]
         lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -438,11 +437,7 @@ def grid_view(path: Path) -> dict:
         row = {"metric": title}
         for method in ("Base", "SFT", "SaRFT"):
             r = df[(df.group == "all") & (df.method == method)]
-            if r.empty or r.iloc[0][metric] != r.iloc[0][metric]:
-                row[method] = "–"
-                continue
-            v, lo, hi = (r.iloc[0][metric + s] for s in ("", "_lo", "_hi"))
-            row[method] = f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" if pct else f"{v:.2f} [{lo:.2f}, {hi:.2f}]"
+            row[method] = "–" if r.empty else format_ci(*(r.iloc[0][metric + s] for s in ("", "_lo", "_hi")), pct)
         side.append(row)
     contrasts = read_json(path / "contrasts.json") or {}
     lines = [f"- SaRFT − {k.split('/')[0].split('-', 1)[1].upper()} on {k.split('/')[1]}: {v['mean']:+.3f} "

@@ -28,6 +28,17 @@ def _isolated_home(tmp_path_factory):
     yield
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Modules that start many small CPU jobs run them on one torch thread (then restore it)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def score_cache(tmp_path, monkeypatch):
     """A private score cache for one test (the converted model stays shared)."""

@@ -7,7 +7,6 @@ import socket
 
 import pandas as pd
 import pytest
-import torch
 
 from tests.conftest import SHARED_DATA
 from sarft_core.cli import main
@@ -15,12 +14,7 @@ from sarft_core.evaluation.results import load_metrics
 from sarft_core.store import read_json, read_jsonl
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _eval(model_dir, out, *extra):

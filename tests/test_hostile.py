@@ -27,12 +27,7 @@ from tests.conftest import ROOT, SHARED_DATA
 ROLE = "Baron Vex Morrow"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cli(capsys, *argv) -> tuple[int, str, str]:
