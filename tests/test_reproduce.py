@@ -83,3 +83,18 @@ def test_a_tiny_grid_runs_resumes_and_reports(tiny_model_dir, tmp_path, score_ca
     shown = [df.value for df in at.dataframe]
     assert any(list(d.columns) == ["metric", "Base", "SFT", "SaRFT"] for d in shown)
     assert len(at.get("plotly_chart")) >= 3  # two Pareto views and the villains-vs-heroes bars
+
+
+@needs_data
+def test_aggregating_an_unfinished_grid_keeps_its_state(tmp_path):
+    """Regression (found by the CLI fuzz test): --aggregate-only on a grid with pending cells
+    wrote an unknown run state; now the state stays and the pending count is recorded."""
+    from sarft_core.cli import main
+    from sarft_core.store import RunDir
+
+    out = tmp_path / "grid"
+    assert main(["reproduce", "--out", str(out), "--villains", "Freddy Krueger", "--benevolent", "", "--methods", "sft",
+                 "--seeds", "0", "--aggregate-only"]) == 0
+    status = RunDir(out).status()
+    assert status["state"] == "created" and status["pending"] == 3
+    assert (out / "table.md").is_file()

@@ -111,7 +111,13 @@ def run(args) -> int:
             grid.run.set_status("failed", error=str(err).splitlines()[0] if str(err) else type(err).__name__)
             raise
     left = len(grid.pending())
-    grid.run.set_status("completed" if left == 0 else "partial", pending=left)
+    if left == 0:
+        grid.run.set_status("completed", pending=0)
+    else:  # cells held by other workers, or --aggregate-only: the run's state stays what it was
+        from sarft_core.store import STATES
+
+        state = grid.run.status().get("state")
+        grid.run.set_status(state if state in STATES else "created", pending=left)
     out = aggregate(grid)
     print(out["markdown"])
     done = len(out["cells"])
