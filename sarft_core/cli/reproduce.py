@@ -55,7 +55,7 @@ def _json_object(text: str | None, what: str) -> dict:
 def config_from_args(args):
     from sarft_core.errors import SarftError
     from sarft_core.evaluation.panel import PanelConfig
-    from sarft_core.reproduce import DEFAULT_TRAIN, ReproduceConfig
+    from sarft_core.reproduce import DEFAULT_PANEL, DEFAULT_TRAIN, ReproduceConfig
     from sarft_core.training import TrainConfig
 
     try:
@@ -67,7 +67,7 @@ def config_from_args(args):
     bad = sorted(set(train) - known)
     if bad:
         raise SarftError(f"--train-json has unknown key(s) {', '.join(bad)}", f"use keys of the train command's options: {', '.join(sorted(known))}")
-    panel = _json_object(args.panel_json, "--panel-json")
+    panel = dict(DEFAULT_PANEL, **_json_object(args.panel_json, "--panel-json"))
     bad = sorted(set(panel) - set(PanelConfig.__dataclass_fields__) - {"data_dir"})
     if bad:
         raise SarftError(f"--panel-json has unknown key(s) {', '.join(bad)}", f"use keys of {', '.join(PanelConfig.__dataclass_fields__)}")

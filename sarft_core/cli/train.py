@@ -13,7 +13,7 @@ from sarft_core.errors import SarftError
 
 
 def register(subparsers) -> None:
-    from sarft_core.training.run import METHODS, PEFT_KINDS
+    from sarft_core.training.run import ATTENTION, METHODS, PEFT_KINDS, SAMPLING
 
     p = subparsers.add_parser("train", help="fine-tune on one role: sft, sarft, random, flip, sppft, seal, biselect",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -30,6 +30,10 @@ def register(subparsers) -> None:
                    help="precision of the no-grad reference forward: the policy's own, or bf16 autocast (faster on CPUs with bf16 matmuls; the published setup trained in bf16)")
     p.add_argument("--autocast", default="auto", choices=["auto", "bf16", "off"],
                    help="mixed precision: auto = bf16 on a CUDA GPU that has it; bf16 = also on the CPU (about 2x where the CPU has bf16 matmuls)")
+    p.add_argument("--sampling", default="random", choices=SAMPLING,
+                   help="sample order: random (published) or group_by_length (shuffled batches of similar length: less padding, same samples)")
+    p.add_argument("--attention", default="auto", choices=ATTENTION,
+                   help="attention kernel while training: auto = eager on the CPU (faster backward on short sequences), sdpa on a GPU")
     p.add_argument("--normalisation", default="answer", help="answer (answer tokens only) or published (the released code's)")
     p.add_argument("--tau", type=float, default=0.0, help="flag threshold on s_unsafe - s_role")
     p.add_argument("--overrides", default=None, help="JSON {sample_id: true/false}; default: overrides.json beside the cached scores, if any")
@@ -57,7 +61,7 @@ def config_from_args(args):
         method=args.method, role=args.role or "", data=args.data, profiles=args.profiles, columns=parse_columns(args.columns),
         answer_index=args.answer_index, limit=args.limit, model=args.model or "", dtype=args.dtype, device=args.device,
         trust_remote_code=args.trust_remote_code, peft=args.peft, lam=args.lam, kl_direction=args.kl_direction, ref_dtype=args.ref_dtype, autocast=args.autocast,
-        normalisation=args.normalisation, tau=args.tau, overrides=args.overrides, seed=args.seed, epochs=args.epochs,
+        normalisation=args.normalisation, sampling=args.sampling, attention=args.attention, tau=args.tau, overrides=args.overrides, seed=args.seed, epochs=args.epochs,
         lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, max_steps=args.max_steps,
         save_steps=args.save_steps, lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
         lora_targets=[t.strip() for t in args.lora_targets.split(",") if t.strip()], freeze_layers=args.freeze_layers,

@@ -42,6 +42,7 @@ class PanelConfig:
     rolebench: int = 20  # RoleBench questions of the role (0 or no role: skip)
     judge: str = "keyword"  # any registered judge (sarft_core.evaluation.judges); saved rows can be re-judged by others
     max_new_tokens: int = 48
+    dtype: str = "float32"  # the precision a caller loads the model in for the panel (bf16: about 1.9x faster on CPUs with bf16 matmuls)
     rouge_tokens: int = 96
     batch_size: int = 32
     data_dir: str | None = None
