@@ -89,22 +89,25 @@ def _adapter(run: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_torchrun_training_matches_one_process(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("normalisation", ["published", "answer"])
+def test_torchrun_training_matches_one_process(tmp_path, tiny_model_dir, normalisation):
     """Two processes x micro-batch 2 x accumulation 2 = one process x 4 x 2: the same 8 samples
     per optimizer step (both log the same D_h rows per step), the same step count for one epoch
     (a world that did not form would run 4 steps), losses within 1e-5 relative, LoRA weights
     within 1e-4 relative (Frobenius, per tensor; float32 summation order only: measured ~1e-6).
     The per-row ("published") normalisation weighs every sample alike however rows are split;
-    the default ("answer") one averages over the tokens of each process's micro-batch, so a
-    split changes the weighting (losses then agree to ~1e-4, the weights only roughly)."""
+    the default ("answer") one divides by the answer tokens of the whole step, summed over the
+    processes and micro-batches, so a split changes nothing there either. The logged KL is a
+    difference of two entropy-sized float32 terms (~10 here), so it agrees to ~1e-6 absolute."""
     common = ["train", "--method", "sarft", "--role", "Baron Vex Morrow", "--model", str(tiny_model_dir), "--limit", "16",
-              "--epochs", "1", "--grad-accum", "2", "--lr", "1e-3", "--normalisation", "published", "--seed", "0"]
+              "--epochs", "1", "--grad-accum", "2", "--lr", "1e-3", "--normalisation", normalisation, "--seed", "0"]
     one = subprocess.run([sys.executable, "-m", "sarft_core", *common, "--batch-size", "4", "--out", str(tmp_path / "one")],
                          cwd=ROOT, env=_env(tmp_path / "home1"), capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run([str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "sarft_core", *common, "--batch-size", "2",
                           "--out", str(tmp_path / "two")],
-                         cwd=ROOT, env=_env(tmp_path / "home2", ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=300)
+                         cwd=ROOT, env=_env(tmp_path / "home2", **({"ACCELERATE_USE_CPU": "1"} if normalisation == "published" else {})),
+                         capture_output=True, text=True, timeout=300)  # "answer": a bare torchrun on the CPU, no accelerate variable
     assert two.returncode == 0, two.stderr[-2000:]
     status = [json.loads((tmp_path / r / "status.json").read_text()) for r in ("one", "two")]
     assert [s["state"] for s in status] == ["completed", "completed"] and status[0]["step"] == status[1]["step"] == 2
@@ -112,7 +115,7 @@ def test_torchrun_training_matches_one_process(tmp_path, tiny_model_dir):
     assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == [1, 2]
     assert [r["harmful_in_batch"] for r in logs[0]] == [r["harmful_in_batch"] for r in logs[1]]
     for a, b in zip(*logs):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5) and b["kl"] == pytest.approx(a["kl"], rel=1e-3, abs=1e-7)
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5) and b["kl"] == pytest.approx(a["kl"], rel=1e-3, abs=5e-6)
     wa, wb = _adapter(tmp_path / "one"), _adapter(tmp_path / "two")
     assert wa.keys() == wb.keys() and len(wa) == 8
     for k in wa:

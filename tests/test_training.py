@@ -235,6 +235,28 @@ def test_checkpoint_trigger_file(tiny_model_dir, tmp_path):
     assert not (out / CHECKPOINT_TRIGGER).exists()
 
 
+def test_answer_normalisation_is_one_token_mean_however_the_step_is_split(tiny_model_dir, tmp_path):
+    """4 rows in one micro-batch = 2 micro-batches of 2 accumulated: the step's CE is the mean over
+    all its answer tokens and the KL's divisor is all its rows, so the loss logs and the LoRA
+    weights agree (float32 summation order only). Before the fix each micro-batch was its own
+    token mean, which weighs the tokens of short answers more when rows are split. The logged KL
+    is a difference of two entropy-sized float32 terms (~10 here): it agrees to ~1e-6 absolute."""
+    from safetensors.torch import load_file
+
+    runs = {}
+    for name, (bs, ga) in {"whole": (4, 1), "split": (2, 2)}.items():
+        cfg = small_config(tiny_model_dir, method="sarft", limit=8, batch_size=bs, grad_accum=ga, max_steps=2, lr=1e-2, lam=1.0)
+        assert train(cfg, tmp_path / name, log=quiet)["state"] == "completed"
+        runs[name] = (RunDir(tmp_path / name).logs(), load_file(str(tmp_path / name / "artifacts" / "adapter" / "adapter_model.safetensors")))
+    (la, wa), (lb, wb) = runs["whole"], runs["split"]
+    assert [r["harmful_in_batch"] for r in la] == [r["harmful_in_batch"] for r in lb] and sum(r["harmful_in_batch"] for r in la) > 0
+    for a, b in zip(la, lb):
+        assert b["ce"] == pytest.approx(a["ce"], rel=1e-5) and b["kl"] == pytest.approx(a["kl"], rel=1e-3, abs=5e-6)
+    rel = {k: float((wa[k] - wb[k]).norm() / wa[k].norm().clamp(min=1e-12)) for k in wa}
+    print("max relative weight difference", max(rel.values()))
+    assert max(rel.values()) < 1e-4, rel
+
+
 def test_trained_adapter_loads_as_a_model(tiny_model_dir, tmp_path):
     from sarft_core.models import load_model
 

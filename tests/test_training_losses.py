@@ -55,6 +55,9 @@ def test_ce_loss_normalisations():
     assert losses.ce_loss(token_ce, answer, nonpad, "published").item() == pytest.approx(expected, rel=1e-4)
     with pytest.raises(ValueError):
         losses.ce_loss(token_ce, answer, None, "published")
+    # a part of a step: its share of the step's token mean; the parts add up to that mean
+    parts = [losses.ce_loss(token_ce[i:i + 1], answer[i:i + 1], total_tokens=4).item() for i in range(2)]
+    assert parts == pytest.approx([6 / 4, 2 / 4]) and sum(parts) == pytest.approx(losses.ce_loss(token_ce, answer).item())
 
 
 def test_rbo_loss_combines_and_rejects_negative_lambda():

@@ -5,9 +5,11 @@ distribution that predicts ``targets[b, t]``; masks are 1 where a position count
 
 Two normalisations are offered:
 
-- ``answer`` (our default): the CE is the mean over every answer token of the batch; the KL is
-  taken at the answer positions only, averaged per sequence, then summed over the D_h rows and
-  divided by the number of rows in the batch (rows outside D_h count as zero, as published).
+- ``answer`` (our default): the CE is the mean over every answer token of the optimizer step's
+  batch (all accumulation steps and all processes: the trainer passes the step's totals, so a
+  split over devices or micro-batches does not change the weighting); the KL is taken at the
+  answer positions only, averaged per sequence, then summed over the D_h rows and divided by the
+  number of rows in the step's batch (rows outside D_h count as zero, as published).
 - ``published``: exactly what the released trainer computes: each row's CE summed over its
   answer tokens and divided by its number of non-pad tokens (prompt included), then averaged
   over the batch; the KL averaged over every non-pad position (prompt and answer) of the row,
@@ -94,14 +96,19 @@ def sequence_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
 
 
-def ce_loss(token_ce: torch.Tensor, answer_mask: torch.Tensor, nonpad_count: torch.Tensor | None = None, normalisation: str = "answer") -> torch.Tensor:
+def ce_loss(token_ce: torch.Tensor, answer_mask: torch.Tensor, nonpad_count: torch.Tensor | None = None, normalisation: str = "answer",
+            total_tokens: float | None = None) -> torch.Tensor:
     """Cross-entropy of the answer tokens.
 
-    ``answer``: sum over all answer tokens / number of answer tokens in the batch.
+    ``answer``: sum over all answer tokens / number of answer tokens in the batch, or
+    ``total_tokens`` when given (the answer tokens of the whole optimizer step, of which this
+    batch is a part: the parts then add up to the step's mean).
     ``published``: per row, sum over its answer tokens / its non-pad token count; batch mean.
     """
     if normalisation == "answer":
         mask = answer_mask.to(token_ce.dtype)
+        if total_tokens is not None:
+            return (token_ce * mask).sum() / max(float(total_tokens), 1.0)
         return (token_ce * mask).sum() / mask.sum().clamp(min=1.0)
     if normalisation == "published":
         if nonpad_count is None:
@@ -116,7 +123,8 @@ def kl_loss(token_kl_h: torch.Tensor, mask_h: torch.Tensor, batch_rows: int) -> 
 
     Each D_h row's KL is averaged over its masked positions; the sum over D_h rows is divided by
     the number of rows of the whole batch (the released code multiplies by a 0/1 flag and takes
-    the batch mean, which is the same). With no D_h row the term is exactly 0.
+    the batch mean, which is the same), or of the whole optimizer step when the batch is a part
+    of it. With no D_h row the term is exactly 0.
     """
     if batch_rows <= 0:
         raise ValueError("batch_rows must be positive")

@@ -162,7 +162,8 @@ def check_launch_environment() -> None:
         world = int(env.get("WORLD_SIZE", "1"))
     except ValueError:
         world = 1
-    if world > 1 and not truthy(env.get("ACCELERATE_USE_CPU", "")):
+    by_accelerate = any(k.startswith("ACCELERATE_") for k in env)  # a bare torchrun sets none of them
+    if world > 1 and by_accelerate and not truthy(env.get("ACCELERATE_USE_CPU", "")):
         wants_gpu = True  # the multi-GPU launcher (multi_gpu_ddp.yaml) sets no use_cpu flag
     if wants_gpu:
         raise SarftError(

@@ -101,7 +101,11 @@ class SarftTrainer(Trainer):
         self.ref_model = ref_model
         # our loss is a per-micro-batch mean: let the Trainer divide it by the accumulation steps
         self.model_accepts_loss_kwargs = False
-        self.step_stats = _StepStats()
+        # "answer": each micro-batch's loss is its share of the step's token mean (divided by the
+        # step's totals over accumulation and processes), so the Trainer must not divide it again
+        self.loss_is_scaled_for_ga = True if normalisation == "answer" else None
+        self._step_totals: tuple[float, float] | None = None
+        self.step_stats = _StepStats(summed=normalisation == "answer")
         self._logits_to_keep_ok = True
         if ref_model is not None:
             if self.is_fsdp_enabled or self.is_deepspeed_enabled:
@@ -109,6 +113,14 @@ class SarftTrainer(Trainer):
             else:
                 self.ref_model = ref_model.to(self.args.device)
             self.ref_model.eval()
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The step's micro-batches; for the "answer" normalisation also the step's answer-token
+        and row totals, summed over the processes (one all-reduce per optimizer step)."""
+        batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.normalisation == "answer" and batch_samples:
+            self._step_totals = step_totals(batch_samples, self.accelerator, device)
+        return batch_samples, num_items
 
     def _logits(self, model, ids, mask, keep):
         if keep is not None and self._logits_to_keep_ok:
@@ -152,14 +164,20 @@ class SarftTrainer(Trainer):
         logits = self._logits(model, ids, mask, keep)
         logp = torch.log_softmax(logits.float(), dim=-1)
         del logits  # log_softmax's backward needs only its output
-        ce = ce_loss(token_nll(logp, targets), answer_mask, mask.sum(1), self.normalisation)
+        # "answer" in training: normalised by the step's totals, times the number of processes
+        # (DDP averages their gradients), so the step's loss is one token mean however it is split
+        totals = self._step_totals if (self.normalisation == "answer" and model.training) else None
+        world = self.accelerator.num_processes if totals is not None else 1
+        ce = ce_loss(token_nll(logp, targets), answer_mask, mask.sum(1), self.normalisation,
+                     total_tokens=totals[0] / world if totals is not None else None)
         if use_kl:
             kl_mask = mask[h] if self.normalisation == "published" else answer_mask[h]
-            kl = kl_loss(token_kl_from_logp(logp[h], reference), kl_mask, rows)
+            kl = kl_loss(token_kl_from_logp(logp[h], reference), kl_mask, totals[1] / world if totals is not None else rows)
         else:
             kl = ce.new_zeros(())
         loss = rbo_loss(ce, kl, self.lam)
-        self.step_stats.add(loss.detach(), ce.detach(), kl.detach(), n_h, int(mask.sum()))
+        share = 1.0 / world if totals is not None else None
+        self.step_stats.add(loss.detach(), ce.detach(), kl.detach(), n_h, int(mask.sum()), share=share)
         return (loss, {"logp": logp}) if return_outputs else loss
 
 
@@ -167,8 +185,22 @@ class NonFiniteLoss(SarftError):
     """The loss of a micro-batch is NaN or inf: stop the run as failed, never save its weights."""
 
 
+def step_totals(batch_samples: list[dict], accelerator, device) -> tuple[float, float]:
+    """(answer tokens, rows) of one optimizer step's micro-batches, summed over the processes.
+
+    An answer token is a position whose target is an answer token: ``length - prompt_len`` per
+    row, the count ``answer_targets`` marks (padding and prompt excluded)."""
+    tokens = sum(float((b["lengths"] - b["prompt_lens"]).clamp(min=0).sum()) for b in batch_samples)
+    rows = sum(float(b["input_ids"].shape[0]) for b in batch_samples)
+    counts = torch.tensor([tokens, rows], dtype=torch.float64, device=device)
+    if accelerator.num_processes > 1:
+        counts = accelerator.reduce(counts, reduction="sum")
+    return float(counts[0]), float(counts[1])
+
+
 @dataclass
 class _StepStats:
+    summed: bool = False  # values are shares of the step's value (add up), not micro-batch means
     loss: float = 0.0
     ce: float = 0.0
     kl: float = 0.0
@@ -176,10 +208,11 @@ class _StepStats:
     tokens: int = 0
     micro: int = 0
 
-    def add(self, loss, ce, kl, harmful, tokens):
-        self.loss += float(loss)
-        self.ce += float(ce)
-        self.kl += float(kl)
+    def add(self, loss, ce, kl, harmful, tokens, share: float | None = None):
+        w = 1.0 if share is None else share
+        self.loss += w * float(loss)
+        self.ce += w * float(ce)
+        self.kl += w * float(kl)
         self.harmful += harmful
         self.tokens += tokens
         self.micro += 1
@@ -192,8 +225,9 @@ class _StepStats:
             torch.distributed.all_reduce(values)
             values = values.cpu()
         loss, ce, kl, harmful, tokens, micro = values.tolist()
-        self.__init__()
-        micro = max(micro, 1)
+        summed = self.summed
+        self.__init__(summed=summed)
+        micro = 1 if summed else max(micro, 1)
         return {"loss": loss / micro, "ce": ce / micro, "kl": kl / micro, "harmful_in_batch": int(harmful), "tokens": int(tokens)}
 
 
