@@ -462,3 +462,15 @@ def test_script_in_a_run_name_role_and_section_intro_comes_out_escaped(tmp_path)
     assert "sft-&lt;script&gt;alert(7)" in intro and "sarft-&lt;script&gt;alert(7)" in intro
     assert "&amp;lt;" not in text  # escaped once, not twice
     assert "Role &lt;script&gt;alert(1)&lt;/script&gt;" in text  # the role, in the profile card and the title
+
+
+def test_every_template_is_packaged():
+    """The wheel carries the templates and their CSS: each file in sarft_core/templates matches a
+    package-data pattern of pyproject.toml (a missing one would only fail once installed)."""
+    import fnmatch
+    import tomllib
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["sarft_core"]
+    files = sorted(p.relative_to(ROOT / "sarft_core").as_posix() for p in (ROOT / "sarft_core" / "templates").iterdir() if p.is_file())
+    assert {"templates/report.html.j2", "templates/report.css"} <= set(files)
+    assert [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)] == []
