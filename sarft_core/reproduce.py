@@ -18,7 +18,6 @@ that claim cells with file locks.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from sarft_core.errors import SarftError
-from sarft_core.store import atomic_write_json, atomic_write_text, create_run, read_json
+from sarft_core.store import atomic_write_json, atomic_write_text, create_run, file_lock, read_json
 
 VILLAINS = ["Freddy Krueger", "Jigsaw", "Dr. Hannibal Lecter"]
 BENEVOLENT = ["Stephen Hawking", "Po", "Abraham Lincoln"]
@@ -222,14 +221,7 @@ def open_grid(path: str | Path, cfg: ReproduceConfig) -> Grid:
 
 def _claim(grid: Grid, cell: Cell):
     """A held, non-blocking lock on the cell (None when another worker has it)."""
-    grid.cells_dir.mkdir(parents=True, exist_ok=True)
-    fh = open(grid.cells_dir / f"{cell.name}.lock", "a")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        return None
-    return fh
+    return file_lock(grid.cells_dir / f"{cell.name}.lock", wait=False)
 
 
 def _panel_values(res: dict) -> dict:
@@ -323,7 +315,7 @@ def run_pending(grid: Grid, log: Callable[[str], None] = print, progress: Callab
             if progress:
                 progress(i + 1, len(cells), cell.name)
         finally:
-            lock.close()
+            lock.release()
     return done
 
 

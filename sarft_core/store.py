@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import re
@@ -173,19 +172,15 @@ def append_jsonl(path: str | Path, obj: Any) -> None:
     ensure_dir(path.parent)
     data = (_json_text(obj, None) + "\n").encode("utf-8")
     try:
-        with open(path, "a+b") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                size = fh.seek(0, os.SEEK_END)
-                if size:
-                    fh.seek(size - 1)
-                    if fh.read(1) != b"\n":  # a line torn by a crash: end it, so this record stays readable
-                        data = b"\n" + data
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with locked(lock_path_for(path)), open(path, "a+b") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            if size:
+                fh.seek(size - 1)
+                if fh.read(1) != b"\n":  # a line torn by a crash: end it, so this record stays readable
+                    data = b"\n" + data
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
     except OSError as exc:
         err = write_error(exc, path, "append to")
         raise SarftError(err.problem, err.fix + "; lines already written are kept") from None
@@ -367,53 +362,50 @@ class RunBusy(SarftError):
 
 
 class OwnerLock:
-    """The claim of the one process that writes a run directory (``RUN/.owner.lock``, flock).
+    """The claim of the one process that writes a run directory (``RUN/.owner.lock``).
 
     Non-blocking: a second writer (a second ``train`` into the same ``--out``) fails at once with
     the owner's pid instead of interleaving its logs, config and weights with the first. The OS
-    releases the lock when the owner dies, so a crashed run never stays locked.
+    releases the lock when the owner dies, so a crashed run never stays locked. The owner's pid
+    lives beside the lock, in ``RUN/.owner.pid`` (a lock file's content is the lock library's).
     """
 
     NAME = ".owner.lock"
+    PID_NAME = ".owner.pid"
 
     def __init__(self, run_path: str | Path, what: str = "run"):
         self.run_path = Path(run_path)
         self.path = self.run_path / self.NAME
+        self.pid_path = self.run_path / self.PID_NAME
         self.what = what
-        self._fh = None
+        self._lock = None
 
     def acquire(self) -> "OwnerLock":
-        ensure_dir(self.run_path)
-        try:
-            fh = open(self.path, "a+", encoding="utf-8")
-        except OSError as exc:
-            raise write_error(exc, self.path, "create the lock file") from None
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            owner = fh.read().strip()[:40]
-            fh.close()
+        lock = file_lock(self.path, wait=False)
+        if lock is None:
+            try:
+                owner = self.pid_path.read_text(encoding="utf-8", errors="replace").strip()[:40]
+            except OSError:
+                owner = ""
             raise RunBusy(
                 f"{self.run_path} is in use: another process (pid {owner or 'unknown'}) is writing this {self.what} now",
                 f"wait for it to finish (or stop it: kill -TERM {owner}), or choose another --out" if owner.isdigit()
                 else "wait for it to finish, or choose another --out",
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        self._fh = fh
+            )
+        try:
+            atomic_write_text(self.pid_path, str(os.getpid()))
+        except SarftError:
+            lock.release()
+            raise
+        self._lock = lock
         return self
 
     def release(self) -> None:
-        if self._fh is not None:
-            with contextlib.suppress(OSError, ValueError):
-                self._fh.seek(0)
-                self._fh.truncate()
-                fcntl.flock(self._fh, fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                self.pid_path.unlink()
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> "OwnerLock":
         return self.acquire()
@@ -422,14 +414,38 @@ class OwnerLock:
         self.release()
 
 
-@contextlib.contextmanager
-def locked(path: str | Path) -> Iterator[None]:
-    """An exclusive inter-process lock on ``path`` (created if needed)."""
+# ---------------------------------------------------------------- the one file lock
+def lock_path_for(path: str | Path) -> Path:
+    """The lock file that guards ``path``: ``.NAME.lock`` beside it (never the file itself, whose
+    content the lock library may truncate)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
+def file_lock(path: str | Path, wait: bool = True):
+    """An exclusive inter-process lock on the lock file ``path`` (created with its folder if needed),
+    held when returned: ``filelock.FileLock``, an flock on Unix, so the OS releases it when the
+    holder dies. ``wait=False`` makes one try and returns None when another holder has it.
+    Release it with ``.release()``."""
+    from filelock import FileLock, Timeout
+
     path = Path(path)
     ensure_dir(path.parent)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    lock = FileLock(str(path), thread_local=False)
+    try:
+        lock.acquire(timeout=-1 if wait else 0)
+    except Timeout:
+        return None
+    except OSError as exc:
+        raise write_error(exc, path, "create the lock file") from None
+    return lock
+
+
+@contextlib.contextmanager
+def locked(path: str | Path) -> Iterator[None]:
+    """Hold the exclusive lock on the lock file ``path`` (waiting for it) for the ``with`` block."""
+    lock = file_lock(path)
+    try:
+        yield
+    finally:
+        lock.release()

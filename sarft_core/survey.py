@@ -29,7 +29,6 @@ implementations; the defaults call ``python -m sarft_core train`` / ``eval`` in 
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib.util
 import math
@@ -45,7 +44,7 @@ from typing import Callable
 
 from sarft_core.errors import SarftError
 from sarft_core.validation import number, validate_numbers
-from sarft_core.store import RunDir, atomic_write_json, create_run, ensure_dir, read_json, read_json_object
+from sarft_core.store import RunDir, atomic_write_json, create_run, ensure_dir, file_lock, locked, read_json, read_json_object
 
 SCREEN, FULL = "screen", "full"
 # config fields that must not change when a survey is resumed (they change the results)
@@ -167,24 +166,16 @@ class RoleLock:
 
     def __init__(self, path: Path):
         self.path = path
-        self.fh = None
+        self._lock = None
 
     def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(self.path, "a")
-        try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.fh.close()
-            self.fh = None
-            return False
-        return True
+        self._lock = file_lock(self.path, wait=False)
+        return self._lock is not None
 
     def release(self) -> None:
-        if self.fh is not None:
-            fcntl.flock(self.fh, fcntl.LOCK_UN)
-            self.fh.close()
-            self.fh = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
 # ---------------------------------------------------------------- what a step sees
@@ -372,21 +363,17 @@ def base_eval_step(survey: Survey) -> dict:
     if done:
         return done
     base.mkdir(parents=True, exist_ok=True)
-    with open(base / ".lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            done = read_json(base / "eval.json")
-            if done:
-                return done
-            out = base / "run"
-            run_cli(["eval", *(_model_args(survey.config) or []), "--out", str(out), *shlex.split(survey.config.eval_args)], base / "eval.log")
-            metrics = find_metrics(out)
-            if not metrics:
-                raise StepFailed(f"`eval` of the base model wrote no refusal rate, margin or ROUGE-L under {out}")
-            atomic_write_json(base / "eval.json", metrics)
-            return metrics
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with locked(base / ".lock"):
+        done = read_json(base / "eval.json")
+        if done:
+            return done
+        out = base / "run"
+        run_cli(["eval", *(_model_args(survey.config) or []), "--out", str(out), *shlex.split(survey.config.eval_args)], base / "eval.log")
+        metrics = find_metrics(out)
+        if not metrics:
+            raise StepFailed(f"`eval` of the base model wrote no refusal rate, margin or ROUGE-L under {out}")
+        atomic_write_json(base / "eval.json", metrics)
+        return metrics
 
 
 @dataclass
