@@ -15,6 +15,7 @@ process is gone without an ``exit.json`` is reported as failed, with its log tai
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -26,6 +27,8 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from sarft_core.errors import SarftError
 from sarft_core.store import FINAL_STATES, RunDir, atomic_write_json, read_json_object, workspace_root
@@ -221,57 +224,54 @@ def progress_from_log(text: str) -> float | None:
     return None
 
 
+def _running(proc: psutil.Process) -> bool:
+    """Whether the process still exists and is not a zombie (an ended, unreaped child)."""
+    try:
+        return proc.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # it exists, under another user
+        return True
+
+
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` is still a running job supervisor (a recycled pid is some other program)."""
     proc = _CHILDREN.get(pid)
     if proc is not None and proc.poll() is not None:  # our own child: reap it, no zombie
         _CHILDREN.pop(pid, None)
         return False
-    stat = Path(f"/proc/{pid}/stat")
-    if stat.parent.parent.is_dir() and Path("/proc/self").exists():
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if fields[0] in ("Z", "X"):
-                return False
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            return False
-        except PermissionError:
-            return True
-        return b"sarft_core.jobs" in cmdline  # a recycled pid is some other program
-    return pid_exists(pid)
-
-
-def pid_exists(pid: int) -> bool:
-    """Whether a process with this id exists on this machine (signal 0 probes without harm)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        process = psutil.Process(pid)
+        if not _running(process):
+            return False
+        return "sarft_core.jobs" in process.cmdline()
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:  # it exists, under another user
+    except psutil.AccessDenied:
         return True
-    return True
+
+
+def _tree(pgid: int) -> list[psutil.Process]:
+    """The job's live processes: its process group, and the supervisor's descendants even if one
+    left the group (its own session)."""
+    for pid in list(_CHILDREN):
+        _alive(pid)  # reap our finished supervisors so the group can empty
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid:
+                found[proc.pid] = proc
+        except OSError:  # gone meanwhile, or not ours to ask
+            continue
+    leader = found.get(pgid)  # the supervisor; a pid is not reused while its group lives
+    if leader is not None:
+        with contextlib.suppress(psutil.Error):
+            found.update((c.pid, c) for c in leader.children(recursive=True))
+    return [p for p in found.values() if _running(p)]
 
 
 def _group_alive(pgid: int) -> bool:
-    for pid in list(_CHILDREN):
-        _alive(pid)  # reap our finished supervisors so the group can empty
-    proc_dir = Path("/proc")
-    if proc_dir.is_dir():
-        for entry in proc_dir.iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-                return True
-        return False
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    return bool(_tree(pgid))
 
 
 def cli_options(command: str) -> set[str]:
@@ -393,10 +393,12 @@ def cancel(job: Job, grace_s: float = 10.0) -> str:
 
 
 def _signal_group(pgid: int, sig) -> None:
-    try:
+    """Send ``sig`` to the job's whole process tree (the group, and descendants that left it)."""
+    for proc in _tree(pgid):
+        with contextlib.suppress(psutil.Error):  # psutil checks the pid was not reused
+            proc.send_signal(sig)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def list_jobs(kind: str | None = None) -> list[Job]:

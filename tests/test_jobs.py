@@ -28,15 +28,15 @@ def free_port() -> int:
 
 
 def group_pids(pgid: int) -> list[int]:
+    import psutil
+
     out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                out.append(int(entry.name))
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                out.append(proc.pid)
+        except OSError:
+            continue
     return out
 
 
@@ -108,6 +108,25 @@ def test_cancel_stops_the_whole_process_tree(workspace):
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0
     assert jobs.cancel(job) == "cancelled"  # idempotent
+
+
+def test_cancel_also_stops_a_descendant_that_left_the_process_group(workspace, tmp_path):
+    """A grandchild in its own session escapes a group signal; cancel walks the process tree too."""
+    import psutil
+
+    pid_file = tmp_path / "escaped.pid"
+    code = ("import subprocess, sys, time; "
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], start_new_session=True); "
+            f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(120)")
+    job = jobs.start(["score"], label="escaping tree", launcher=[sys.executable, "-c", code])
+    deadline = time.time() + 30
+    while time.time() < deadline and not (pid_file.is_file() and pid_file.read_text()):
+        time.sleep(0.1)
+    escaped = psutil.Process(int(pid_file.read_text()))
+    assert os.getpgid(escaped.pid) != job.meta()["pgid"]  # really outside the job's group
+    assert jobs.cancel(job, grace_s=5) == "cancelled"
+    escaped.wait(timeout=10)  # raises psutil.TimeoutExpired if it survived
+    assert not escaped.is_running()
 
 
 def test_reattach_after_restart_and_dead_process_without_status(workspace):

@@ -450,8 +450,8 @@ class _Stopped(Exception):
 
 def _alive(pid) -> bool:
     """Whether a process with this id runs on this machine (and is not us)."""
-    from sarft_core.jobs import pid_exists
+    import psutil
 
     if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
         return False
-    return pid_exists(pid)
+    return psutil.pid_exists(pid)
