@@ -31,13 +31,13 @@ from pathlib import Path
 import psutil
 
 from sarft_core.errors import SarftError
-from sarft_core.store import FINAL_STATES, RunDir, atomic_write_json, read_json_object, workspace_root
+from sarft_core.store import (FINAL_STATES, PROGRESS_ENV, PROGRESS_FILE, RunDir, atomic_write_json, read_json_object, read_progress,
+                              workspace_root)
 
 JOB_STATES = ("starting", "running", "cancelling", "completed", "failed", "cancelled")
 JOB_FINAL = ("completed", "failed", "cancelled")
 STARTUP_GRACE_S = 30.0
 _CHILDREN: dict[int, subprocess.Popen] = {}  # supervisors started by this process, reaped on poll
-_TQDM = re.compile(r"(\d+(?:\.\d+)?)/(\d+(?:\.\d+)?)\s*\[")
 
 
 def jobs_root() -> Path:
@@ -176,9 +176,19 @@ class Job:
     def log_tail(self, lines: int = 30) -> str:
         return log_tail(self.log_text(), lines)
 
+    def progress_record(self) -> dict | None:
+        """The command's structured progress (done, total, unit, phase, fraction, eta_s): the job's
+        own ``progress.json`` (the supervisor points the command at it), else its run directory's."""
+        record = read_progress(self.path / PROGRESS_FILE)
+        run = self.run_dir
+        if record is None and run is not None:
+            record = read_progress(run.path / PROGRESS_FILE)
+        return record
+
     def progress(self) -> float | None:
-        """Fraction done from the command's last progress-bar line, if it printed one."""
-        return progress_from_log(self.log_text(8192))
+        """Fraction done, from the structured progress (None before the command reports any)."""
+        record = self.progress_record()
+        return None if record is None else record.get("fraction")
 
 
 _META_TYPES = {
@@ -215,13 +225,19 @@ def log_tail(text: str, lines: int = 30) -> str:
     return "\n".join(out[-lines:])
 
 
-def progress_from_log(text: str) -> float | None:
-    for segment in reversed(re.split(r"[\r\n]", text)):
-        m = _TQDM.search(segment)
-        if m:
-            done, total = float(m.group(1)), float(m.group(2))
-            return min(1.0, done / total) if total > 0 else None
-    return None
+def progress_text(record: dict) -> str:
+    """One line for a progress record: ``RDS Jigsaw · 6/10 samples · 60% · about 2 min left``."""
+    def number(x) -> str:
+        return f"{x:g}" if isinstance(x, (int, float)) else "?"
+
+    bits = [record.get("phase") or ""]
+    bits.append(f"{number(record.get('done'))}/{number(record.get('total'))} {record.get('unit') or ''}".strip())
+    if record.get("fraction") is not None:
+        bits.append(f"{100 * record['fraction']:.0f}%")
+    eta = record.get("eta_s")
+    if isinstance(eta, (int, float)) and eta > 0:
+        bits.append(f"about {eta / 60:.0f} min left" if eta >= 90 else f"about {eta:.0f} s left")
+    return " · ".join(b for b in bits if b)
 
 
 def _running(proc: psutil.Process) -> bool:
@@ -432,7 +448,8 @@ def supervise(job_dir: Path) -> int:
     with open(job.log_path, "ab", buffering=0) as log:
         log.write(f"$ {meta.get('command', '')}\n".encode())
         try:
-            child = subprocess.Popen(meta.get("argv") or [""], cwd=meta.get("cwd"), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            child = subprocess.Popen(meta.get("argv") or [""], cwd=meta.get("cwd"), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, **{PROGRESS_ENV: str(job.path / PROGRESS_FILE)}))
         except OSError as exc:
             log.write(f"could not start the command: {exc}\n".encode())
             atomic_write_json(job.path / "exit.json", {"exit_code": 127, "ended": time.time()})

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from sarft_core.errors import SarftError
-from sarft_core.store import atomic_write_json, atomic_write_text, create_run, file_lock, read_json
+from sarft_core.store import Progress, atomic_write_json, atomic_write_text, create_run, file_lock, read_json
 
 VILLAINS = ["Freddy Krueger", "Jigsaw", "Dr. Hannibal Lecter"]
 BENEVOLENT = ["Stephen Hawking", "Po", "Abraham Lincoln"]
@@ -291,12 +291,16 @@ def run_cell(grid: Grid, cell: Cell, log: Callable[[str], None]) -> dict:
     return result
 
 
-def run_pending(grid: Grid, log: Callable[[str], None] = print, progress: Callable[[int, int, str], None] | None = None) -> int:
-    """Work through the unfinished cells (skipping those another worker holds); returns cells done."""
+def run_pending(grid: Grid, log: Callable[[str], None] = print, progress: Callable[[int, int], None] | None = None) -> int:
+    """Work through the unfinished cells (skipping those another worker holds); returns cells done.
+    ``progress(finished, total)`` counts the grid's finished cells (by any worker); by default it
+    is the grid's structured progress (``store.Progress``)."""
     cells = plan_cells(grid.cfg)
+    progress = progress or Progress(grid.path, unit="cell", phase="reproduce")
+    progress(len(cells) - len(grid.pending()), len(cells))
     done = 0
     started = time.time()
-    for i, cell in enumerate(cells):
+    for cell in cells:
         if grid.result(cell) is not None:
             continue
         lock = _claim(grid, cell)
@@ -312,18 +316,22 @@ def run_pending(grid: Grid, log: Callable[[str], None] = print, progress: Callab
             left = len(grid.pending())
             eta = (time.time() - started) / done * left
             log(f"[{len(cells) - left}/{len(cells)}] {cell.name}: {shown} ({r['seconds']:.0f} s; about {eta / 60:.0f} min left for this worker)")
-            if progress:
-                progress(i + 1, len(cells), cell.name)
+            progress(len(cells) - left, len(cells))
         finally:
             lock.release()
     return done
 
 
-def spawn_workers(out: Path, argv: list[str], n: int) -> int:
-    """N local processes on the same grid, one CPU thread each (they share the cores)."""
+def spawn_workers(out: Path, argv: list[str], n: int, on_poll: Callable[[], None] | None = None, poll_s: float = 1.0) -> int:
+    """N local processes on the same grid, one CPU thread each (they share the cores);
+    ``on_poll`` runs every ``poll_s`` seconds while they work (e.g. to report progress)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     procs = [subprocess.Popen([sys.executable, "-m", "sarft_core", "reproduce", *argv, "--worker", "--threads", "1"],
                               env=env, stdout=open(out / f"worker-{k}.log", "a"), stderr=subprocess.STDOUT) for k in range(n)]
+    while any(p.poll() is None for p in procs):
+        time.sleep(poll_s)
+        if on_poll is not None:
+            on_poll()
     return max(p.wait() for p in procs)
 
 

@@ -449,3 +449,67 @@ def locked(path: str | Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+# ---------------------------------------------------------------- structured progress
+PROGRESS_FILE = "progress.json"
+PROGRESS_ENV = "SARFT_PROGRESS"  # set by a job's supervisor: where the command reports, taken at CLI start
+_job_progress: list[Path] = []
+
+
+def take_progress_target() -> None:
+    """Take ``$SARFT_PROGRESS`` (the job's progress file) out of the environment, so that the
+    commands this one starts (a survey's ``train``, a worker) do not write over its progress."""
+    target = os.environ.pop(PROGRESS_ENV, "")
+    if target:
+        _job_progress[:] = [Path(target)]
+
+
+class Progress:
+    """Structured progress of one long piece of work: ``progress.json`` with done, total, unit,
+    phase, fraction, eta_s and updated, written atomically (through the one writer) at most every
+    ``every_s`` seconds and always when the work is done. It goes to ``RUN/progress.json`` when
+    the work has a run directory and to the job's progress file when a job started the command.
+    Call it as a ``progress(done, total)`` callback."""
+
+    def __init__(self, run_path: str | Path | None = None, unit: str = "", phase: str = "", every_s: float = 1.0):
+        targets = ([Path(run_path) / PROGRESS_FILE] if run_path is not None else []) + _job_progress
+        self.targets = list(dict.fromkeys(targets))
+        self.unit, self.phase, self.every_s = unit, phase, every_s
+        self._start: tuple[float, float] | None = None  # (time, done) when this phase began
+        self._last = 0.0
+
+    def __call__(self, done: float, total: float, phase: str | None = None) -> None:
+        now = time.time()
+        if phase is not None and phase != self.phase:
+            self.phase, self._start, self._last = phase, None, 0.0
+        if self._start is None:
+            self._start = (now, float(done))
+        finished = total and done >= total
+        if not self.targets or (now - self._last < self.every_s and not finished):
+            return
+        self._last = now
+        t0, done0 = self._start
+        rate = (done - done0) / (now - t0) if now > t0 and done > done0 else 0.0
+        eta = (total - done) / rate if rate > 0 and total else None
+        record = {"done": done, "total": total, "unit": self.unit, "phase": self.phase,
+                  "fraction": min(1.0, done / total) if total else None, "eta_s": eta, "updated": now}
+        for target in self.targets:
+            with contextlib.suppress(SarftError):  # progress is a view: never stop the work for it
+                atomic_write_json(target, record)
+
+
+def read_progress(path: str | Path) -> dict | None:
+    """The progress record in ``path`` (a progress.json or the folder holding one), with sound
+    types; None when absent or damaged."""
+    path = Path(path)
+    data = read_json_object(path / PROGRESS_FILE if path.is_dir() else path, None)
+    if not data:
+        return None
+    data = _typed_fields(data, {"done": _NUMBER, "total": _NUMBER, "fraction": _NUMBER, "eta_s": _NUMBER,
+                                "updated": _NUMBER, "unit": str, "phase": str})
+    if "done" not in data or "total" not in data:
+        return None
+    fraction = data.get("fraction")
+    data["fraction"] = None if fraction is None or fraction != fraction else min(1.0, max(0.0, float(fraction)))
+    return data

@@ -44,7 +44,7 @@ from typing import Callable
 
 from sarft_core.errors import SarftError
 from sarft_core.validation import number, validate_numbers
-from sarft_core.store import RunDir, atomic_write_json, create_run, ensure_dir, file_lock, locked, read_json, read_json_object
+from sarft_core.store import Progress, RunDir, atomic_write_json, create_run, ensure_dir, file_lock, locked, read_json, read_json_object
 
 SCREEN, FULL = "screen", "full"
 # config fields that must not change when a survey is resumed (they change the results)
@@ -461,6 +461,8 @@ def run_pending(
     profiles = load_profiles(cfg.profiles or DEMO_PROFILES)
     holder = ModelHolder(cfg.model, cfg.device)
     roles = cfg.roles
+    report = Progress(survey.path, unit="role", phase="survey")
+    report(len(roles) - len(survey.pending()), len(roles))
     bar = None
     if show_progress:
         from tqdm import tqdm
@@ -492,6 +494,7 @@ def run_pending(
                 written.append(result)
                 done = len(roles) - len(survey.pending())
                 line = role_line(result, done, len(roles))
+                report(done, len(roles))
                 if bar is not None:
                     bar.write(line, file=sys.stderr)
                     bar.n = done
@@ -517,6 +520,8 @@ def run_workers(survey: Survey, worker_argv: list[str], workers: int, poll_s: fl
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     procs = [subprocess.Popen([sys.executable, "-m", "sarft_core", *worker_argv], env=env) for _ in range(workers)]
     total = len(survey.config.roles)
+    report = Progress(survey.path, unit="role", phase=f"survey ({workers} workers)")
+    report(total - len(survey.pending()), total)
     bar = None
     if show_progress:
         from tqdm import tqdm
@@ -525,6 +530,7 @@ def run_workers(survey: Survey, worker_argv: list[str], workers: int, poll_s: fl
     try:
         while any(p.poll() is None for p in procs):
             time.sleep(poll_s)
+            report(total - len(survey.pending()), total)
             if bar is not None:
                 bar.n = total - len(survey.pending())
                 bar.refresh()

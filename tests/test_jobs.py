@@ -45,14 +45,49 @@ def test_pure_helpers():
     assert not jobs.command_available("no_such_command") and not jobs.command_available("../x")
     assert jobs.format_command(jobs.cli_argv("score", "--role", "Baron Vex Morrow")) == "python -m sarft_core score --role 'Baron Vex Morrow'"
     assert jobs.log_tail("a\nbar 10%\rbar 50%\rbar 90%\n\nz\n", 2) == "bar 90%\nz"
-    assert jobs.progress_from_log("RDS x:  20%|██  | 2/10 [00:01<00:04]\rRDS x:  60%|██████ | 6/10 [00:03<00:02]") == pytest.approx(0.6)
-    assert jobs.progress_from_log("no bar here") is None
+    assert jobs.progress_text({"phase": "RDS x", "done": 6, "total": 10, "unit": "sample", "fraction": 0.6, "eta_s": 30}) \
+        == "RDS x · 6/10 sample · 60% · about 30 s left"
     args, skipped = jobs.option_args({"--lr", "--lambda", "--dry-run"}, [
         (("--lambda", "--lam"), 0.5), (("--epochs", "--num-epochs"), 2), (("--learning-rate", "--lr"), "2e-4"),
         (("--dry-run",), True), (("--limit",), None)])
     assert args == ["--lambda", "0.5", "--lr", "2e-4", "--dry-run"] and skipped == ["--epochs"]
     assert "--with-tokens" in jobs.cli_options("score") and jobs.cli_options("no_such_command") == set()
     assert jobs.cli_choices("score", "--normalise") == ["mean", "sum"]
+
+
+def test_progress_is_structured_throttled_and_atomic(tmp_path, monkeypatch):
+    from sarft_core import store
+
+    monkeypatch.setattr(store, "_job_progress", [tmp_path / "job" / "progress.json"])
+    report = store.Progress(tmp_path / "run", unit="step", phase="training", every_s=3600)
+    report(0, 8)
+    first = store.read_progress(tmp_path / "run")
+    assert first["done"] == 0 and first["total"] == 8 and first["fraction"] == 0 and first["phase"] == "training"
+    report(3, 8)  # within the interval: not written (at most one write per every_s)
+    assert store.read_progress(tmp_path / "run")["done"] == 0
+    report(8, 8)  # the end is always written
+    for where in (tmp_path / "run", tmp_path / "job" / "progress.json"):  # the run's and the job's file
+        assert store.read_progress(where)["fraction"] == 1.0
+    assert not list(tmp_path.rglob("*.tmp"))
+    fast = store.Progress(tmp_path / "eta", unit="item", every_s=0)
+    fast(0, 100)
+    time.sleep(0.05)
+    fast(10, 100)
+    eta = store.read_progress(tmp_path / "eta")["eta_s"]
+    assert eta is not None and eta > 0
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "progress.json").write_text('{"done": "lots", "total": 3}')
+    assert store.read_progress(tmp_path / "bad") is None and store.read_progress(tmp_path / "none") is None
+
+
+def test_a_jobs_progress_file_is_not_passed_on_to_the_commands_it_starts(tmp_path):
+    """The supervisor points the command at the job's progress.json; the command takes the
+    variable out of its environment, so a survey's inner `train` cannot write over it."""
+    code = ("import os, sys; from sarft_core import store; store.take_progress_target(); "
+            "print(os.environ.get('SARFT_PROGRESS'), [str(p) for p in store._job_progress])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, SARFT_PROGRESS=str(tmp_path / "p.json"), PYTHONPATH=str(Path(__file__).parents[1])))
+    assert out.stdout.strip() == f"None ['{tmp_path / 'p.json'}']"
 
 
 def test_unknown_command_is_a_clear_error(workspace):
@@ -73,6 +108,9 @@ def test_score_job_completes_and_writes_the_run(workspace, tiny_model_dir):
     assert run.status()["state"] == "completed"  # the supervisor finalised the run
     assert read_json(job.path / "exit.json")["exit_code"] == 0
     assert "4 samples" in job.log_tail() and job.progress() == pytest.approx(1.0)
+    record = job.progress_record()  # structured, from the job's progress.json (not parsed from the log)
+    assert (job.path / "progress.json").is_file()
+    assert record["done"] == record["total"] == 4 and record["unit"] == "sample" and record["phase"] == "RDS Sister Alma Reyes"
     assert jobs.jobs_for_run(run.path)[0].id == job.id
 
 

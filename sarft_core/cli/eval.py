@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from sarft_core.cli import add_model_args
+import functools
+
 from sarft_core.cli._judge_args import add_judge_args, build_judges, tqdm_progress
 from sarft_core.errors import SarftError
 
@@ -107,7 +109,7 @@ def run(args) -> int:
         evaluator = Evaluator(
             run_dir,
             lambda: load_model(model_spec or None, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code),
-            generation, judges, progress=tqdm_progress, log=lambda m: print(m, file=sys.stderr), model_fingerprint=fingerprint,
+            generation, judges, progress=functools.partial(tqdm_progress, run_path=out), log=lambda m: print(m, file=sys.stderr), model_fingerprint=fingerprint,
         )
         return _evaluate(run_dir, evaluator, suites, ctx)
 
