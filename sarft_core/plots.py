@@ -328,19 +328,10 @@ def pareto_scatter(points: pd.DataFrame, x: str = "roleplay", y: str = "safety",
 # --- survey ---------------------------------------------------------------------------------
 
 def correlations(x: Sequence[float], y: Sequence[float]) -> dict:
-    """Pearson and Spearman correlation with two-sided p-values (NaN when undefined)."""
-    from scipy import stats
+    """:func:`sarft_core.stats.correlate` without bootstrap intervals (plot titles, the report's table)."""
+    from sarft_core.stats import correlate
 
-    xs = np.asarray(x, dtype=float)
-    ys = np.asarray(y, dtype=float)
-    ok = np.isfinite(xs) & np.isfinite(ys)
-    xs, ys = xs[ok], ys[ok]
-    out = {"n": int(len(xs)), "pearson_r": math.nan, "pearson_p": math.nan, "spearman_r": math.nan, "spearman_p": math.nan}
-    if len(xs) >= 3 and np.ptp(xs) > 0 and np.ptp(ys) > 0:
-        pr = stats.pearsonr(xs, ys)
-        sr = stats.spearmanr(xs, ys)
-        out.update(pearson_r=float(pr[0]), pearson_p=float(pr[1]), spearman_r=float(sr[0]), spearman_p=float(sr[1]))
-    return out
+    return correlate(x, y, n_boot=0)
 
 
 def regression_line(x: Sequence[float], y: Sequence[float]) -> tuple[float, float] | None:
