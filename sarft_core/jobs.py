@@ -32,7 +32,7 @@ import psutil
 
 from sarft_core.errors import SarftError
 from sarft_core.store import (FINAL_STATES, PROGRESS_ENV, PROGRESS_FILE, RunDir, atomic_write_json, read_json_object, read_progress,
-                              workspace_root)
+                              slug, workspace_root)
 
 JOB_STATES = ("starting", "running", "cancelling", "completed", "failed", "cancelled")
 JOB_FINAL = ("completed", "failed", "cancelled")
@@ -363,7 +363,7 @@ def start(args: list[str], kind: str | None = None, run_dir: str | Path | None =
                          "update SaRFT Studio to a version that has this command")
     argv = [*launcher, *map(str, args)] if launcher else cli_argv(*args)
     kind = kind or command
-    job_dir = jobs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{re.sub(r'[^a-z0-9]+', '-', kind.lower())}-{uuid.uuid4().hex[:6]}"
+    job_dir = jobs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(kind, keep='', limit=None, default='job', lower=True)}-{uuid.uuid4().hex[:6]}"
     job_dir.mkdir(parents=True)
     meta = {
         "id": job_dir.name, "kind": kind, "label": label or kind, "argv": argv, "command": format_command(argv),

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from sarft_core.errors import SarftError
-from sarft_core.store import Progress, atomic_write_json, atomic_write_text, create_run, file_lock, read_json
+from sarft_core.store import Progress, atomic_write_json, atomic_write_text, create_run, file_lock, read_json, slug
 
 VILLAINS = ["Freddy Krueger", "Jigsaw", "Dr. Hannibal Lecter"]
 BENEVOLENT = ["Stephen Hawking", "Po", "Abraham Lincoln"]
@@ -63,9 +62,8 @@ def question_split(index: int) -> str:
 
 def cell_name(role: str, method: str, seed: int | None) -> str:
     """A readable, collision-free name: the slug plus a hash of the exact role name."""
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", role).strip("-").lower() or "role"
     digest = hashlib.sha256(role.encode("utf-8", "surrogatepass")).hexdigest()[:6]
-    return f"{slug}-{digest}--{method}" + ("" if seed is None else f"-s{seed}")
+    return f"{slug(role, keep='', limit=None, default='role', lower=True)}-{digest}--{method}" + ("" if seed is None else f"-s{seed}")
 
 
 @dataclass

@@ -9,6 +9,7 @@ target, so a reader sees either the old or the new content, never a half-written
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import json
 import os
@@ -221,27 +222,114 @@ def write_table(df, path: str | Path) -> None:
         raise SarftError(f"unsupported output type {suffix or '(none)'} for {path}", "use .parquet, .jsonl or .csv")
 
 
-def read_table(path: str | Path):
-    import pandas as pd
+TABLE_TYPES = (".jsonl", ".json", ".csv", ".parquet")
+_TABLE_ENCODING = "utf-8-sig"  # a UTF-8 byte-order mark (spreadsheet exports) is dropped, not glued to the header
+_CSV_FIELD_LIMIT = 64 * 1024 * 1024  # long answers in one CSV field are fine
 
+
+def read_table(path: str | Path, records: bool = False, what: str = "file", example: str = "{...}", from_object=None):
+    """The one reader of data tables: .jsonl, .json (a list of objects), .csv or .parquet.
+
+    ``records=False``: a DataFrame (pandas' typed columns). ``records=True``: a list of dicts, CSV
+    values as the text written. ``what`` names the file in messages (``prompt file``),
+    ``example`` is one row as the fix shows it, and ``from_object(dict)`` may turn a JSON object
+    into the rows (None: not rows). Every problem is one SarftError naming the file and the fix.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise SarftError(f"file does not exist: {path}", "check the path")
+    if not path.exists():
+        raise SarftError(f"{what} does not exist: {path}", "check the path")
     suffix = path.suffix.lower()
+    if suffix not in TABLE_TYPES:
+        raise SarftError(f"{path}: unsupported file type {suffix or '(none)'}", "use .jsonl, .json, .csv or .parquet")
     try:
         if suffix == ".parquet":
-            return pd.read_parquet(path)
-        if suffix == ".jsonl":
-            return pd.read_json(path, lines=True)
-        if suffix == ".csv":
-            return pd.read_csv(path)
-    except (ValueError, TypeError, NotImplementedError, OSError, RecursionError) as exc:  # pandas / pyarrow on damaged files
-        raise SarftError(f"{path}: could not be read as {suffix[1:]} ({exc})", "check that the file is complete") from None
-    raise SarftError(f"unsupported file type {suffix or '(none)'}: {path}", "use .parquet, .jsonl or .csv")
+            import pandas as pd
+
+            df = pd.read_parquet(path)
+            return df.to_dict("records") if records else df
+        if suffix == ".csv" and not records:
+            import pandas as pd
+
+            return pd.read_csv(path, encoding=_TABLE_ENCODING)
+        if suffix == ".jsonl" and not records:
+            import pandas as pd
+
+            return pd.read_json(path, lines=True, encoding=_TABLE_ENCODING)
+        rows = _csv_rows(path) if suffix == ".csv" else _json_rows(path, suffix, example, from_object)
+        if records:
+            return rows
+        import pandas as pd
+
+        return pd.DataFrame(rows)
+    except SarftError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise SarftError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})", "fix the file or export it again") from None
+    except UnicodeDecodeError:
+        raise SarftError(f"{path}: not UTF-8 text", "re-save the file as UTF-8") from None
+    except RecursionError:
+        raise SarftError(f"{path}: nested too deeply to be a {what}", f"give a flat list of {example} objects") from None
+    except csv.Error as exc:
+        raise SarftError(f"{path}: malformed CSV ({exc})", "check quoting and delimiters") from None
+    except FileNotFoundError:  # removed meanwhile
+        raise SarftError(f"{what} does not exist: {path}", "check the path") from None
+    except (OSError, ValueError, TypeError, NotImplementedError) as exc:  # a folder, no permission; pandas / pyarrow on damaged files
+        raise SarftError(f"{path}: could not be read as {suffix[1:]} ({exc})",
+                         "check that the file is complete and in the stated format") from None
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "run"
+def _csv_rows(path: Path) -> list[dict]:
+    if csv.field_size_limit() < _CSV_FIELD_LIMIT:
+        csv.field_size_limit(_CSV_FIELD_LIMIT)
+    with open(path, encoding=_TABLE_ENCODING, newline="") as fh:
+        rows = list(csv.DictReader(fh, strict=True))  # strict: an unterminated quote is an error, not one huge field
+    for i, row in enumerate(rows):
+        if None in row:
+            raise SarftError(f"{path}: row {i + 1} has more fields than the header", "check quoting and delimiters (a comma inside an unquoted field?)")
+        if any(v is None for v in row.values()):
+            raise SarftError(f"{path}: row {i + 1} has fewer fields than the header", "check quoting and delimiters (an unterminated quote?)")
+    return rows
+
+
+def _json_rows(path: Path, suffix: str, example: str, from_object) -> list[dict]:
+    if suffix == ".jsonl":
+        rows = []
+        with open(path, encoding=_TABLE_ENCODING) as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise SarftError(f"{path}: line {lineno} is not valid JSON ({exc.msg})",
+                                     "fix or remove that line; each line must hold one JSON object") from None
+                if not isinstance(obj, dict):
+                    raise SarftError(f"{path}: line {lineno} holds a {type(obj).__name__}, not a JSON object", "write one object per line")
+                rows.append(obj)
+        return rows
+    with open(path, encoding=_TABLE_ENCODING) as fh:
+        data = json.load(fh)
+    if isinstance(data, dict) and from_object is not None:
+        data = from_object(data)
+    if not isinstance(data, list):
+        raise SarftError(f"{path}: expected a JSON list of objects", f"write [{example}, ...] or use .jsonl")
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise SarftError(f"{path}: item {i} is a {type(row).__name__}, not an object", f"each item must be an object such as {example}")
+    return data
+
+
+def slug(text: str, keep: str = "._-", sep: str = "-", limit: int | None = 60, default: str = "run", lower: bool = False) -> str:
+    """``text`` as a file-name part: each run of characters other than ASCII letters, digits and
+    ``keep`` becomes ``sep``, which is stripped from the ends; then lower-cased (``lower``) and
+    cut to its first ``limit`` characters (a negative limit keeps the last ones); ``default`` when
+    nothing is left."""
+    out = re.sub(f"[^A-Za-z0-9{re.escape(keep)}]+", sep, str(text)).strip(sep)
+    if lower:
+        out = out.lower()
+    if limit is not None:
+        out = out[:limit] if limit >= 0 else out[limit:]
+    return out or default
 
 
 @dataclass
@@ -338,7 +426,7 @@ def create_run(kind: str, config: dict, path: str | Path | None = None, name: st
     """Create (or reopen, for resume) a run directory and record its config."""
     if path is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = runs_root() / f"{stamp}-{_slug(name or kind)}-{uuid.uuid4().hex[:4]}"
+        path = runs_root() / f"{stamp}-{slug(name or kind)}-{uuid.uuid4().hex[:4]}"
     run = RunDir(Path(path))
     if run.path.exists() and not run.path.is_dir():
         raise SarftError(f"{run.path} is a file, not a run directory", "give --out a directory path (new or a run to resume)")

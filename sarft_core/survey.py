@@ -33,7 +33,6 @@ import hashlib
 import importlib.util
 import math
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -44,7 +43,8 @@ from typing import Callable
 
 from sarft_core.errors import SarftError
 from sarft_core.validation import number, validate_numbers
-from sarft_core.store import Progress, RunDir, atomic_write_json, create_run, ensure_dir, file_lock, locked, read_json, read_json_object
+from sarft_core.store import (Progress, RunDir, atomic_write_json, create_run, ensure_dir, file_lock, locked, read_json, read_json_object,
+                              slug)
 
 SCREEN, FULL = "screen", "full"
 # config fields that must not change when a survey is resumed (they change the results)
@@ -82,7 +82,7 @@ class SurveyConfig:
 
 def legacy_role_slug(name: str) -> str:
     """The folder name of surveys made before slugs carried a hash (two names could share it)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "role"
+    return slug(name, sep="_", limit=None, default="role")
 
 
 def role_slug(name: str) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -42,10 +41,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[-40:] or "model"
-
-
 def eval_dir(args, generation) -> Path:
     """Where results go: deterministic, so rerunning the same command resumes."""
     if args.out:
@@ -54,10 +49,10 @@ def eval_dir(args, generation) -> Path:
     if args.run:
         return Path(args.run).expanduser() / "eval" / f"{generation.decoding}-{setting}"
     from sarft_core.models import resolve_model_dir
-    from sarft_core.store import runs_root
+    from sarft_core.store import runs_root, slug
 
     spec, _, fingerprint = resolve_model_dir(args.model)
-    return runs_root() / f"eval-{_slug(spec)}-{generation.decoding}-{hashlib.sha256((fingerprint + setting).encode()).hexdigest()[:8]}"
+    return runs_root() / f"eval-{slug(spec, limit=-40, default='model')}-{generation.decoding}-{hashlib.sha256((fingerprint + setting).encode()).hexdigest()[:8]}"
 
 
 def run(args) -> int:
