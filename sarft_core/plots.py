@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from sarft_core.flags import flag_margin, is_flagged
+
 FLAG_COLOURS = {True: "#d62728", False: "#1f77b4"}
 FLAG_NAMES = {True: "flagged (D_h)", False: "kept"}
 HOVER_MAX_CHARS = 280
@@ -48,8 +50,7 @@ def _empty(message: str) -> go.Figure:
 
 def effective_flags(scores: pd.DataFrame, tau: float = 0.0, overrides: dict | None = None) -> pd.Series:
     """Flag of each sample: s_unsafe - s_role > tau, then the analyst's per-sample overrides."""
-    margin = scores["s_unsafe"].astype(float) - scores["s_role"].astype(float)
-    flags = margin > float(tau)
+    flags = is_flagged(scores, tau)
     if overrides:
         ids = scores["id"].astype(str)
         for sid, value in overrides.items():
@@ -109,7 +110,7 @@ def margin_histogram(scores: pd.DataFrame, tau: float = 0.0, nbins: int = 40) ->
     """Histogram of s_unsafe - s_role with the threshold tau marked."""
     if scores is None or len(scores) == 0:
         return _empty("no scores yet")
-    margin = scores["s_unsafe"].astype(float) - scores["s_role"].astype(float)
+    margin = flag_margin(scores)
     fig = go.Figure(go.Histogram(x=margin, nbinsx=nbins, marker_color="#7f7f7f", name="samples",
                                  hovertemplate="margin %{x}<br>%{y} samples<extra></extra>"))
     fig.add_vline(x=float(tau), line=dict(color="#d62728", dash="dash"),

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Callable
 
 from sarft_core.errors import SarftError
+from sarft_core.flags import flag_margin
 from sarft_core.validation import number, validate_numbers
 from sarft_core.store import (Progress, RunDir, atomic_write_json, create_run, ensure_dir, file_lock, locked, read_json, read_json_object,
                               slug)
@@ -256,7 +257,7 @@ def score_step(ctx: RoleContext) -> dict:
             bar.close()
     frame = result.frame()
     write_table(frame, ctx.work_dir / "scores.parquet")
-    margin = (frame["logp_unsafe"] - frame["logp_role"]).astype(float)  # = s_unsafe - s_role
+    margin = flag_margin(frame)
     st = result.stats
     return {
         "samples": int(st["samples"]), "flagged": int(st["flagged"]), "flagged_fraction": float(st["flagged_fraction"]),

@@ -149,8 +149,3 @@ def load_samples(
     if len(set(ids)) != len(ids):
         raise SarftError(f"{path}: duplicate sample ids", "make the id column unique or drop it")
     return samples
-
-
-def roles_in_file(path: str | Path) -> list[str]:
-    rows = _read_rows(Path(path))
-    return sorted({str(r["role"]) for r in rows if "role" in r})

@@ -373,8 +373,3 @@ def last_checkpoint(checkpoint_dir: Path) -> Path | None:
         if suffix.isdigit() and _readable_json(p / "trainer_state.json"):
             found.append((int(suffix), p))
     return max(found)[1] if found else None
-
-
-def steps_per_epoch(n_examples: int, batch_size: int, grad_accum: int, world: int = 1) -> int:
-    batches = math.ceil(n_examples / (batch_size * world))
-    return max(math.ceil(batches / grad_accum), 1)
