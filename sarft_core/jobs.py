@@ -4,12 +4,15 @@ The CLI is the single engine: a job is always a ``python -m sarft_core COMMAND .
 shown to the user verbatim so the same audit can be rerun anywhere. Each job is started in its
 own session (so its own process group) under a small supervisor (``python -m sarft_core.jobs
 supervise JOB_DIR``) that waits for the command and records its exit code. Cancel signals the
-whole group: SIGTERM, then SIGKILL after a grace period, which frees all of its memory.
+whole process tree (psutil: the group, and descendants that left it): SIGTERM, then SIGKILL after
+a grace period, which frees all of its memory.
 
 Everything about a job lives on disk, under ``WORKSPACE/jobs/JOB_ID/``:
 ``job.json`` (command, pid, run dir, log; written only by the launcher), ``output.log`` (the
-command's stdout and stderr), ``exit.json`` (written only by the supervisor when the command
-ends) and ``cancel.json`` (written only by :func:`cancel`). One writer per file, so no update is
+command's stdout and stderr), ``progress.json`` (structured progress, written only by the command
+through ``store.Progress``: the supervisor passes its path in ``$SARFT_PROGRESS``), ``exit.json``
+(written only by the supervisor when the command ends) and ``cancel.json`` (written only by
+:func:`cancel`). One writer per file, so no update is
 ever lost. A page reload or a restarted app re-reads these files and re-attaches; a job whose
 process is gone without an ``exit.json`` is reported as failed, with its log tail.
 """
