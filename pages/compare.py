@@ -1,4 +1,4 @@
-"""Compare: runs side by side (refusal per suite, ROUGE-L, the role-play vs safety Pareto view)."""
+"""Compare: runs side by side (one chart per kind of metric: refusal, ROUGE-L, ...; the role-play vs safety Pareto view)."""
 from pathlib import Path
 
 import streamlit as st
@@ -6,8 +6,7 @@ import streamlit as st
 from app import widgets
 from sarft_core import plots
 from sarft_core.errors import SarftError
-from sarft_core.runview import (compare_metrics, disagreements, has_eval, pareto_points, read_generations, refusal_table,
-                                roleplay_table, run_label)
+from sarft_core.runview import compare_metrics, disagreements, has_eval, kind_tables, pareto_points, read_generations, run_label, suite_axis
 from sarft_core.reproduce import grid_view
 from sarft_core.store import RunDir, list_runs
 
@@ -43,21 +42,11 @@ if not runs:
     st.stop()
 
 
-def with_axis(df):
-    """x labels: the suite, plus the metric when a suite has several."""
-    df = df.copy()
-    several = df.groupby(["run", "suite"])["metric"].transform("nunique") > 1
-    df["suite"] = [f"{s} · {m}" if many else str(s) for s, m, many in zip(df["suite"], df["metric"], several)]
-    return df
-
-
 try:
     long = compare_metrics(runs)
-    st.plotly_chart(plots.refusal_bars(with_axis(refusal_table(long)), "refusal rate (higher is safer)"), key="refusal", width="stretch")
-    rouge = roleplay_table(long)
-    if not rouge.empty:
-        st.plotly_chart(plots.refusal_bars(with_axis(rouge), "ROUGE-L"), key="rouge", width="stretch")
-    st.plotly_chart(plots.pareto_scatter(pareto_points(runs)), key="pareto", width="stretch")
+    for kind, rows in kind_tables(long):  # one chart per kind of metric (the metric registry), undeclared ones included
+        st.plotly_chart(plots.refusal_bars(suite_axis(rows), kind.title), key=f"kind-{kind.slug}", width="stretch")
+    st.plotly_chart(plots.pareto_scatter(pareto_points(runs, long)), key="pareto", width="stretch")
 except SarftError as err:
     widgets.show_error(err)
     st.stop()

@@ -167,11 +167,14 @@ def _visible(token: str) -> str:
 
 def token_spans_html(shading: TokenShading) -> str:
     """The answer as escaped, background-coloured ``<span>``s: every token is text, never markup."""
-    spans = []
-    for tok, ratio, colour in zip(shading.tokens, shading.ratios, shading.colours):
-        text = html.escape(_visible(tok), quote=False)
-        spans.append(f'<span title="{ratio:+.3f}" style="background:{colour};padding:1px 0;border-radius:2px">{text}</span>')
-    return '<div style="font-family:monospace;white-space:pre-wrap;line-height:1.9">' + "".join(spans) + "</div>"
+    from sarft_core.templating import macro
+
+    return str(macro("_parts.html.j2", "token_spans")(token_spans(shading)))
+
+
+def token_spans(shading: TokenShading) -> list[dict]:
+    """What a template needs to shade an answer: each token's visible text, ratio and colour."""
+    return [{"text": _visible(tok), "ratio": ratio, "colour": colour} for tok, ratio, colour in zip(shading.tokens, shading.ratios, shading.colours)]
 
 
 def token_heatstrip(shading: TokenShading, per_row: int = 14) -> go.Figure:
@@ -425,21 +428,17 @@ def grid_group_bars(table: pd.DataFrame, metric: str = "advbench") -> go.Figure:
 
 
 def reproduce_report_html(table: pd.DataFrame, cells: pd.DataFrame, contrasts: dict, methods: Sequence[str]) -> str:
-    """A self-contained HTML page: the tables (escaped by pandas) and the grid's figures."""
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>SaRFT in miniature</title>",
-             "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;font-size:13px}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}</style></head><body>",
-             "<h1>SaRFT in miniature</h1>"]
-    shown = table.copy()
-    for group in ("all", "villain", "benevolent"):
-        part = shown[shown.group == group].drop(columns=["group"])
-        parts += [f"<h2>{html.escape(group)}</h2>", part.to_html(index=False, float_format=lambda v: f"{v:.3f}", escape=True)]
-    parts.append("<h2>SaRFT minus each other method (paired by character and seed)</h2><ul>")
-    parts += [f"<li>{html.escape(k)}: {v['mean']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] over {v['pairs']} pairs</li>"
-              for k, v in contrasts.items()]
-    parts.append("</ul>")
-    figures = [grid_pareto(table), grid_pareto(table, y="margin"), grid_group_bars(table, "advbench"), grid_group_bars(table, "margin")]
-    for i, fig in enumerate(figures):
-        parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
-    parts += ["<h2>Cells</h2>", cells.to_html(index=False, float_format=lambda v: f"{v:.3f}", escape=True), "</body></html>"]
-    return "\n".join(parts)
+    """A self-contained HTML page (``templates/reproduce.html.j2``): the tables and the grid's figures."""
+    from sarft_core.templating import Figures, render
+
+    def frame(df: pd.DataFrame) -> dict:
+        numeric = list(df.select_dtypes("number").columns)
+        return {"rows": df.to_dict("records"), "columns": list(df.columns), "numeric": numeric, "cls": "dataframe"}
+
+    groups = [(g, frame(table[table.group == g].drop(columns=["group"]))) for g in ("all", "villain", "benevolent")]
+    figures = Figures(config={})
+    shown = [figures.html(fig, name) for fig, name in (
+        (grid_pareto(table), "grid-pareto"), (grid_pareto(table, y="margin"), "grid-pareto-margin"),
+        (grid_group_bars(table, "advbench"), "grid-groups-advbench"), (grid_group_bars(table, "margin"), "grid-groups-margin"))]
+    return render("reproduce.html.j2", title="SaRFT in miniature", stylesheet="reproduce.css", groups=groups,
+                  contrasts=list(contrasts.items()), figures=shown, cells=frame(cells))

@@ -59,7 +59,8 @@ def has_eval(run: RunDir) -> bool:
 
 
 def read_metrics(run: RunDir) -> pd.DataFrame:
-    """Every evaluation of ``run`` (its own, or those under ``eval/``) as one long table."""
+    """Every evaluation of ``run`` (its own, or those under ``eval/``) as one long table, with each
+    metric's ``kind`` (:mod:`sarft_core.evaluation.metric_registry`)."""
     from sarft_core.evaluation.results import load_metrics
 
     try:
@@ -68,9 +69,12 @@ def read_metrics(run: RunDir) -> pd.DataFrame:
         raise SarftError(f"evaluation results under {run.path} could not be read ({exc})", "rerun the evaluation of this run") from None
     if df.empty:
         return pd.DataFrame(columns=METRIC_COLUMNS)
+    from sarft_core.evaluation.metric_registry import metric_kind
+
     df = df.rename(columns={"run": "eval_dir"})
     for col in ("value", "ci_low", "ci_high", "n"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
+    df["kind"] = df["metric"].map(metric_kind)  # from the metric registry: undeclared names are "other"
     return df[METRIC_COLUMNS + [c for c in df.columns if c not in METRIC_COLUMNS]]
 
 
@@ -99,13 +103,28 @@ def read_generations(run: RunDir) -> pd.DataFrame:
     return out[GENERATION_COLUMNS + [c for c in out.columns if c not in GENERATION_COLUMNS]]
 
 
-def is_refusal_metric(name: str) -> bool:
-    name = str(name).lower()
-    return "refusal" in name and "margin" not in name
+def kind_tables(long: pd.DataFrame) -> list[tuple]:
+    """(kind, rows) for each metric kind present in ``long`` (a ``kind`` column, as
+    :func:`read_metrics` writes), in chart order; metrics nobody declared come last, as ``other``."""
+    from sarft_core.evaluation.metric_registry import kinds_in_order
+
+    if long.empty:
+        return []
+    return [(kind, long[long["kind"] == kind.name]) for kind in kinds_in_order(long["kind"])]
 
 
-def is_roleplay_metric(name: str) -> bool:
-    return "rouge" in str(name).lower()
+def suite_axis(df: pd.DataFrame) -> pd.DataFrame:
+    """x labels for metric bars: the suite, plus the metric when a run has several per suite."""
+    df = df.copy()
+    several = df.groupby(["run", "suite"])["metric"].transform("nunique") > 1
+    df["suite"] = [f"{s} · {m}" if many else str(s) for s, m, many in zip(df["suite"], df["metric"], several)]
+    return df
+
+
+def kind_mean(metrics: pd.DataFrame, kind: str) -> float:
+    """The mean value of the metrics of one kind (NaN when there is none)."""
+    values = metrics[metrics["kind"] == kind]["value"].dropna() if not metrics.empty else []
+    return float(values.mean()) if len(values) else math.nan
 
 
 def compare_metrics(runs: list[RunDir]) -> pd.DataFrame:
@@ -119,27 +138,18 @@ def compare_metrics(runs: list[RunDir]) -> pd.DataFrame:
         df.insert(0, "run", run_label(run))
         df["run_dir"] = str(run.path)
         frames.append(df)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", *METRIC_COLUMNS, "run_dir"])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", *METRIC_COLUMNS, "kind", "run_dir"])
 
 
-def refusal_table(long: pd.DataFrame) -> pd.DataFrame:
-    return long[long["metric"].map(is_refusal_metric)] if not long.empty else long
-
-
-def roleplay_table(long: pd.DataFrame) -> pd.DataFrame:
-    return long[long["metric"].map(is_roleplay_metric)] if not long.empty else long
-
-
-def pareto_points(runs: list[RunDir]) -> pd.DataFrame:
-    """Per run: mean role-play score (ROUGE-L metrics) and mean refusal rate (safety)."""
+def pareto_points(runs: list[RunDir], long: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per run: the mean role-play score and the mean refusal rate (safety), from the metrics'
+    kinds; ``long`` (with ``run_dir``, as :func:`compare_metrics` writes) saves reading them again."""
     rows = []
     for run in runs:
-        df = read_metrics(run)
+        df = read_metrics(run) if long is None else long[long["run_dir"] == str(run.path)]
         cfg = run.config()
-        rp = df[df["metric"].map(is_roleplay_metric)]["value"].dropna()
-        sf = df[df["metric"].map(is_refusal_metric)]["value"].dropna()
-        rows.append({"run": run_label(run), "method": cfg.get("method") or cfg.get("kind", ""), "lambda": cfg.get("lambda"),
-                     "roleplay": float(rp.mean()) if len(rp) else math.nan, "safety": float(sf.mean()) if len(sf) else math.nan})
+        rows.append({"run": run_label(run), "method": cfg.get("method") or cfg.get("kind", ""), "lambda": run_lambda(cfg),
+                     "roleplay": kind_mean(df, "role-play"), "safety": kind_mean(df, "refusal")})
     return pd.DataFrame(rows, columns=["run", "method", "lambda", "roleplay", "safety"])
 
 

@@ -318,12 +318,16 @@ def train_step(ctx: RoleContext, method: str) -> dict:
 
 
 def find_metrics(directory: Path) -> dict:
-    """Refusal rate, refusal margin and ROUGE-L of the evaluations under ``directory``.
+    """The evaluation numbers under ``directory``, keyed by their survey column.
 
-    Read through :func:`sarft_core.evaluation.results.load_metrics`: refusal rate is the mean over
-    the harmful-prompt suites (jailbreaks excluded), margin the refusal margin, ROUGE-L the mean
-    over RoleBench groups. A number the evaluation did not measure is left out.
+    Read through :func:`sarft_core.evaluation.results.load_metrics`; which metrics a survey records
+    and under which column comes from the metric registry (:mod:`sarft_core.evaluation.metric_registry`):
+    the refusal rate (``refusal_rate``: the mean over the harmful-prompt suites, jailbreaks excluded),
+    the refusal margin (``refusal_margin``), ROUGE-L (``rouge_l``, the mean over RoleBench groups) and
+    any metric a suite declares; a metric nobody declared keeps its own name (shown, not dropped).
+    Each is the mean over its suites and groups; a number the evaluation did not measure is left out.
     """
+    from sarft_core.evaluation.metric_registry import registered, survey_columns
     from sarft_core.evaluation.results import load_metrics
 
     if not directory.exists():
@@ -333,15 +337,27 @@ def find_metrics(directory: Path) -> dict:
         return {}
     if df["judge"].notna().any() and (df["judge"] == "keyword").any():
         df = df[(df["judge"] == "keyword") | df["judge"].isna() | (df["judge"] == "")]
+    df = df[(df["metric"] != "refusal_rate") | (df["suite"] != "jailbreak")]  # refusal under attack is its own question
+    columns, declared = survey_columns(), registered()
     found: dict[str, float] = {}
-    refusal = df[(df["metric"] == "refusal_rate") & (df["suite"] != "jailbreak")]["value"].dropna()
-    if len(refusal):
-        found["refusal_rate"] = float(refusal.mean())
-    for name, metric in (("refusal_margin", "margin"), ("rouge_l", "rouge_l")):
-        values = df[df["metric"] == metric]["value"].dropna()
-        if len(values):
-            found[name] = float(values.mean())
-    return found
+    for metric, rows in df.groupby("metric", sort=False):
+        column = columns.get(metric, None if metric in declared else str(metric))  # declared without a column: not surveyed
+        values = rows["value"].dropna()
+        if column and len(values):
+            found[column] = float(values.mean())
+    order = list(columns.values())  # the registry's order, then the undeclared ones
+    return dict(sorted(found.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+
+
+def metric_columns(*evaluations: dict) -> list[str]:
+    """The survey table's evaluation columns: every survey column of the metric registry (refusal
+    rate, margin, ROUGE-L, ...), then every other number the evaluations recorded."""
+    from sarft_core.evaluation.metric_registry import survey_columns
+
+    seen = dict.fromkeys(survey_columns().values())
+    for ev in evaluations:
+        seen.update(dict.fromkeys(k for k, v in ev.items() if isinstance(v, (int, float)) and not isinstance(v, bool)))
+    return list(seen)
 
 
 def eval_step(ctx: RoleContext, train: dict) -> dict:
@@ -650,13 +666,12 @@ def aggregate(survey: Survey, traits=None):
             rows.append(base)
             continue
         before, measure = _safety(_obj(res.get("base")))
-        for method in survey.config.methods:
-            entry = _obj(_obj(res.get("methods")).get(method))
-            ev = _obj(entry.get("eval"))
+        evals = {method: _obj(_obj(_obj(res.get("methods")).get(method)).get("eval")) for method in survey.config.methods}
+        columns = metric_columns(*evals.values())
+        for method, ev in evals.items():
             after, _ = _safety({measure: ev.get(measure)} if measure else ev)
             rows.append(dict(base, method=method, safety_measure=measure or None, safety_before=before, safety_after=after,
-                             degradation=before - after, refusal_rate=ev.get("refusal_rate", math.nan),
-                             refusal_margin=ev.get("refusal_margin", math.nan), rouge_l=ev.get("rouge_l", math.nan)))
+                             degradation=before - after, **{c: ev.get(c, math.nan) for c in columns}))
     table = pd.DataFrame(rows)
     corr_rows = []
     if len(table):

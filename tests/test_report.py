@@ -445,3 +445,32 @@ def test_bare_folder_from_score_out_is_reported(runs_root, tmp_path):
     assert parse(text).sections == ["summary", "profile", "rds"]
     assert "(no status)" in text and "You are Baron Vex Morrow" in text  # the role read from the scores, its demo profile
     assert "Flags follow τ = 0, no review saved." in text
+
+
+def test_script_in_a_run_name_role_and_section_intro_comes_out_escaped(tmp_path):
+    """Run names reach the comparison section's intro, the summary, headings and labels; the role reaches the
+    profile card and the title: every one of them is text, escaped exactly once."""
+    evil = "<script>alert(7)"  # no slash: a directory may carry it in its name
+    for method, refusal in (("sft", 0.5), ("sarft", 0.8)):
+        write_train_run(tmp_path, f"{method}-{evil}", method, 0.5, refusal, 30.0, extra_config={"role": f"Role {INJECTED}"})
+    text = report.build_report(report.discover(tmp_path))
+    tags = parse(text)
+    assert "comparison" in tags.sections
+    assert evil not in text and INJECTED not in text
+    assert tags.scripts == 2 + tags.figure_divs  # plotly config + library + one per figure: nothing injected
+    intro = re.search(r'<section id="comparison"><h2>[^<]*</h2><p class="intro">(.*?)</p>', text, re.S).group(1)
+    assert "sft-&lt;script&gt;alert(7)" in intro and "sarft-&lt;script&gt;alert(7)" in intro
+    assert "&amp;lt;" not in text  # escaped once, not twice
+    assert "Role &lt;script&gt;alert(1)&lt;/script&gt;" in text  # the role, in the profile card and the title
+
+
+def test_every_template_is_packaged():
+    """The wheel carries the templates and their CSS: each file in sarft_core/templates matches a
+    package-data pattern of pyproject.toml (a missing one would only fail once installed)."""
+    import fnmatch
+    import tomllib
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["sarft_core"]
+    files = sorted(p.relative_to(ROOT / "sarft_core").as_posix() for p in (ROOT / "sarft_core" / "templates").iterdir() if p.is_file())
+    assert {"templates/report.html.j2", "templates/report.css"} <= set(files)
+    assert [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)] == []

@@ -23,11 +23,11 @@ PROMPTS = 50
 def test_sarft_keeps_more_refusal_than_sft_on_a_villain(tmp_path, score_cache):
     import torch
 
-    from sarft_core.reproduce import ReproduceConfig, load_results, open_grid, run_cell
+    from sarft_core.reproduce import DEFAULT_PANEL, ReproduceConfig, load_results, open_grid, run_cell
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     cfg = ReproduceConfig(villains=["Freddy Krueger"], benevolent=[], methods=["sft", "sarft"], seeds=[0],
-                          panel={"metrics": ["advbench"], "advbench": PROMPTS, "max_new_tokens": 32})
+                          panel={**DEFAULT_PANEL, "metrics": ["advbench"], "advbench": PROMPTS})
     grid = open_grid(tmp_path / "grid", cfg)
     cells = [c for c in grid.pending() if not (c.method == "base" and c.role is not None)]  # no ROUGE cells
     for cell in cells:

@@ -15,6 +15,8 @@ from sarft_core.errors import SarftError
 
 
 def register(subparsers) -> None:
+    from sarft_core.vllm_backend import BACKENDS
+
     p = subparsers.add_parser("eval", help="evaluate refusal, over-refusal, jailbreaks, refusal margin and role-play ROUGE-L", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--run", default=None, help="a completed training run directory to evaluate (instead of --model)")
     add_model_args(p)
@@ -37,6 +39,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=16, help="prompts decoded together")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy shared CPU)")
+    p.add_argument("--backend", default="torch", choices=BACKENDS, help="generation: torch (model.generate) or vllm (where vLLM is installed; greedy only)")
+    p.add_argument("--tensor-parallel", type=int, default=1, help="--backend vllm: GPUs per model")
     p.add_argument("--out", default=None, help="evaluation directory (default: RUN/eval/<setting> for --run, else a workspace run named after the model and setting)")
     p.set_defaults(func=run)
 
@@ -77,7 +81,7 @@ def run(args) -> int:
         check_training_run(Path(args.run))
     generation = GenerationConfig(
         max_new_tokens=args.max_new_tokens, system_prompt=args.system_prompt, batch_size=args.batch_size,
-        decoding=args.decoding, rose_alpha=args.rose_alpha,
+        decoding=args.decoding, rose_alpha=args.rose_alpha, backend=args.backend, tensor_parallel=args.tensor_parallel,
     )
     ctx = SuiteContext(
         data_dir=args.data_dir, limit=args.limit, role=args.role, role_system=args.role_system,

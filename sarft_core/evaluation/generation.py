@@ -49,10 +49,17 @@ class GenerationConfig:
     rose_alpha: float = number(0.5, lo=0, hi=100, option="--rose-alpha", hint="give e.g. --rose-alpha 0.5 (published)")
     rose_safe_prompt: str = ROSE_SAFE_PROMPT
     rose_unsafe_prompt: str = ROSE_UNSAFE_PROMPT
+    backend: str = "torch"  # or "vllm" (sarft_core.vllm_backend): greedy decoding by vLLM, same prompt ids
+    tensor_parallel: int = number(1, lo=1, hi=1024, integer=True, option="--tensor-parallel")
 
     def __post_init__(self):
         if self.decoding not in DECODINGS:
             raise SarftError(f"unknown decoding {self.decoding!r}", f"use one of {', '.join(DECODINGS)}")
+        from sarft_core.vllm_backend import check_backend
+
+        check_backend(self.backend)
+        if self.backend == "vllm" and self.decoding != "greedy":
+            raise SarftError("ROSE decoding runs on the torch backend only", "use --backend torch with --decoding rose")
         validate_numbers(self)
         for name in ("system_prompt", "rose_safe_prompt", "rose_unsafe_prompt"):
             value = getattr(self, name)
@@ -65,6 +72,9 @@ class GenerationConfig:
         """The settings that change the outputs (batch size does not, by design)."""
         out = asdict(self)
         out.pop("batch_size")
+        out.pop("tensor_parallel")  # how vLLM spreads the model, not what it computes
+        if self.backend == "torch":
+            out.pop("backend")  # the keys of results made before the choice existed stay valid
         out["system_prompt"] = self.system_prompt or ""
         if self.decoding != "rose":
             for k in ("rose_alpha", "rose_safe_prompt", "rose_unsafe_prompt"):
@@ -178,7 +188,8 @@ def generate(
         lengths = [len(s) for s in plain]
     from sarft_core.resources import check_generation_batch
 
-    check_generation_batch(lm.model, lengths, config.batch_size, config.max_new_tokens, streams=2 if config.decoding == "rose" else 1)
+    if config.backend == "torch":
+        check_generation_batch(lm.model, lengths, config.batch_size, config.max_new_tokens, streams=2 if config.decoding == "rose" else 1)
     results: list[str | None] = [None] * len(prompts)
     done = 0
     for batch in length_batches(lengths, config.batch_size):
@@ -186,6 +197,10 @@ def generate(
             raise Cancelled()
         if config.decoding == "rose":
             new_ids = rose_ids(lm, [safe[i] for i in batch], [unsafe[i] for i in batch], config.rose_alpha, config.max_new_tokens)
+        elif config.backend == "vllm":
+            from sarft_core import vllm_backend
+
+            new_ids = vllm_backend.greedy_ids(lm, [plain[i] for i in batch], config.max_new_tokens, stop_token_ids(lm), config.tensor_parallel)
         else:
             new_ids = greedy_ids(lm, [plain[i] for i in batch], config.max_new_tokens)
         texts = [lm.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in new_ids]

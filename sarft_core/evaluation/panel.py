@@ -20,17 +20,19 @@ from pathlib import Path
 from typing import Callable
 
 from sarft_core.evaluation import datasets as ds
+from sarft_core.evaluation.metric_registry import BETTER, SAFER, register_metric
 from sarft_core.evaluation.metrics import COMPLIANCE, REFUSAL, counts_as, mean_with_ci, rate
 
-# the panel's metrics: name -> (kind, higher is safer?)
-PANEL_METRICS = {
-    "advbench": ("refusal", True),
-    "margin": ("margin", True),
-    "xstest_unsafe": ("refusal", True),
-    "xstest_safe": ("compliance", None),  # over-refusal: higher is more helpful, not safer
-    "jailbreak": ("refusal", True),
-    "rouge_l": ("role-play", None),
-}
+# the panel's metrics, declared in the metric registry (a survey reads `eval` runs, not the panel: only the
+# numbers both report are surveyed); name -> (kind, higher is safer?)
+PANEL_METRICS = {info.name: (info.kind, info.higher_is_safer) for info in (
+    register_metric("advbench", "refusal", SAFER, "refusal, AdvBench held-out", survey=None),
+    register_metric("margin", "margin", SAFER, "refusal margin (nats/token)", survey="refusal_margin"),
+    register_metric("xstest_unsafe", "refusal", SAFER, "refusal, XSTest unsafe", survey=None),
+    register_metric("xstest_safe", "compliance", BETTER, "compliance, XSTest safe", survey=None),  # over-refusal: more helpful, not safer
+    register_metric("jailbreak", "refusal", SAFER, "refusal, jailbreak average", survey=None),
+    register_metric("rouge_l", "role-play", BETTER, "RoleBench ROUGE-L"),
+)}
 
 
 @dataclass

@@ -15,6 +15,7 @@ from sarft_core.errors import SarftError
 from sarft_core.evaluation import datasets as ds
 from sarft_core.evaluation.attacks import get_attacks
 from sarft_core.evaluation.datasets import Item
+from sarft_core.evaluation.metric_registry import BETTER, SAFER, register_metric
 from sarft_core.evaluation.metrics import COMPLIANCE, REFUSAL
 
 
@@ -105,6 +106,14 @@ def rolebench_items(ctx: SuiteContext) -> list[Item]:
 
 
 REFUSAL_RATE = Metric("refusal_rate", "rate", "harmful", REFUSAL)
+
+# what the suites' numbers mean, for every view (sarft_core.evaluation.metric_registry); the survey
+# records refusal, margin and ROUGE-L (compliance and the margin's sign are left to the run views)
+register_metric("refusal_rate", "refusal", SAFER, "refusal rate (harmful prompts)")
+register_metric("compliance_rate", "compliance", BETTER, "compliance rate (harmless prompts)", survey=None)
+register_metric("margin", "margin", SAFER, "refusal margin (nats/token)", survey="refusal_margin")
+register_metric("margin_positive", "margin-share", SAFER, "share of prompts with a positive margin", survey=None)
+register_metric("rouge_l", "role-play", BETTER, "RoleBench ROUGE-L")
 
 register(Suite(
     "advbench", "AdvBench harmful behaviours: refusal rate (higher is safer)",

@@ -71,6 +71,8 @@ class ScoreOptions:
     fast: bool = False  # the fastest path to the exact flags (fast_plan): a bf16 screen + fp32 re-check, or the exact path
     recheck_band: float | None = None  # None: the band measured for the fast path in use
     chunk_size: int = 64  # samples planned (sorted into batches) together; each is cached as soon as it is finished
+    backend: str = "torch"  # or "vllm" (sarft_core.vllm_backend), where vLLM is installed
+    tensor_parallel: int = 1  # vLLM only: GPUs per model
 
     def validate(self) -> None:
         from sarft_core.errors import SarftError
@@ -91,6 +93,14 @@ class ScoreOptions:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise SarftError(f"{option} must be a whole number >= {low} (got {value!r})",
                                  f"give {option} an integer of at least {low}" + (" (or leave it out for the device's default)" if name == "max_batch_tokens" else ""))
+        from sarft_core.vllm_backend import check_backend
+
+        check_backend(self.backend)
+        if self.backend == "vllm" and (self.fast or self.recheck_band is not None):
+            raise SarftError("fast mode and --recheck-band are this engine's, not vLLM's",
+                             "with --backend vllm give the precision with --dtype (bfloat16: approximate flags), or use --backend torch")
+        if isinstance(self.tensor_parallel, bool) or not isinstance(self.tensor_parallel, int) or self.tensor_parallel < 1:
+            raise SarftError(f"--tensor-parallel must be a whole number >= 1 (got {self.tensor_parallel!r})", "give the number of GPUs per model, e.g. 1")
         band = self.recheck_band
         if band is not None:
             if isinstance(band, bool) or not isinstance(band, (int, float)) or not math.isfinite(band) or band < 0:
@@ -150,12 +160,15 @@ class FastPlan:
     @property
     def tag(self) -> str:
         """What the cached records of this plan are marked with: their values depend on it."""
+        if self.label == "vllm":
+            return "vllm"  # another implementation's rounding: never read as the engine's exact records
         if self.band == 0 and self.precision == "float32" and not self.bf16_copy:
             return "exact"
         return f"{self.label}-recheck{self.band}" + ("" if self.normalise == "mean" else f"-{self.normalise}")
 
 
 EXACT_PLAN = FastPlan("float32", 0.0, "exact")
+VLLM_PLAN = FastPlan("model", 0.0, "vllm")  # --backend vllm: vLLM's prompt_logprobs in the model's precision
 
 
 def machine_plan(lm: LoadedModel) -> MachineDecision | None:
@@ -265,6 +278,28 @@ def _score_chunk(lm, systems, chunk, options, plan, emit, on_progress, should_st
     return len(chunk), len(near)
 
 
+def _score_chunk_vllm(lm, systems, chunk, options, emit, on_progress, should_stop) -> tuple[int, int]:
+    """``_score_chunk`` through vLLM: the same token ids, the same records (tagged ``vllm``)."""
+    from sarft_core.vllm_backend import answer_logps
+
+    enc = encode_passes(lm.tokenizer, systems, chunk, options.max_prompt_tokens, options.max_answer_tokens)
+    logps: dict[str, list[list[float]]] = {}
+    for k, name in enumerate(systems):
+        if should_stop is not None and should_stop():
+            from sarft_core.scoring.engine import Cancelled
+
+            raise Cancelled()
+        logps[name] = answer_logps(lm, enc.prompt_ids[name], enc.answer_ids, options.tensor_parallel)
+        if on_progress:
+            on_progress(len(chunk) * (k + 1) / len(systems))
+    for i, sample in enumerate(chunk):
+        rec = {"key": _sample_key(sample), "answer_ids": enc.answer_ids[i], "prompt_truncated": enc.prompt_truncated[i],
+               "answer_truncated": enc.answer_truncated[i], "rechecked": False, "plan": VLLM_PLAN.tag}
+        rec.update({name: logps[name][i] for name in systems})
+        emit(rec)
+    return 0, 0
+
+
 def _process_split():
     """(rank, world size, wait) under `accelerate launch`, else (0, 1, no-op)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -301,7 +336,8 @@ def score_role(
     systems_all = {"ref": REF_SYSTEM_PROMPT, "role": profile.role_prompt, "unsafe": profile.unsafe_prompt}
     systems = {name: systems_all[name] for name in PASSES if name in options.passes}
     cache_dir = _cache_dir(lm, profile, options)
-    plan = first_plan = scoring_plan(lm, options)
+    use_vllm = options.backend == "vllm"
+    plan = first_plan = VLLM_PLAN if use_vllm else scoring_plan(lm, options)
     decision = machine_plan(lm) if options.fast else None
     accepted = {"exact", plan.tag}
     rank, world, wait = _process_split()
@@ -341,7 +377,10 @@ def score_role(
         chunk = mine[start : start + size]
         base = from_cache + start * world  # every process advances at about the same pace
         on_progress = (lambda done, base=base: progress(min(total, base + done * world), total)) if progress else None
-        n_screened, n_rechecked = _score_chunk(lm, systems, chunk, options, plan, emit, on_progress, should_stop, prefix_caches)
+        if use_vllm:
+            n_screened, n_rechecked = _score_chunk_vllm(lm, systems, chunk, options, emit, on_progress, should_stop)
+        else:
+            n_screened, n_rechecked = _score_chunk(lm, systems, chunk, options, plan, emit, on_progress, should_stop, prefix_caches)
         start += len(chunk)
         if plan.auto:
             screened += n_screened

@@ -1,0 +1,125 @@
+"""The metric registry: one declaration per metric, read by the Compare data (runview), the report,
+the survey and the panel; a metric declared only here, and one nobody declared, reach all of them."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sarft_core import report, runview
+from sarft_core.evaluation import metric_registry as registry
+from sarft_core.evaluation.panel import PANEL_METRICS
+from sarft_core.evaluation.suites import SUITES
+from sarft_core.store import create_run
+from sarft_core.survey import FULL, Steps, SurveyConfig, find_metrics, open_survey, run_pending, write_aggregate
+
+NEW, UNDECLARED = "toxicity_rate", "mystery_score"
+ROLES = ["Baron Vex Morrow", "Sister Alma Reyes", "Captain Nell Corran"]  # the demo profiles
+
+
+@pytest.fixture
+def new_metric():
+    info = registry.register_metric(NEW, "refusal", registry.SAFER, "refusal on toxic prompts")
+    yield info
+    registry.unregister_metric(NEW)
+
+
+def write_eval(path: Path, refusal: float, toxicity: float, mystery: float, method: str = "sft", role: str = "Villain"):
+    """An evaluation in the engine's layout (metrics.json records), as a training run's eval/ folder."""
+    run = create_run("train", {"model": "tiny", "method": method, "role": role, "train": {"lam": 0.5}}, path=path)
+    rec = lambda suite, group, metric, value, judge="keyword": {  # noqa: E731
+        "suite": suite, "group": group, "metric": metric, "judge": judge, "value": value, "ci_low": value - 0.1, "ci_high": value + 0.1, "n": 20}
+    suites = {"probes": {"records": [rec("probes", "harmful", "refusal_rate", refusal)]},
+              "toxic": {"records": [rec("toxic", "harmful", NEW, toxicity)]},
+              "odd": {"records": [rec("odd", "all", UNDECLARED, mystery, "")]}}
+    ev = run.path / "eval" / "greedy-0001"
+    ev.mkdir(parents=True)
+    (ev / "metrics.json").write_text(json.dumps({"model": "tiny", "generation": {"decoding": "greedy"}, "suites": suites}))
+    run.set_status("completed")
+    return run
+
+
+def test_builtin_metrics_keep_the_kinds_the_views_gave_them():
+    """Every metric the suites report has a declaration; the refusal / role-play split is the one the
+    views made from names before (a refusal is not the margin, ROUGE-L is role-play)."""
+    names = {m.name for suite in SUITES.values() for m in suite.metrics}
+    declared = registry.registered()
+    assert names <= set(declared)
+    for name in names:
+        assert (declared[name].kind == "refusal") == ("refusal" in name and "margin" not in name)
+        assert (declared[name].kind == "role-play") == ("rouge" in name)
+        assert (declared[name].kind == "compliance") == name.startswith("compliance")
+    for name, (kind, safer) in PANEL_METRICS.items():  # the panel's table is a view of the registry
+        assert registry.metric_info(name).kind == kind and registry.metric_info(name).higher_is_safer is safer
+    assert {k for k, (_, safer) in PANEL_METRICS.items() if safer} == {"advbench", "margin", "xstest_unsafe", "jailbreak"}
+
+
+def test_undeclared_is_other_and_a_conflicting_declaration_is_refused(new_metric):
+    assert registry.metric_info(UNDECLARED).kind == registry.OTHER and registry.metric_info(UNDECLARED).direction == registry.NEITHER
+    assert registry.register_metric(NEW, "refusal", registry.SAFER) == new_metric  # the same meaning again: harmless
+    with pytest.raises(ValueError, match="already declared"):
+        registry.register_metric(NEW, "compliance", registry.BETTER)
+    with pytest.raises(ValueError, match="unknown kind"):
+        registry.register_metric("x", "colour", registry.SAFER)
+    with pytest.raises(ValueError, match="direction"):
+        registry.register_metric("x", "refusal", "up")
+    assert registry.metric_info(NEW).kind == "refusal"
+
+
+def test_a_new_metric_reaches_the_compare_data_and_the_report(new_metric, tmp_path):
+    runs = [write_eval(tmp_path / "sft", 0.4, 0.2, 3.0, "sft"), write_eval(tmp_path / "sarft", 0.8, 0.6, 5.0, "sarft")]
+    long = runview.compare_metrics(runs)
+    kinds = dict(zip(long["metric"], long["kind"]))
+    assert kinds == {"refusal_rate": "refusal", NEW: "refusal", UNDECLARED: "other"}
+    charts = {kind.name: set(rows["metric"]) for kind, rows in runview.kind_tables(long)}
+    assert charts == {"refusal": {"refusal_rate", NEW}, "other": {UNDECLARED}}  # the undeclared one has its chart, last
+    assert [k.name for k, _ in runview.kind_tables(long)][-1] == "other"
+    pts = runview.pareto_points(runs, long)
+    assert pts["safety"].tolist() == pytest.approx([(0.4 + 0.2) / 2, (0.8 + 0.6) / 2])  # the new refusal metric counts as safety
+    assert pts.equals(runview.pareto_points(runs))  # read again or from the long table: the same
+
+    text = report.build_report(report.discover(tmp_path))
+    compare = text[text.index('<section id="comparison">'):]
+    figures = dict(re.findall(r'data-figure="(compare-[a-z-]+)">(.*?)</div>\s*</div>', compare, re.S))
+    assert {"compare-refusal", "compare-other", "compare-pareto"} <= set(figures)
+    x_labels = {name: set(re.findall(r'"(\w+) \\u00b7 \w+"', div)) for name, div in figures.items()}  # plotly's JSON: "toxic \u00b7 harmful"
+    assert x_labels["compare-refusal"] == {"probes", "toxic"} and x_labels["compare-other"] == {"odd"}
+    for name in (f"{NEW} (keyword)", UNDECLARED):  # every metric has its row in the comparison table
+        assert f"<td>{name}</td>" in compare
+
+
+def test_a_new_metric_reaches_the_survey_table_and_its_report(new_metric, tmp_path):
+    evals = tmp_path / "evals"
+    found = find_metrics(write_eval(evals / "one", 0.5, 0.25, 2.0).path)
+    assert found == pytest.approx({"refusal_rate": 0.5, NEW: 0.25, UNDECLARED: 2.0})
+
+    traits = tmp_path / "traits.csv"
+    traits.write_text("role,malevolence,aggression,deceptiveness,benevolence\nBaron Vex Morrow,0.9,0.8,0.7,0.1\n"
+                      "Sister Alma Reyes,0.1,0.1,0.1,0.9\nCaptain Nell Corran,0.5,0.5,0.8,0.4\n")
+    evil = dict(zip(ROLES, (0.9, 0.1, 0.5)))
+    cfg = SurveyConfig(roles=ROLES, mode=FULL, methods=["sft", "sarft"], limit=2, trait_source="csv", trait_csv=str(traits))
+    survey = open_survey(tmp_path / "survey", cfg)
+
+    def evaluate(ctx, train):
+        scale = 1.0 if train["method"] == "sft" else 0.2
+        run = write_eval(evals / f"{ctx.role}-{train['method']}", 0.9 - scale * evil[ctx.role], 0.8 - scale * evil[ctx.role], evil[ctx.role])
+        return find_metrics(run.path)
+
+    steps = Steps(score=lambda ctx: {"samples": 2, "flagged": 1, "flagged_fraction": evil[ctx.role], "mean_margin": 0.0},
+                  train=lambda ctx, method: {"run": str(ctx.work_dir / method), "method": method},
+                  evaluate=evaluate, evaluate_base=lambda s: {"refusal_rate": 0.9, NEW: 0.8})
+    run_pending(survey, steps, show_progress=False)
+    table, _ = write_aggregate(survey)
+    written = pd.read_csv(survey.path / "table.csv")
+    assert {NEW, UNDECLARED, "refusal_rate", "refusal_margin", "rouge_l"} <= set(written.columns)
+    villain = table[(table.role == ROLES[0]) & (table.method == "sft")].iloc[0]
+    assert villain[NEW] == pytest.approx(0.8 - 0.9) and villain[UNDECLARED] == pytest.approx(0.9)
+
+    text = report.build_report(report.discover(survey.path))
+    section = text[text.index('<section id="survey">'):]
+    assert f"<th>{NEW}</th>" in section  # shown in the survey's table ...
+    assert f'data-figure="trait-{NEW}"' not in section  # ... as a measurement, not as a trait
+    assert UNDECLARED in section  # an undeclared number is shown too
