@@ -80,7 +80,7 @@ def rds_scatter(scores: pd.DataFrame, flags: Sequence[bool] | pd.Series | None =
             sub["id"].astype(str).map(lambda s: html.escape(s, quote=False)).to_numpy(),
             sub["input"].map(safe_hover_text).to_numpy(),
             sub["output"].map(safe_hover_text).to_numpy(),
-            (sub["s_unsafe"].astype(float) - sub["s_role"].astype(float)).to_numpy(),
+            flag_margin(sub).to_numpy(),
         ], axis=-1)
         fig.add_trace(go.Scatter(
             x=x[sel], y=y[sel], mode="markers", name=f"{FLAG_NAMES[flag]} ({int(sel.sum())})",

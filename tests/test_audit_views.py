@@ -146,3 +146,5 @@ def test_flag_margin_is_defined_without_the_reference_pass():
     rows = scores.to_dict("records")
     assert [flag_margin(r) for r in rows] == [1.0, -1.0, 2.5] and is_flagged(rows[0]) and not is_flagged(rows[0], tau=1.0)
     assert rds_flags(rows) == {"a": True, "b": False, "c": True}  # training's D_h: the same rule
+    hover = [m for t in plots.rds_scatter(scores).data if t.customdata is not None for m in t.customdata[:, 3]]
+    assert sorted(float(m) for m in hover) == [-1.0, 1.0, 2.5]  # the scatter's hover margin too
