@@ -79,9 +79,9 @@ def job_status(job: jobs.Job, show_command: bool = True) -> str:
     if show_command:
         st.code(job.command, language="bash")
     if state_ in ("running", "starting", "cancelling"):
-        frac = job.progress()
-        if frac is not None:
-            st.progress(frac, text=f"{100 * frac:.0f}%")
+        record = job.progress_record()
+        if record is not None and record.get("fraction") is not None:
+            st.progress(record["fraction"], text=jobs.progress_text(record))
     if state_ == "failed":
         st.error(f"The job failed: {job.problem()}. Last lines of its log:")
         st.code(job.log_tail(25) or "(empty log)", language="text")

@@ -31,7 +31,7 @@ def ordinal_agreement(scores: dict[str, float]) -> tuple[float, float, float, in
     labels = {normalise_name(k): v for k, v in MALEVOLENCE.items()}
     pairs = [(s, labels[normalise_name(r)]) for r, s in scores.items() if normalise_name(r) in labels]
     x, y = [p[0] for p in pairs], [float(p[1]) for p in pairs]
-    lo, hi = bootstrap_ci(x, y, spearman_rho, 2000, 0.95, 0)
+    lo, hi = bootstrap_ci((x, y), "spearman", level=0.95, n_boot=2000, seed=0)
     return spearman_rho(x, y), lo, hi, len(pairs)
 
 

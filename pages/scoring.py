@@ -6,6 +6,7 @@ import streamlit as st
 from app import state, widgets
 from sarft_core import audit, jobs, plots
 from sarft_core.errors import SarftError
+from sarft_core.flags import flag_margin
 from sarft_core.store import RunDir, list_runs
 
 st.title("Scoring (RDS)")
@@ -104,7 +105,7 @@ except SarftError as err:
     st.stop()
 scores_path = run.path / audit.SCORES_FILE
 tokens = audit.load_token_ratios(run)
-margin = scores["s_unsafe"] - scores["s_role"]
+margin = flag_margin(scores)
 
 # the analyst's review: tau and overrides, from disk on first view of a run
 ovr_key, tau_key = f"overrides:{run.name}", f"tau:{run.name}"

@@ -8,6 +8,7 @@ from app import widgets
 from sarft_core import jobs, plots
 from sarft_core.errors import SarftError
 from sarft_core.paths import confine
+from sarft_core.stats import correlate
 from sarft_core.store import read_table, workspace_root
 
 OUTCOMES = ("degradation", "flagged_fraction")
@@ -56,7 +57,9 @@ if not traits:
     st.stop()
 trait = c2.selectbox("Trait", traits)
 
-stats = pd.DataFrame([dict(trait=t, **plots.correlations(table[t], table[outcome])) for t in traits])
+shown = ["n", "pearson_r", "pearson_p", "spearman_r", "spearman_p"]
+stats = pd.DataFrame([dict(trait=t, **{k: v for k, v in correlate(table[t], table[outcome], n_boot=0).items() if k in shown})
+                      for t in traits])
 st.dataframe(stats, hide_index=True, width="stretch",
              column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("pearson_r", "pearson_p", "spearman_r", "spearman_p")})
 st.plotly_chart(plots.trait_scatter(table, trait, outcome), key="trait_scatter", width="stretch")

@@ -22,6 +22,7 @@ from typing import Callable
 import pandas as pd
 
 from sarft_core.errors import SarftError
+from sarft_core.flags import flag_margin
 from sarft_core.store import (RunDir, atomic_write_json, atomic_write_text, create_run, read_json, read_jsonl,
                               read_table, write_table)
 
@@ -145,7 +146,7 @@ def save_review(scores: pd.DataFrame, scores_path: str | Path, tau: float, overr
 def d_h(scores: pd.DataFrame, flags) -> pd.DataFrame:
     """The flagged samples (D_h) with their scores and margin."""
     df = scores.reset_index(drop=True).copy()
-    df["margin"] = df["s_unsafe"].astype(float) - df["s_role"].astype(float)
+    df["margin"] = flag_margin(df)
     cols = [c for c in ("id", "role", "input", "output", "s_role", "s_unsafe", "margin") if c in df]
     return df.loc[pd.Series(list(flags), dtype=bool).to_numpy(), cols]
 

@@ -4,17 +4,21 @@ The CLI is the single engine: a job is always a ``python -m sarft_core COMMAND .
 shown to the user verbatim so the same audit can be rerun anywhere. Each job is started in its
 own session (so its own process group) under a small supervisor (``python -m sarft_core.jobs
 supervise JOB_DIR``) that waits for the command and records its exit code. Cancel signals the
-whole group: SIGTERM, then SIGKILL after a grace period, which frees all of its memory.
+whole process tree (psutil: the group, and descendants that left it): SIGTERM, then SIGKILL after
+a grace period, which frees all of its memory.
 
 Everything about a job lives on disk, under ``WORKSPACE/jobs/JOB_ID/``:
 ``job.json`` (command, pid, run dir, log; written only by the launcher), ``output.log`` (the
-command's stdout and stderr), ``exit.json`` (written only by the supervisor when the command
-ends) and ``cancel.json`` (written only by :func:`cancel`). One writer per file, so no update is
+command's stdout and stderr), ``progress.json`` (structured progress, written only by the command
+through ``store.Progress``: the supervisor passes its path in ``$SARFT_PROGRESS``), ``exit.json``
+(written only by the supervisor when the command ends) and ``cancel.json`` (written only by
+:func:`cancel`). One writer per file, so no update is
 ever lost. A page reload or a restarted app re-reads these files and re-attaches; a job whose
 process is gone without an ``exit.json`` is reported as failed, with its log tail.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -27,14 +31,16 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from sarft_core.errors import SarftError
-from sarft_core.store import FINAL_STATES, RunDir, atomic_write_json, read_json_object, workspace_root
+from sarft_core.store import (FINAL_STATES, PROGRESS_ENV, PROGRESS_FILE, RunDir, atomic_write_json, read_json_object, read_progress,
+                              slug, workspace_root)
 
 JOB_STATES = ("starting", "running", "cancelling", "completed", "failed", "cancelled")
 JOB_FINAL = ("completed", "failed", "cancelled")
 STARTUP_GRACE_S = 30.0
 _CHILDREN: dict[int, subprocess.Popen] = {}  # supervisors started by this process, reaped on poll
-_TQDM = re.compile(r"(\d+(?:\.\d+)?)/(\d+(?:\.\d+)?)\s*\[")
 
 
 def jobs_root() -> Path:
@@ -173,9 +179,19 @@ class Job:
     def log_tail(self, lines: int = 30) -> str:
         return log_tail(self.log_text(), lines)
 
+    def progress_record(self) -> dict | None:
+        """The command's structured progress (done, total, unit, phase, fraction, eta_s): the job's
+        own ``progress.json`` (the supervisor points the command at it), else its run directory's."""
+        record = read_progress(self.path / PROGRESS_FILE)
+        run = self.run_dir
+        if record is None and run is not None:
+            record = read_progress(run.path / PROGRESS_FILE)
+        return record
+
     def progress(self) -> float | None:
-        """Fraction done from the command's last progress-bar line, if it printed one."""
-        return progress_from_log(self.log_text(8192))
+        """Fraction done, from the structured progress (None before the command reports any)."""
+        record = self.progress_record()
+        return None if record is None else record.get("fraction")
 
 
 _META_TYPES = {
@@ -212,66 +228,69 @@ def log_tail(text: str, lines: int = 30) -> str:
     return "\n".join(out[-lines:])
 
 
-def progress_from_log(text: str) -> float | None:
-    for segment in reversed(re.split(r"[\r\n]", text)):
-        m = _TQDM.search(segment)
-        if m:
-            done, total = float(m.group(1)), float(m.group(2))
-            return min(1.0, done / total) if total > 0 else None
-    return None
+def progress_text(record: dict) -> str:
+    """One line for a progress record: ``RDS Jigsaw · 6/10 samples · 60% · about 2 min left``."""
+    def number(x) -> str:
+        return f"{x:g}" if isinstance(x, (int, float)) else "?"
+
+    bits = [record.get("phase") or ""]
+    bits.append(f"{number(record.get('done'))}/{number(record.get('total'))} {record.get('unit') or ''}".strip())
+    if record.get("fraction") is not None:
+        bits.append(f"{100 * record['fraction']:.0f}%")
+    eta = record.get("eta_s")
+    if isinstance(eta, (int, float)) and eta > 0:
+        bits.append(f"about {eta / 60:.0f} min left" if eta >= 90 else f"about {eta:.0f} s left")
+    return " · ".join(b for b in bits if b)
+
+
+def _running(proc: psutil.Process) -> bool:
+    """Whether the process still exists and is not a zombie (an ended, unreaped child)."""
+    try:
+        return proc.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # it exists, under another user
+        return True
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` is still a running job supervisor (a recycled pid is some other program)."""
     proc = _CHILDREN.get(pid)
     if proc is not None and proc.poll() is not None:  # our own child: reap it, no zombie
         _CHILDREN.pop(pid, None)
         return False
-    stat = Path(f"/proc/{pid}/stat")
-    if stat.parent.parent.is_dir() and Path("/proc/self").exists():
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if fields[0] in ("Z", "X"):
-                return False
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            return False
-        except PermissionError:
-            return True
-        return b"sarft_core.jobs" in cmdline  # a recycled pid is some other program
-    return pid_exists(pid)
-
-
-def pid_exists(pid: int) -> bool:
-    """Whether a process with this id exists on this machine (signal 0 probes without harm)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        process = psutil.Process(pid)
+        if not _running(process):
+            return False
+        return "sarft_core.jobs" in process.cmdline()
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:  # it exists, under another user
+    except psutil.AccessDenied:
         return True
-    return True
+
+
+def _tree(pgid: int) -> list[psutil.Process]:
+    """The job's live processes: its process group, and the supervisor's descendants even if one
+    left the group (its own session)."""
+    for pid in list(_CHILDREN):
+        _alive(pid)  # reap our finished supervisors so the group can empty
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid:
+                found[proc.pid] = proc
+        except OSError:  # gone meanwhile, or not ours to ask
+            continue
+    leader = found.get(pgid)  # the supervisor; a pid is not reused while its group lives
+    if leader is not None:
+        with contextlib.suppress(psutil.Error):
+            found.update((c.pid, c) for c in leader.children(recursive=True))
+    return [p for p in found.values() if _running(p)]
 
 
 def _group_alive(pgid: int) -> bool:
-    for pid in list(_CHILDREN):
-        _alive(pid)  # reap our finished supervisors so the group can empty
-    proc_dir = Path("/proc")
-    if proc_dir.is_dir():
-        for entry in proc_dir.iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-                return True
-        return False
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    return bool(_tree(pgid))
 
 
 def cli_options(command: str) -> set[str]:
@@ -347,7 +366,7 @@ def start(args: list[str], kind: str | None = None, run_dir: str | Path | None =
                          "update SaRFT Studio to a version that has this command")
     argv = [*launcher, *map(str, args)] if launcher else cli_argv(*args)
     kind = kind or command
-    job_dir = jobs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{re.sub(r'[^a-z0-9]+', '-', kind.lower())}-{uuid.uuid4().hex[:6]}"
+    job_dir = jobs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(kind, keep='', limit=None, default='job', lower=True)}-{uuid.uuid4().hex[:6]}"
     job_dir.mkdir(parents=True)
     meta = {
         "id": job_dir.name, "kind": kind, "label": label or kind, "argv": argv, "command": format_command(argv),
@@ -393,10 +412,12 @@ def cancel(job: Job, grace_s: float = 10.0) -> str:
 
 
 def _signal_group(pgid: int, sig) -> None:
-    try:
+    """Send ``sig`` to the job's whole process tree (the group, and descendants that left it)."""
+    for proc in _tree(pgid):
+        with contextlib.suppress(psutil.Error):  # psutil checks the pid was not reused
+            proc.send_signal(sig)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def list_jobs(kind: str | None = None) -> list[Job]:
@@ -430,7 +451,8 @@ def supervise(job_dir: Path) -> int:
     with open(job.log_path, "ab", buffering=0) as log:
         log.write(f"$ {meta.get('command', '')}\n".encode())
         try:
-            child = subprocess.Popen(meta.get("argv") or [""], cwd=meta.get("cwd"), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            child = subprocess.Popen(meta.get("argv") or [""], cwd=meta.get("cwd"), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, **{PROGRESS_ENV: str(job.path / PROGRESS_FILE)}))
         except OSError as exc:
             log.write(f"could not start the command: {exc}\n".encode())
             atomic_write_json(job.path / "exit.json", {"exit_code": 127, "ended": time.time()})

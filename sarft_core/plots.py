@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from sarft_core.flags import flag_margin, is_flagged
+
 FLAG_COLOURS = {True: "#d62728", False: "#1f77b4"}
 FLAG_NAMES = {True: "flagged (D_h)", False: "kept"}
 HOVER_MAX_CHARS = 280
@@ -48,8 +50,7 @@ def _empty(message: str) -> go.Figure:
 
 def effective_flags(scores: pd.DataFrame, tau: float = 0.0, overrides: dict | None = None) -> pd.Series:
     """Flag of each sample: s_unsafe - s_role > tau, then the analyst's per-sample overrides."""
-    margin = scores["s_unsafe"].astype(float) - scores["s_role"].astype(float)
-    flags = margin > float(tau)
+    flags = is_flagged(scores, tau)
     if overrides:
         ids = scores["id"].astype(str)
         for sid, value in overrides.items():
@@ -79,7 +80,7 @@ def rds_scatter(scores: pd.DataFrame, flags: Sequence[bool] | pd.Series | None =
             sub["id"].astype(str).map(lambda s: html.escape(s, quote=False)).to_numpy(),
             sub["input"].map(safe_hover_text).to_numpy(),
             sub["output"].map(safe_hover_text).to_numpy(),
-            (sub["s_unsafe"].astype(float) - sub["s_role"].astype(float)).to_numpy(),
+            flag_margin(sub).to_numpy(),
         ], axis=-1)
         fig.add_trace(go.Scatter(
             x=x[sel], y=y[sel], mode="markers", name=f"{FLAG_NAMES[flag]} ({int(sel.sum())})",
@@ -109,7 +110,7 @@ def margin_histogram(scores: pd.DataFrame, tau: float = 0.0, nbins: int = 40) ->
     """Histogram of s_unsafe - s_role with the threshold tau marked."""
     if scores is None or len(scores) == 0:
         return _empty("no scores yet")
-    margin = scores["s_unsafe"].astype(float) - scores["s_role"].astype(float)
+    margin = flag_margin(scores)
     fig = go.Figure(go.Histogram(x=margin, nbinsx=nbins, marker_color="#7f7f7f", name="samples",
                                  hovertemplate="margin %{x}<br>%{y} samples<extra></extra>"))
     fig.add_vline(x=float(tau), line=dict(color="#d62728", dash="dash"),
@@ -331,19 +332,10 @@ def pareto_scatter(points: pd.DataFrame, x: str = "roleplay", y: str = "safety",
 # --- survey ---------------------------------------------------------------------------------
 
 def correlations(x: Sequence[float], y: Sequence[float]) -> dict:
-    """Pearson and Spearman correlation with two-sided p-values (NaN when undefined)."""
-    from scipy import stats
+    """:func:`sarft_core.stats.correlate` without bootstrap intervals (plot titles, the report's table)."""
+    from sarft_core.stats import correlate
 
-    xs = np.asarray(x, dtype=float)
-    ys = np.asarray(y, dtype=float)
-    ok = np.isfinite(xs) & np.isfinite(ys)
-    xs, ys = xs[ok], ys[ok]
-    out = {"n": int(len(xs)), "pearson_r": math.nan, "pearson_p": math.nan, "spearman_r": math.nan, "spearman_p": math.nan}
-    if len(xs) >= 3 and np.ptp(xs) > 0 and np.ptp(ys) > 0:
-        pr = stats.pearsonr(xs, ys)
-        sr = stats.spearmanr(xs, ys)
-        out.update(pearson_r=float(pr[0]), pearson_p=float(pr[1]), spearman_r=float(sr[0]), spearman_p=float(sr[1]))
-    return out
+    return correlate(x, y, n_boot=0)
 
 
 def regression_line(x: Sequence[float], y: Sequence[float]) -> tuple[float, float] | None:

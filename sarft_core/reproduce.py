@@ -18,11 +18,9 @@ that claim cells with file locks.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -31,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from sarft_core.errors import SarftError
-from sarft_core.store import atomic_write_json, atomic_write_text, create_run, read_json
+from sarft_core.store import Progress, atomic_write_json, atomic_write_text, create_run, file_lock, read_json, slug
 
 VILLAINS = ["Freddy Krueger", "Jigsaw", "Dr. Hannibal Lecter"]
 BENEVOLENT = ["Stephen Hawking", "Po", "Abraham Lincoln"]
@@ -64,9 +62,8 @@ def question_split(index: int) -> str:
 
 def cell_name(role: str, method: str, seed: int | None) -> str:
     """A readable, collision-free name: the slug plus a hash of the exact role name."""
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", role).strip("-").lower() or "role"
     digest = hashlib.sha256(role.encode("utf-8", "surrogatepass")).hexdigest()[:6]
-    return f"{slug}-{digest}--{method}" + ("" if seed is None else f"-s{seed}")
+    return f"{slug(role, keep='', limit=None, default='role', lower=True)}-{digest}--{method}" + ("" if seed is None else f"-s{seed}")
 
 
 @dataclass
@@ -222,14 +219,7 @@ def open_grid(path: str | Path, cfg: ReproduceConfig) -> Grid:
 
 def _claim(grid: Grid, cell: Cell):
     """A held, non-blocking lock on the cell (None when another worker has it)."""
-    grid.cells_dir.mkdir(parents=True, exist_ok=True)
-    fh = open(grid.cells_dir / f"{cell.name}.lock", "a")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        return None
-    return fh
+    return file_lock(grid.cells_dir / f"{cell.name}.lock", wait=False)
 
 
 def _panel_values(res: dict) -> dict:
@@ -299,12 +289,16 @@ def run_cell(grid: Grid, cell: Cell, log: Callable[[str], None]) -> dict:
     return result
 
 
-def run_pending(grid: Grid, log: Callable[[str], None] = print, progress: Callable[[int, int, str], None] | None = None) -> int:
-    """Work through the unfinished cells (skipping those another worker holds); returns cells done."""
+def run_pending(grid: Grid, log: Callable[[str], None] = print, progress: Callable[[int, int], None] | None = None) -> int:
+    """Work through the unfinished cells (skipping those another worker holds); returns cells done.
+    ``progress(finished, total)`` counts the grid's finished cells (by any worker); by default it
+    is the grid's structured progress (``store.Progress``)."""
     cells = plan_cells(grid.cfg)
+    progress = progress or Progress(grid.path, unit="cell", phase="reproduce")
+    progress(len(cells) - len(grid.pending()), len(cells))
     done = 0
     started = time.time()
-    for i, cell in enumerate(cells):
+    for cell in cells:
         if grid.result(cell) is not None:
             continue
         lock = _claim(grid, cell)
@@ -320,18 +314,22 @@ def run_pending(grid: Grid, log: Callable[[str], None] = print, progress: Callab
             left = len(grid.pending())
             eta = (time.time() - started) / done * left
             log(f"[{len(cells) - left}/{len(cells)}] {cell.name}: {shown} ({r['seconds']:.0f} s; about {eta / 60:.0f} min left for this worker)")
-            if progress:
-                progress(i + 1, len(cells), cell.name)
+            progress(len(cells) - left, len(cells))
         finally:
-            lock.close()
+            lock.release()
     return done
 
 
-def spawn_workers(out: Path, argv: list[str], n: int) -> int:
-    """N local processes on the same grid, one CPU thread each (they share the cores)."""
+def spawn_workers(out: Path, argv: list[str], n: int, on_poll: Callable[[], None] | None = None, poll_s: float = 1.0) -> int:
+    """N local processes on the same grid, one CPU thread each (they share the cores);
+    ``on_poll`` runs every ``poll_s`` seconds while they work (e.g. to report progress)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     procs = [subprocess.Popen([sys.executable, "-m", "sarft_core", "reproduce", *argv, "--worker", "--threads", "1"],
                               env=env, stdout=open(out / f"worker-{k}.log", "a"), stderr=subprocess.STDOUT) for k in range(n)]
+    while any(p.poll() is None for p in procs):
+        time.sleep(poll_s)
+        if on_poll is not None:
+            on_poll()
     return max(p.wait() for p in procs)
 
 

@@ -3,7 +3,8 @@
 The estimates are deliberately rough upper bounds of the big tensors of one forward batch (KV
 cache, activations, the LM-head logits chunk); the weights are already loaded, so only what the
 batch adds is compared with what is still free. The free memory is the smallest of:
-- ``MemAvailable`` in /proc/meminfo (the kernel's estimate of what can be allocated without swap),
+- the host's available memory (psutil's ``virtual_memory().available``: on Linux ``MemAvailable``,
+  the kernel's estimate of what can be allocated without swap),
 - the cgroup limit minus current use (/sys/fs/cgroup/memory.max; containers, batch schedulers),
 - ``$SARFT_MEMORY_LIMIT`` (bytes, or with a K/M/G suffix): a cap the user sets on a shared machine,
 - on CUDA, the free memory of the device (``torch.cuda.mem_get_info``).
@@ -34,14 +35,13 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _SUFFIX[m.group(2).upper()])
 
 
-def _meminfo_available(path: str = "/proc/meminfo") -> int | None:
+def _host_available() -> int | None:
     try:
-        for line in Path(path).read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except (ImportError, OSError, RuntimeError):
         return None
-    return None
 
 
 def _cgroup_available(root: str = "/sys/fs/cgroup") -> int | None:
@@ -67,9 +67,9 @@ def free_memory(device=None) -> FreeMemory | None:
         except Exception:  # no driver or an odd device string: fall back to the host limits
             pass
     else:
-        avail = _meminfo_available()
+        avail = _host_available()
         if avail is not None:
-            candidates.append(FreeMemory(avail, "MemAvailable in /proc/meminfo"))
+            candidates.append(FreeMemory(avail, "the memory available on this machine"))
         cgroup = _cgroup_available()
         if cgroup is not None:
             candidates.append(FreeMemory(cgroup, "the cgroup memory limit (/sys/fs/cgroup/memory.max)"))

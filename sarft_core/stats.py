@@ -1,16 +1,21 @@
-"""Correlation statistics for surveys: Pearson and Spearman, p-values, bootstrap CIs.
+"""Statistics for surveys and evaluations: Pearson and Spearman with p-values, bootstrap CIs.
 
-Pure functions of two equal-length sequences. The p-values are two-sided and use the t
-distribution with n - 2 degrees of freedom (exact for Pearson under bivariate normality, the usual
-approximation for Spearman, as in scipy.stats). The confidence interval is a percentile bootstrap
-over (x, y) pairs: resamples in which x or y is constant have no correlation and are skipped.
+One implementation of each. Correlations and their two-sided p-values are scipy's
+(``scipy.stats.pearsonr`` / ``spearmanr``: the t distribution with n - 2 degrees of freedom). A
+correlation is undefined (nan) with fewer than 3 pairs or when either variable is constant.
+:func:`bootstrap_ci` is a percentile bootstrap whose inner loop is numpy over blocks of
+resamples (statistics are vectorised over resamples); for correlations it resamples (x, y)
+pairs, and resamples in which x or y is constant have no correlation and are skipped.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
+
+MIN_PAIRS = 3  # fewer pairs: no correlation (and no p-value)
+_BLOCK_CELLS = 2_000_000  # resampled values held at once by bootstrap_ci
 
 
 def _clean(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -22,93 +27,102 @@ def _clean(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarr
     return x[keep], y[keep]
 
 
+def _defined(x: np.ndarray, y: np.ndarray) -> bool:
+    return len(x) >= MIN_PAIRS and np.ptp(x) > 0 and np.ptp(y) > 0
+
+
 def pearson_r(x: Sequence[float], y: Sequence[float]) -> float:
-    """Pearson's r; nan when fewer than 2 points or either variable is constant."""
+    """Pearson's r of the finite pairs (scipy); nan when undefined."""
+    from scipy import stats
+
     x, y = _clean(x, y)
-    if len(x) < 2:
-        return math.nan
-    dx, dy = x - x.mean(), y - y.mean()
-    denom = math.sqrt(float(dx @ dx) * float(dy @ dy))
-    if denom == 0.0:
-        return math.nan
-    return max(-1.0, min(1.0, float(dx @ dy) / denom))
-
-
-def rankdata(values: Sequence[float]) -> np.ndarray:
-    """Ranks from 1, ties given the mean of the ranks they span."""
-    v = np.asarray(values, dtype=float)
-    order = np.argsort(v, kind="mergesort")
-    ranks = np.empty(len(v), dtype=float)
-    sorted_v = v[order]
-    i = 0
-    while i < len(v):
-        j = i
-        while j + 1 < len(v) and sorted_v[j + 1] == sorted_v[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return ranks
+    return float(stats.pearsonr(x, y).statistic) if _defined(x, y) else math.nan
 
 
 def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rho of the finite pairs (scipy; ties get mean ranks); nan when undefined."""
+    from scipy import stats
+
     x, y = _clean(x, y)
-    if len(x) < 2:
-        return math.nan
-    return pearson_r(rankdata(x), rankdata(y))
+    return float(stats.spearmanr(x, y).statistic) if _defined(x, y) else math.nan
 
 
-def t_test_p(r: float, n: int) -> float:
-    """Two-sided p-value of a correlation r from n points (t with n - 2 degrees of freedom)."""
-    from scipy.special import betainc
-
-    if not math.isfinite(r) or n < 3:
-        return math.nan
-    df = n - 2
-    if abs(r) >= 1.0:
-        return 0.0
-    t2 = r * r * df / (1.0 - r * r)
-    # P(|T| > t) = I_{df/(df+t^2)}(df/2, 1/2)
-    return float(betainc(df / 2.0, 0.5, df / (df + t2)))
+def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson's r of each row pair of two (resamples, n) arrays; nan for a constant row."""
+    dx = x - x.mean(axis=-1, keepdims=True)
+    dy = y - y.mean(axis=-1, keepdims=True)
+    den = np.sqrt((dx * dx).sum(axis=-1) * (dy * dy).sum(axis=-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (dx * dy).sum(axis=-1) / den
+    return np.where(den > 0, np.clip(r, -1.0, 1.0), np.nan)
 
 
-def bootstrap_ci(
-    x: Sequence[float], y: Sequence[float], statistic, n_boot: int = 2000, level: float = 0.95, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``statistic(x, y)`` resampling pairs with replacement."""
-    x, y = _clean(x, y)
-    n = len(x)
-    if n < 3:
-        return (math.nan, math.nan)
+def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    return _pearson_rows(rankdata(x, axis=-1), rankdata(y, axis=-1))
+
+
+# vectorised statistics for bootstrap_ci: each maps (resamples, n) arrays to one value per resample
+STATISTICS: dict[str, Callable[..., np.ndarray]] = {
+    "mean": lambda a: a.mean(axis=-1),
+    "pearson": _pearson_rows,
+    "spearman": _spearman_rows,
+}
+
+
+def bootstrap_ci(data, statistic: str | Callable[..., np.ndarray] = "mean", *, level: float = 0.95,
+                 n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic`` over ``data``.
+
+    ``data`` is one sequence (e.g. per-prompt values) or a tuple of equal-length sequences
+    resampled together, as pairs (``(x, y)`` for a correlation). ``statistic`` names one of
+    :data:`STATISTICS` (``mean``, ``pearson``, ``spearman``) or is a function of the resampled
+    arrays (each of shape (resamples, n)) returning one value per resample; resamples where it is
+    nan are skipped. (nan, nan) when there is no data or fewer than a tenth of the resamples
+    define the statistic; a constant single sequence gives its value twice.
+    """
+    arrays = [np.asarray(list(a), dtype=float) for a in (data if isinstance(data, tuple) else (data,))]
+    n = arrays[0].size
+    if n == 0 or n_boot < 1:
+        return math.nan, math.nan
+    if any(a.shape != (n,) for a in arrays):
+        raise ValueError("bootstrap_ci: the sequences must be 1-d and of equal length")
+    if len(arrays) == 1 and np.all(arrays[0] == arrays[0][0]):
+        return float(arrays[0][0]), float(arrays[0][0])
+    fn = STATISTICS[statistic] if isinstance(statistic, str) else statistic
     rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        v = statistic(x[idx], y[idx])
-        if math.isfinite(v):
-            values.append(v)
+    values = np.empty(n_boot)
+    block = max(1, _BLOCK_CELLS // (n * len(arrays)))
+    for start in range(0, n_boot, block):
+        stop = min(n_boot, start + block)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        values[start:stop] = fn(*(a[idx] for a in arrays))
+    values = values[np.isfinite(values)]
     if len(values) < max(10, n_boot // 10):
-        return (math.nan, math.nan)
+        return math.nan, math.nan
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(values, [alpha, 1.0 - alpha])
-    return (float(lo), float(hi))
+    return float(lo), float(hi)
 
 
 def correlate(x: Sequence[float], y: Sequence[float], n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
-    """Pearson and Spearman correlation of x and y with p-values and bootstrap CIs.
+    """Pearson and Spearman correlation of x and y with p-values (scipy) and bootstrap CIs.
 
-    Pairs where either value is missing (nan) are dropped first; ``n`` is the number of pairs used.
+    Pairs where either value is missing (nan) are dropped first; ``n`` is the number of pairs
+    used. Keys: n, pearson_r, pearson_p, pearson_ci_low, pearson_ci_high, spearman_r, spearman_p,
+    spearman_ci_low, spearman_ci_high (nan when undefined; the CIs also with ``n_boot=0``).
     """
+    from scipy import stats
+
     xc, yc = _clean(x, y)
-    n = len(xc)
-    r = pearson_r(xc, yc)
-    rho = spearman_rho(xc, yc)
-    p_lo, p_hi = bootstrap_ci(xc, yc, pearson_r, n_boot, level, seed)
-    s_lo, s_hi = bootstrap_ci(xc, yc, spearman_rho, n_boot, level, seed)
-    return {
-        "n": n,
-        "pearson_r": r, "pearson_p": t_test_p(r, n), "pearson_ci_low": p_lo, "pearson_ci_high": p_hi,
-        "spearman_rho": rho, "spearman_p": t_test_p(rho, n), "spearman_ci_low": s_lo, "spearman_ci_high": s_hi,
-    }
+    out = {"n": int(len(xc))}
+    defined = _defined(xc, yc)
+    for name, test, vectorised in (("pearson", stats.pearsonr, "pearson"), ("spearman", stats.spearmanr, "spearman")):
+        r, p = (float(v) for v in test(xc, yc)) if defined else (math.nan, math.nan)
+        lo, hi = bootstrap_ci((xc, yc), vectorised, level=level, n_boot=n_boot, seed=seed) if defined else (math.nan, math.nan)
+        out.update({f"{name}_r": r, f"{name}_p": p, f"{name}_ci_low": lo, f"{name}_ci_high": hi})
+    return out
 
 
 def two_level_bootstrap(groups: Sequence[Sequence[float]], level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:

@@ -9,8 +9,8 @@ target, so a reader sees either the old or the new content, never a half-written
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
-import fcntl
 import json
 import os
 import re
@@ -173,19 +173,15 @@ def append_jsonl(path: str | Path, obj: Any) -> None:
     ensure_dir(path.parent)
     data = (_json_text(obj, None) + "\n").encode("utf-8")
     try:
-        with open(path, "a+b") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                size = fh.seek(0, os.SEEK_END)
-                if size:
-                    fh.seek(size - 1)
-                    if fh.read(1) != b"\n":  # a line torn by a crash: end it, so this record stays readable
-                        data = b"\n" + data
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with locked(lock_path_for(path)), open(path, "a+b") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            if size:
+                fh.seek(size - 1)
+                if fh.read(1) != b"\n":  # a line torn by a crash: end it, so this record stays readable
+                    data = b"\n" + data
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
     except OSError as exc:
         err = write_error(exc, path, "append to")
         raise SarftError(err.problem, err.fix + "; lines already written are kept") from None
@@ -226,27 +222,114 @@ def write_table(df, path: str | Path) -> None:
         raise SarftError(f"unsupported output type {suffix or '(none)'} for {path}", "use .parquet, .jsonl or .csv")
 
 
-def read_table(path: str | Path):
-    import pandas as pd
+TABLE_TYPES = (".jsonl", ".json", ".csv", ".parquet")
+_TABLE_ENCODING = "utf-8-sig"  # a UTF-8 byte-order mark (spreadsheet exports) is dropped, not glued to the header
+_CSV_FIELD_LIMIT = 64 * 1024 * 1024  # long answers in one CSV field are fine
 
+
+def read_table(path: str | Path, records: bool = False, what: str = "file", example: str = "{...}", from_object=None):
+    """The one reader of data tables: .jsonl, .json (a list of objects), .csv or .parquet.
+
+    ``records=False``: a DataFrame (pandas' typed columns). ``records=True``: a list of dicts, CSV
+    values as the text written. ``what`` names the file in messages (``prompt file``),
+    ``example`` is one row as the fix shows it, and ``from_object(dict)`` may turn a JSON object
+    into the rows (None: not rows). Every problem is one SarftError naming the file and the fix.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise SarftError(f"file does not exist: {path}", "check the path")
+    if not path.exists():
+        raise SarftError(f"{what} does not exist: {path}", "check the path")
     suffix = path.suffix.lower()
+    if suffix not in TABLE_TYPES:
+        raise SarftError(f"{path}: unsupported file type {suffix or '(none)'}", "use .jsonl, .json, .csv or .parquet")
     try:
         if suffix == ".parquet":
-            return pd.read_parquet(path)
-        if suffix == ".jsonl":
-            return pd.read_json(path, lines=True)
-        if suffix == ".csv":
-            return pd.read_csv(path)
-    except (ValueError, TypeError, NotImplementedError, OSError, RecursionError) as exc:  # pandas / pyarrow on damaged files
-        raise SarftError(f"{path}: could not be read as {suffix[1:]} ({exc})", "check that the file is complete") from None
-    raise SarftError(f"unsupported file type {suffix or '(none)'}: {path}", "use .parquet, .jsonl or .csv")
+            import pandas as pd
+
+            df = pd.read_parquet(path)
+            return df.to_dict("records") if records else df
+        if suffix == ".csv" and not records:
+            import pandas as pd
+
+            return pd.read_csv(path, encoding=_TABLE_ENCODING)
+        if suffix == ".jsonl" and not records:
+            import pandas as pd
+
+            return pd.read_json(path, lines=True, encoding=_TABLE_ENCODING)
+        rows = _csv_rows(path) if suffix == ".csv" else _json_rows(path, suffix, example, from_object)
+        if records:
+            return rows
+        import pandas as pd
+
+        return pd.DataFrame(rows)
+    except SarftError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise SarftError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})", "fix the file or export it again") from None
+    except UnicodeDecodeError:
+        raise SarftError(f"{path}: not UTF-8 text", "re-save the file as UTF-8") from None
+    except RecursionError:
+        raise SarftError(f"{path}: nested too deeply to be a {what}", f"give a flat list of {example} objects") from None
+    except csv.Error as exc:
+        raise SarftError(f"{path}: malformed CSV ({exc})", "check quoting and delimiters") from None
+    except FileNotFoundError:  # removed meanwhile
+        raise SarftError(f"{what} does not exist: {path}", "check the path") from None
+    except (OSError, ValueError, TypeError, NotImplementedError) as exc:  # a folder, no permission; pandas / pyarrow on damaged files
+        raise SarftError(f"{path}: could not be read as {suffix[1:]} ({exc})",
+                         "check that the file is complete and in the stated format") from None
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "run"
+def _csv_rows(path: Path) -> list[dict]:
+    if csv.field_size_limit() < _CSV_FIELD_LIMIT:
+        csv.field_size_limit(_CSV_FIELD_LIMIT)
+    with open(path, encoding=_TABLE_ENCODING, newline="") as fh:
+        rows = list(csv.DictReader(fh, strict=True))  # strict: an unterminated quote is an error, not one huge field
+    for i, row in enumerate(rows):
+        if None in row:
+            raise SarftError(f"{path}: row {i + 1} has more fields than the header", "check quoting and delimiters (a comma inside an unquoted field?)")
+        if any(v is None for v in row.values()):
+            raise SarftError(f"{path}: row {i + 1} has fewer fields than the header", "check quoting and delimiters (an unterminated quote?)")
+    return rows
+
+
+def _json_rows(path: Path, suffix: str, example: str, from_object) -> list[dict]:
+    if suffix == ".jsonl":
+        rows = []
+        with open(path, encoding=_TABLE_ENCODING) as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise SarftError(f"{path}: line {lineno} is not valid JSON ({exc.msg})",
+                                     "fix or remove that line; each line must hold one JSON object") from None
+                if not isinstance(obj, dict):
+                    raise SarftError(f"{path}: line {lineno} holds a {type(obj).__name__}, not a JSON object", "write one object per line")
+                rows.append(obj)
+        return rows
+    with open(path, encoding=_TABLE_ENCODING) as fh:
+        data = json.load(fh)
+    if isinstance(data, dict) and from_object is not None:
+        data = from_object(data)
+    if not isinstance(data, list):
+        raise SarftError(f"{path}: expected a JSON list of objects", f"write [{example}, ...] or use .jsonl")
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise SarftError(f"{path}: item {i} is a {type(row).__name__}, not an object", f"each item must be an object such as {example}")
+    return data
+
+
+def slug(text: str, keep: str = "._-", sep: str = "-", limit: int | None = 60, default: str = "run", lower: bool = False) -> str:
+    """``text`` as a file-name part: each run of characters other than ASCII letters, digits and
+    ``keep`` becomes ``sep``, which is stripped from the ends; then lower-cased (``lower``) and
+    cut to its first ``limit`` characters (a negative limit keeps the last ones); ``default`` when
+    nothing is left."""
+    out = re.sub(f"[^A-Za-z0-9{re.escape(keep)}]+", sep, str(text)).strip(sep)
+    if lower:
+        out = out.lower()
+    if limit is not None:
+        out = out[:limit] if limit >= 0 else out[limit:]
+    return out or default
 
 
 @dataclass
@@ -343,7 +426,7 @@ def create_run(kind: str, config: dict, path: str | Path | None = None, name: st
     """Create (or reopen, for resume) a run directory and record its config."""
     if path is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = runs_root() / f"{stamp}-{_slug(name or kind)}-{uuid.uuid4().hex[:4]}"
+        path = runs_root() / f"{stamp}-{slug(name or kind)}-{uuid.uuid4().hex[:4]}"
     run = RunDir(Path(path))
     if run.path.exists() and not run.path.is_dir():
         raise SarftError(f"{run.path} is a file, not a run directory", "give --out a directory path (new or a run to resume)")
@@ -367,53 +450,50 @@ class RunBusy(SarftError):
 
 
 class OwnerLock:
-    """The claim of the one process that writes a run directory (``RUN/.owner.lock``, flock).
+    """The claim of the one process that writes a run directory (``RUN/.owner.lock``).
 
     Non-blocking: a second writer (a second ``train`` into the same ``--out``) fails at once with
     the owner's pid instead of interleaving its logs, config and weights with the first. The OS
-    releases the lock when the owner dies, so a crashed run never stays locked.
+    releases the lock when the owner dies, so a crashed run never stays locked. The owner's pid
+    lives beside the lock, in ``RUN/.owner.pid`` (a lock file's content is the lock library's).
     """
 
     NAME = ".owner.lock"
+    PID_NAME = ".owner.pid"
 
     def __init__(self, run_path: str | Path, what: str = "run"):
         self.run_path = Path(run_path)
         self.path = self.run_path / self.NAME
+        self.pid_path = self.run_path / self.PID_NAME
         self.what = what
-        self._fh = None
+        self._lock = None
 
     def acquire(self) -> "OwnerLock":
-        ensure_dir(self.run_path)
-        try:
-            fh = open(self.path, "a+", encoding="utf-8")
-        except OSError as exc:
-            raise write_error(exc, self.path, "create the lock file") from None
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            owner = fh.read().strip()[:40]
-            fh.close()
+        lock = file_lock(self.path, wait=False)
+        if lock is None:
+            try:
+                owner = self.pid_path.read_text(encoding="utf-8", errors="replace").strip()[:40]
+            except OSError:
+                owner = ""
             raise RunBusy(
                 f"{self.run_path} is in use: another process (pid {owner or 'unknown'}) is writing this {self.what} now",
                 f"wait for it to finish (or stop it: kill -TERM {owner}), or choose another --out" if owner.isdigit()
                 else "wait for it to finish, or choose another --out",
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        self._fh = fh
+            )
+        try:
+            atomic_write_text(self.pid_path, str(os.getpid()))
+        except SarftError:
+            lock.release()
+            raise
+        self._lock = lock
         return self
 
     def release(self) -> None:
-        if self._fh is not None:
-            with contextlib.suppress(OSError, ValueError):
-                self._fh.seek(0)
-                self._fh.truncate()
-                fcntl.flock(self._fh, fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                self.pid_path.unlink()
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> "OwnerLock":
         return self.acquire()
@@ -422,14 +502,102 @@ class OwnerLock:
         self.release()
 
 
-@contextlib.contextmanager
-def locked(path: str | Path) -> Iterator[None]:
-    """An exclusive inter-process lock on ``path`` (created if needed)."""
+# ---------------------------------------------------------------- the one file lock
+def lock_path_for(path: str | Path) -> Path:
+    """The lock file that guards ``path``: ``.NAME.lock`` beside it (never the file itself, whose
+    content the lock library may truncate)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
+def file_lock(path: str | Path, wait: bool = True):
+    """An exclusive inter-process lock on the lock file ``path`` (created with its folder if needed),
+    held when returned: ``filelock.FileLock``, an flock on Unix, so the OS releases it when the
+    holder dies. ``wait=False`` makes one try and returns None when another holder has it.
+    Release it with ``.release()``."""
+    from filelock import FileLock, Timeout
+
     path = Path(path)
     ensure_dir(path.parent)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    lock = FileLock(str(path), thread_local=False)
+    try:
+        lock.acquire(timeout=-1 if wait else 0)
+    except Timeout:
+        return None
+    except OSError as exc:
+        raise write_error(exc, path, "create the lock file") from None
+    return lock
+
+
+@contextlib.contextmanager
+def locked(path: str | Path) -> Iterator[None]:
+    """Hold the exclusive lock on the lock file ``path`` (waiting for it) for the ``with`` block."""
+    lock = file_lock(path)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+# ---------------------------------------------------------------- structured progress
+PROGRESS_FILE = "progress.json"
+PROGRESS_ENV = "SARFT_PROGRESS"  # set by a job's supervisor: where the command reports, taken at CLI start
+_job_progress: list[Path] = []
+
+
+def take_progress_target() -> None:
+    """Take ``$SARFT_PROGRESS`` (the job's progress file) out of the environment, so that the
+    commands this one starts (a survey's ``train``, a worker) do not write over its progress."""
+    target = os.environ.pop(PROGRESS_ENV, "")
+    if target:
+        _job_progress[:] = [Path(target)]
+
+
+class Progress:
+    """Structured progress of one long piece of work: ``progress.json`` with done, total, unit,
+    phase, fraction, eta_s and updated, written atomically (through the one writer) at most every
+    ``every_s`` seconds and always when the work is done. It goes to ``RUN/progress.json`` when
+    the work has a run directory and to the job's progress file when a job started the command.
+    Call it as a ``progress(done, total)`` callback."""
+
+    def __init__(self, run_path: str | Path | None = None, unit: str = "", phase: str = "", every_s: float = 1.0):
+        targets = ([Path(run_path) / PROGRESS_FILE] if run_path is not None else []) + _job_progress
+        self.targets = list(dict.fromkeys(targets))
+        self.unit, self.phase, self.every_s = unit, phase, every_s
+        self._start: tuple[float, float] | None = None  # (time, done) when this phase began
+        self._last = 0.0
+
+    def __call__(self, done: float, total: float, phase: str | None = None) -> None:
+        now = time.time()
+        if phase is not None and phase != self.phase:
+            self.phase, self._start, self._last = phase, None, 0.0
+        if self._start is None:
+            self._start = (now, float(done))
+        finished = total and done >= total
+        if not self.targets or (now - self._last < self.every_s and not finished):
+            return
+        self._last = now
+        t0, done0 = self._start
+        rate = (done - done0) / (now - t0) if now > t0 and done > done0 else 0.0
+        eta = (total - done) / rate if rate > 0 and total else None
+        record = {"done": done, "total": total, "unit": self.unit, "phase": self.phase,
+                  "fraction": min(1.0, done / total) if total else None, "eta_s": eta, "updated": now}
+        for target in self.targets:
+            with contextlib.suppress(SarftError):  # progress is a view: never stop the work for it
+                atomic_write_json(target, record)
+
+
+def read_progress(path: str | Path) -> dict | None:
+    """The progress record in ``path`` (a progress.json or the folder holding one), with sound
+    types; None when absent or damaged."""
+    path = Path(path)
+    data = read_json_object(path / PROGRESS_FILE if path.is_dir() else path, None)
+    if not data:
+        return None
+    data = _typed_fields(data, {"done": _NUMBER, "total": _NUMBER, "fraction": _NUMBER, "eta_s": _NUMBER,
+                                "updated": _NUMBER, "unit": str, "phase": str})
+    if "done" not in data or "total" not in data:
+        return None
+    fraction = data.get("fraction")
+    data["fraction"] = None if fraction is None or fraction != fraction else min(1.0, max(0.0, float(fraction)))
+    return data

@@ -29,12 +29,10 @@ implementations; the defaults call ``python -m sarft_core train`` / ``eval`` in 
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib.util
 import math
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -44,8 +42,10 @@ from pathlib import Path
 from typing import Callable
 
 from sarft_core.errors import SarftError
+from sarft_core.flags import flag_margin
 from sarft_core.validation import number, validate_numbers
-from sarft_core.store import RunDir, atomic_write_json, create_run, ensure_dir, read_json, read_json_object
+from sarft_core.store import (Progress, RunDir, atomic_write_json, create_run, ensure_dir, file_lock, locked, read_json, read_json_object,
+                              slug)
 
 SCREEN, FULL = "screen", "full"
 # config fields that must not change when a survey is resumed (they change the results)
@@ -83,7 +83,7 @@ class SurveyConfig:
 
 def legacy_role_slug(name: str) -> str:
     """The folder name of surveys made before slugs carried a hash (two names could share it)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "role"
+    return slug(name, sep="_", limit=None, default="role")
 
 
 def role_slug(name: str) -> str:
@@ -167,24 +167,16 @@ class RoleLock:
 
     def __init__(self, path: Path):
         self.path = path
-        self.fh = None
+        self._lock = None
 
     def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(self.path, "a")
-        try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.fh.close()
-            self.fh = None
-            return False
-        return True
+        self._lock = file_lock(self.path, wait=False)
+        return self._lock is not None
 
     def release(self) -> None:
-        if self.fh is not None:
-            fcntl.flock(self.fh, fcntl.LOCK_UN)
-            self.fh.close()
-            self.fh = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
 # ---------------------------------------------------------------- what a step sees
@@ -265,7 +257,7 @@ def score_step(ctx: RoleContext) -> dict:
             bar.close()
     frame = result.frame()
     write_table(frame, ctx.work_dir / "scores.parquet")
-    margin = (frame["logp_unsafe"] - frame["logp_role"]).astype(float)  # = s_unsafe - s_role
+    margin = flag_margin(frame)
     st = result.stats
     return {
         "samples": int(st["samples"]), "flagged": int(st["flagged"]), "flagged_fraction": float(st["flagged_fraction"]),
@@ -388,21 +380,17 @@ def base_eval_step(survey: Survey) -> dict:
     if done:
         return done
     base.mkdir(parents=True, exist_ok=True)
-    with open(base / ".lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            done = read_json(base / "eval.json")
-            if done:
-                return done
-            out = base / "run"
-            run_cli(["eval", *(_model_args(survey.config) or []), "--out", str(out), *shlex.split(survey.config.eval_args)], base / "eval.log")
-            metrics = find_metrics(out)
-            if not metrics:
-                raise StepFailed(f"`eval` of the base model wrote no refusal rate, margin or ROUGE-L under {out}")
-            atomic_write_json(base / "eval.json", metrics)
-            return metrics
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with locked(base / ".lock"):
+        done = read_json(base / "eval.json")
+        if done:
+            return done
+        out = base / "run"
+        run_cli(["eval", *(_model_args(survey.config) or []), "--out", str(out), *shlex.split(survey.config.eval_args)], base / "eval.log")
+        metrics = find_metrics(out)
+        if not metrics:
+            raise StepFailed(f"`eval` of the base model wrote no refusal rate, margin or ROUGE-L under {out}")
+        atomic_write_json(base / "eval.json", metrics)
+        return metrics
 
 
 @dataclass
@@ -490,6 +478,8 @@ def run_pending(
     profiles = load_profiles(cfg.profiles or DEMO_PROFILES)
     holder = ModelHolder(cfg.model, cfg.device)
     roles = cfg.roles
+    report = Progress(survey.path, unit="role", phase="survey")
+    report(len(roles) - len(survey.pending()), len(roles))
     bar = None
     if show_progress:
         from tqdm import tqdm
@@ -521,6 +511,7 @@ def run_pending(
                 written.append(result)
                 done = len(roles) - len(survey.pending())
                 line = role_line(result, done, len(roles))
+                report(done, len(roles))
                 if bar is not None:
                     bar.write(line, file=sys.stderr)
                     bar.n = done
@@ -546,6 +537,8 @@ def run_workers(survey: Survey, worker_argv: list[str], workers: int, poll_s: fl
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     procs = [subprocess.Popen([sys.executable, "-m", "sarft_core", *worker_argv], env=env) for _ in range(workers)]
     total = len(survey.config.roles)
+    report = Progress(survey.path, unit="role", phase=f"survey ({workers} workers)")
+    report(total - len(survey.pending()), total)
     bar = None
     if show_progress:
         from tqdm import tqdm
@@ -554,6 +547,7 @@ def run_workers(survey: Survey, worker_argv: list[str], workers: int, poll_s: fl
     try:
         while any(p.poll() is None for p in procs):
             time.sleep(poll_s)
+            report(total - len(survey.pending()), total)
             if bar is not None:
                 bar.n = total - len(survey.pending())
                 bar.refresh()

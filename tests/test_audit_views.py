@@ -120,3 +120,31 @@ def test_app_command_binds_to_localhost_by_default():
     assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1"
     with pytest.raises(SarftError, match="out of range"):
         streamlit_command(70000, "127.0.0.1")
+
+
+def test_flag_margin_is_defined_without_the_reference_pass():
+    """Regression: scores made without the reference pass (--passes role,unsafe) have NaN
+    s_role / s_unsafe; the flag margin is logp_unsafe - logp_role, so the dashboard's flags,
+    histogram and D_h export must still see it (s_unsafe - s_role was NaN: nothing flagged)."""
+    from sarft_core import plots
+
+    nan = float("nan")
+    scores = pd.DataFrame({
+        "id": ["a", "b", "c"], "role": "r", "input": ["q1", "q2", "q3"], "output": ["x", "y", "z"],
+        "logp_ref": nan, "logp_role": [-2.0, -1.0, -3.0], "logp_unsafe": [-1.0, -2.0, -0.5],
+        "s_role": nan, "s_unsafe": nan, "harmful": [True, False, True], "n_tokens": 3,
+    })
+    flags = plots.effective_flags(scores, tau=0.0)
+    assert flags.tolist() == [True, False, True] == scores["harmful"].tolist()  # as the scorer flagged them
+    assert plots.effective_flags(scores, tau=1.5).tolist() == [False, False, True]
+    assert list(plots.margin_histogram(scores).data[0].x) == [1.0, -1.0, 2.5]
+    d_h = audit.d_h(scores, flags)
+    assert d_h["id"].tolist() == ["a", "c"] and d_h["margin"].tolist() == [1.0, 2.5]
+    from sarft_core.flags import flag_margin, is_flagged
+    from sarft_core.training.selection import rds_flags
+
+    rows = scores.to_dict("records")
+    assert [flag_margin(r) for r in rows] == [1.0, -1.0, 2.5] and is_flagged(rows[0]) and not is_flagged(rows[0], tau=1.0)
+    assert rds_flags(rows) == {"a": True, "b": False, "c": True}  # training's D_h: the same rule
+    hover = [m for t in plots.rds_scatter(scores).data if t.customdata is not None for m in t.customdata[:, 3]]
+    assert sorted(float(m) for m in hover) == [-1.0, 1.0, 2.5]  # the scatter's hover margin too

@@ -1,5 +1,6 @@
 """Chat encoding and data loaders: formats, validation, clear errors."""
 import json
+import re
 
 import pytest
 
@@ -107,3 +108,68 @@ def test_non_utf8_file(tmp_path):
     path.write_bytes('{"input": "caf\xe9", "output": "x"}\n'.encode("latin-1"))
     with pytest.raises(SarftError, match="UTF-8"):
         load_samples(path)
+
+
+# ---- one reader for every data table (samples, evaluation prompt files, result tables) ----------
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".parquet"])
+def test_the_one_table_reader_reads_every_format_alike(tmp_path, suffix):
+    import pandas as pd
+
+    from sarft_core.evaluation.datasets import load_prompt_file
+    from sarft_core.store import read_table, write_table
+
+    rows = [{"input": "q1", "output": "a1"}, {"input": "q2, with a comma", "output": "a2 \"quoted\""}]
+    path = tmp_path / f"t{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps(rows), encoding="utf-8")
+    else:
+        write_table(pd.DataFrame(rows), path)
+    assert read_table(path, records=True) == rows
+    assert read_table(path).to_dict("records") == rows
+    assert [(s.input, s.output) for s in load_samples(path, role="Anyone")] == [(r["input"], r["output"]) for r in rows]
+    assert [i.prompt for i in load_prompt_file(path, prompt_col="input")] == ["q1", "q2, with a comma"]
+
+
+def test_the_one_table_reader_keeps_csv_text_as_written_and_names_each_problem(tmp_path):
+    from sarft_core.evaluation.datasets import load_prompt_file
+    from sarft_core.store import read_table
+
+    path = tmp_path / "ids.csv"
+    path.write_text("id,input\n007,hi\n", encoding="utf-8-sig")  # a BOM, and an id that is text
+    assert read_table(path, records=True) == [{"id": "007", "input": "hi"}]
+    cases = {
+        "short.csv": ('a,b\n1\n', "row 1 has fewer fields than the header"),
+        "long.csv": ('a,b\n1,2,3\n', "row 1 has more fields than the header"),
+        "torn.jsonl": ('{"a": 1}\n{"a"\n', "line 2 is not valid JSON"),
+        "list.jsonl": ('[1]\n', "line 1 holds a list, not a JSON object"),
+        "obj.json": ('{"a": 1}', "expected a JSON list of objects"),
+        "bad.json": ('[{"a": 1},', "not valid JSON"),
+        "bad.txt": ("a\n", "unsupported file type .txt"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        for read in (lambda p: read_table(p, records=True), load_prompt_file):
+            with pytest.raises(SarftError, match=re.escape(message)) as err:
+                read(tmp_path / name)
+            assert err.value.fix
+    with pytest.raises(SarftError, match="prompt file does not exist"):
+        load_prompt_file(tmp_path / "none.csv")
+    with pytest.raises(SarftError, match="could not be read as parquet"):
+        (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+        read_table(tmp_path / "bad.parquet")
+
+
+def test_one_slug_keeps_the_names_already_on_disk():
+    """Every file-name slug is store.slug; the names resumable work depends on are unchanged."""
+    from sarft_core.reproduce import cell_name
+    from sarft_core.store import slug
+    from sarft_core.survey import legacy_role_slug, role_slug
+
+    assert slug("Dr. Hannibal Lecter / v2") == "Dr.-Hannibal-Lecter-v2"
+    assert slug("!!!") == "run" and len(slug("x" * 100)) == 60
+    assert slug("/models/" + "m" * 50, limit=-40, default="model") == "m" * 40
+    assert legacy_role_slug("Dr. Hannibal Lecter") == "Dr._Hannibal_Lecter" and legacy_role_slug("💀") == "role"
+    assert role_slug("Dr. Hannibal Lecter").startswith("Dr._Hannibal_Lecter-")
+    assert cell_name("Dr. Hannibal Lecter", "sft", 0).startswith("dr-hannibal-lecter-")
+    assert cell_name("Dr. Hannibal Lecter", "sft", 0).endswith("--sft-s0")

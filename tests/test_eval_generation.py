@@ -6,7 +6,7 @@ import torch
 
 from sarft_core.chat import encode
 from sarft_core.evaluation.generation import GenerationConfig, generate, greedy_ids, left_pad, length_batches, prompt_ids
-from sarft_core.evaluation.margin import refusal_margin, refusal_margins
+from sarft_core.evaluation.margin import refusal_margins
 from sarft_core.evaluation.rose import contrastive_logits, rose_ids
 
 PROMPTS = [
@@ -84,7 +84,6 @@ def test_rose_through_generate(tiny_lm):
 
 
 def test_refusal_margin_sign_on_a_constructed_case(tiny_lm):
-    assert refusal_margin(-1.0, -3.0) == 2.0
     prompt = "Tell me something."
     # the model's own greedy continuation is far likelier than a string of rare tokens
     ids = prompt_ids(tiny_lm, [prompt], None, 2048)

@@ -6,7 +6,8 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sarft_core.evaluation.metrics import agreement, bootstrap_ci, cohen_kappa, mean_with_ci, rate
+from sarft_core.evaluation.metrics import agreement, cohen_kappa, mean_with_ci, rate
+from sarft_core.stats import bootstrap_ci
 
 
 @settings(max_examples=40, deadline=None)

@@ -28,15 +28,15 @@ def free_port() -> int:
 
 
 def group_pids(pgid: int) -> list[int]:
+    import psutil
+
     out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                out.append(int(entry.name))
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                out.append(proc.pid)
+        except OSError:
+            continue
     return out
 
 
@@ -45,14 +45,49 @@ def test_pure_helpers():
     assert not jobs.command_available("no_such_command") and not jobs.command_available("../x")
     assert jobs.format_command(jobs.cli_argv("score", "--role", "Baron Vex Morrow")) == "python -m sarft_core score --role 'Baron Vex Morrow'"
     assert jobs.log_tail("a\nbar 10%\rbar 50%\rbar 90%\n\nz\n", 2) == "bar 90%\nz"
-    assert jobs.progress_from_log("RDS x:  20%|██  | 2/10 [00:01<00:04]\rRDS x:  60%|██████ | 6/10 [00:03<00:02]") == pytest.approx(0.6)
-    assert jobs.progress_from_log("no bar here") is None
+    assert jobs.progress_text({"phase": "RDS x", "done": 6, "total": 10, "unit": "sample", "fraction": 0.6, "eta_s": 30}) \
+        == "RDS x · 6/10 sample · 60% · about 30 s left"
     args, skipped = jobs.option_args({"--lr", "--lambda", "--dry-run"}, [
         (("--lambda", "--lam"), 0.5), (("--epochs", "--num-epochs"), 2), (("--learning-rate", "--lr"), "2e-4"),
         (("--dry-run",), True), (("--limit",), None)])
     assert args == ["--lambda", "0.5", "--lr", "2e-4", "--dry-run"] and skipped == ["--epochs"]
     assert "--with-tokens" in jobs.cli_options("score") and jobs.cli_options("no_such_command") == set()
     assert jobs.cli_choices("score", "--normalise") == ["mean", "sum"]
+
+
+def test_progress_is_structured_throttled_and_atomic(tmp_path, monkeypatch):
+    from sarft_core import store
+
+    monkeypatch.setattr(store, "_job_progress", [tmp_path / "job" / "progress.json"])
+    report = store.Progress(tmp_path / "run", unit="step", phase="training", every_s=3600)
+    report(0, 8)
+    first = store.read_progress(tmp_path / "run")
+    assert first["done"] == 0 and first["total"] == 8 and first["fraction"] == 0 and first["phase"] == "training"
+    report(3, 8)  # within the interval: not written (at most one write per every_s)
+    assert store.read_progress(tmp_path / "run")["done"] == 0
+    report(8, 8)  # the end is always written
+    for where in (tmp_path / "run", tmp_path / "job" / "progress.json"):  # the run's and the job's file
+        assert store.read_progress(where)["fraction"] == 1.0
+    assert not list(tmp_path.rglob("*.tmp"))
+    fast = store.Progress(tmp_path / "eta", unit="item", every_s=0)
+    fast(0, 100)
+    time.sleep(0.05)
+    fast(10, 100)
+    eta = store.read_progress(tmp_path / "eta")["eta_s"]
+    assert eta is not None and eta > 0
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "progress.json").write_text('{"done": "lots", "total": 3}')
+    assert store.read_progress(tmp_path / "bad") is None and store.read_progress(tmp_path / "none") is None
+
+
+def test_a_jobs_progress_file_is_not_passed_on_to_the_commands_it_starts(tmp_path):
+    """The supervisor points the command at the job's progress.json; the command takes the
+    variable out of its environment, so a survey's inner `train` cannot write over it."""
+    code = ("import os, sys; from sarft_core import store; store.take_progress_target(); "
+            "print(os.environ.get('SARFT_PROGRESS'), [str(p) for p in store._job_progress])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, SARFT_PROGRESS=str(tmp_path / "p.json"), PYTHONPATH=str(Path(__file__).parents[1])))
+    assert out.stdout.strip() == f"None ['{tmp_path / 'p.json'}']"
 
 
 def test_unknown_command_is_a_clear_error(workspace):
@@ -73,6 +108,9 @@ def test_score_job_completes_and_writes_the_run(workspace, tiny_model_dir):
     assert run.status()["state"] == "completed"  # the supervisor finalised the run
     assert read_json(job.path / "exit.json")["exit_code"] == 0
     assert "4 samples" in job.log_tail() and job.progress() == pytest.approx(1.0)
+    record = job.progress_record()  # structured, from the job's progress.json (not parsed from the log)
+    assert (job.path / "progress.json").is_file()
+    assert record["done"] == record["total"] == 4 and record["unit"] == "sample" and record["phase"] == "RDS Sister Alma Reyes"
     assert jobs.jobs_for_run(run.path)[0].id == job.id
 
 
@@ -108,6 +146,25 @@ def test_cancel_stops_the_whole_process_tree(workspace):
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0
     assert jobs.cancel(job) == "cancelled"  # idempotent
+
+
+def test_cancel_also_stops_a_descendant_that_left_the_process_group(workspace, tmp_path):
+    """A grandchild in its own session escapes a group signal; cancel walks the process tree too."""
+    import psutil
+
+    pid_file = tmp_path / "escaped.pid"
+    code = ("import subprocess, sys, time; "
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], start_new_session=True); "
+            f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(120)")
+    job = jobs.start(["score"], label="escaping tree", launcher=[sys.executable, "-c", code])
+    deadline = time.time() + 30
+    while time.time() < deadline and not (pid_file.is_file() and pid_file.read_text()):
+        time.sleep(0.1)
+    escaped = psutil.Process(int(pid_file.read_text()))
+    assert os.getpgid(escaped.pid) != job.meta()["pgid"]  # really outside the job's group
+    assert jobs.cancel(job, grace_s=5) == "cancelled"
+    escaped.wait(timeout=10)  # raises psutil.TimeoutExpired if it survived
+    assert not escaped.is_running()
 
 
 def test_reattach_after_restart_and_dead_process_without_status(workspace):

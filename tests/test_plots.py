@@ -11,13 +11,16 @@ from sarft_core import plots
 
 
 def scores_frame():
-    return pd.DataFrame({
+    df = pd.DataFrame({
         "id": ["a", "b", "c", "d"],
         "input": ["<script>alert(1)</script> hi", "q2", "q3 & more", "q4"],
         "output": ["<b>bold</b> answer " + "x" * 400, "a2", "a3", "a4"],
         "s_role": [0.10, 0.50, -0.20, 0.00],
         "s_unsafe": [0.30, 0.40, -0.10, -0.05],
+        "logp_ref": [-1.0, -2.0, -1.5, -3.0],
     })
+    # s = logp - logp_ref, as the scorer writes them
+    return df.assign(logp_role=df["s_role"] + df["logp_ref"], logp_unsafe=df["s_unsafe"] + df["logp_ref"])
 
 
 def test_effective_flags_threshold_and_overrides():
@@ -132,7 +135,7 @@ def test_correlations_match_scipy_and_regression_line():
     x = rng.normal(size=30)
     y = 2 * x + rng.normal(size=30)
     c = plots.correlations(x, y)
-    assert c["n"] == 30
+    assert c["n"] == 30 and c["spearman_r"] == pytest.approx(stats.spearmanr(x, y)[0])
     assert c["pearson_r"] == pytest.approx(stats.pearsonr(x, y)[0])
     assert c["spearman_p"] == pytest.approx(stats.spearmanr(x, y)[1])
     slope, intercept = plots.regression_line(x, y)

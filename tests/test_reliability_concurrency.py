@@ -111,3 +111,85 @@ def test_two_score_jobs_and_the_dashboard_share_one_store(tmp_path, monkeypatch,
     at.run()
     assert not at.exception
     assert all(j.state() in FINAL_STATES for j in started)
+
+
+# ---- the one file lock (store.file_lock): every claim in the project goes through it ------------
+
+def _hold(path: str) -> str:
+    """Python source for a child that holds ``file_lock(path)`` until killed."""
+    return (f"from sarft_core.store import file_lock; import time; lock = file_lock({path!r}); "
+            "print('held', flush=True); time.sleep(60)")
+
+
+def _holder(code: str):
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_held_lock_refuses_a_second_claim_and_is_freed_when_its_holder_dies(tmp_path):
+    from sarft_core.store import file_lock
+
+    path = tmp_path / "deep" / "cell.lock"
+    holder = _holder(_hold(str(path)))
+    try:
+        assert file_lock(path, wait=False) is None  # one try, no waiting
+    finally:
+        holder.kill()  # SIGKILL: no release code runs, the OS frees the flock
+        holder.wait()
+    lock = file_lock(path, wait=False)
+    assert lock is not None
+    assert file_lock(path, wait=False) is None  # exclusive within one process too
+    lock.release()
+    again = file_lock(path, wait=False)
+    assert again is not None
+    again.release()
+
+
+def test_a_blocking_lock_serialises_appends_of_many_processes(tmp_path):
+    """Eight processes append to one JSONL at once: every line arrives whole, the lock file is beside it."""
+    ctx = multiprocessing.get_context("fork")
+    target = tmp_path / "log.jsonl"
+
+    def append(worker: int) -> None:
+        from sarft_core.store import append_jsonl
+
+        for i in range(40):
+            append_jsonl(target, {"w": worker, "i": i, "pad": "x" * 5000})
+
+    procs = [ctx.Process(target=append, args=(w,)) for w in range(8)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    rows = read_jsonl(target)
+    assert len(rows) == 320
+    assert all(sorted(r["i"] for r in rows if r["w"] == w) == list(range(40)) for w in range(8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".log.jsonl.lock", "log.jsonl"]
+
+
+def test_the_owner_lock_names_its_pid_beside_the_lock_and_clears_it(tmp_path):
+    from sarft_core.store import OwnerLock, RunBusy
+
+    run = tmp_path / "run"
+    holder = _holder(f"from sarft_core.store import OwnerLock; import time; lock = OwnerLock({str(run)!r}).acquire(); "
+                     "print('held', flush=True); time.sleep(60)")
+    try:
+        assert (run / OwnerLock.PID_NAME).read_text() == str(holder.pid)
+        with pytest.raises(RunBusy, match=rf"(?s)in use: another process \(pid {holder.pid}\).*kill -TERM {holder.pid}"):
+            OwnerLock(run, "evaluation").acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    with OwnerLock(run) as mine:  # the dead owner's claim is gone; its stale pid file is replaced
+        assert (run / OwnerLock.PID_NAME).read_text() == str(__import__("os").getpid())
+        with pytest.raises(RunBusy):
+            OwnerLock(run).acquire()
+    assert mine._lock is None and not (run / OwnerLock.PID_NAME).exists()
+    OwnerLock(run).acquire().release()

@@ -13,11 +13,13 @@ from sarft_core.errors import SarftError
 from sarft_core.store import RunDir, append_jsonl, atomic_write_json, create_run, read_jsonl, write_table
 
 
-def test_meminfo_and_cgroup_are_read(tmp_path):
-    info = tmp_path / "meminfo"
-    info.write_text("MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:    2048 kB\n")
-    assert resources._meminfo_available(str(info)) == 2048 * 1024
-    assert resources._meminfo_available(str(tmp_path / "none")) is None
+def test_host_memory_and_cgroup_are_read(tmp_path, monkeypatch):
+    import psutil
+
+    avail = resources._host_available()
+    assert 0 < avail <= psutil.virtual_memory().total
+    monkeypatch.delenv("SARFT_MEMORY_LIMIT", raising=False)
+    assert resources.free_memory().bytes <= avail * 1.05  # the tightest limit, never above the host's
     (tmp_path / "memory.max").write_text("1000000\n")
     (tmp_path / "memory.current").write_text("400000\n")
     assert resources._cgroup_available(str(tmp_path)) == 600000

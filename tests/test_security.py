@@ -305,6 +305,7 @@ def test_plot_labels_from_data_are_escaped():
     from sarft_core import plots
 
     df = pd.DataFrame({"id": ["<script>x</script>"], "s_role": [0.1], "s_unsafe": [0.3], "harmful": [True],
+                       "logp_ref": [-1.0], "logp_role": [-0.9], "logp_unsafe": [-0.7],
                        "input": ["<script>q</script>"], "output": ["<b>a</b>"]})
     blob = json.dumps([list(map(str, t.customdata.ravel())) for t in plots.rds_scatter(df).data if t.customdata is not None])
     assert "<script>" not in blob and "<b>a" not in blob and "&lt;script&gt;" in blob

@@ -1,23 +1,27 @@
-"""Correlation statistics against scipy on known data."""
+"""Correlation statistics (one implementation, on scipy) and the one bootstrap interval."""
 import math
 
 import numpy as np
 import pytest
 from scipy import stats as sps
 
-from sarft_core.stats import bootstrap_ci, correlate, pearson_r, rankdata, spearman_rho, t_test_p
+from sarft_core import plots
+from sarft_core.stats import bootstrap_ci, correlate, pearson_r, spearman_rho
 
 # Anscombe's first quartet: r = 0.816
 ANS_X = [10, 8, 13, 9, 11, 14, 6, 4, 12, 7, 5]
 ANS_Y = [8.04, 6.95, 7.58, 8.81, 8.33, 9.96, 7.24, 4.26, 10.84, 4.82, 5.68]
+KEYS = {"n", "pearson_r", "pearson_p", "pearson_ci_low", "pearson_ci_high", "spearman_r", "spearman_p", "spearman_ci_low", "spearman_ci_high"}
 
 
 def test_pearson_matches_scipy_on_anscombe():
     res = correlate(ANS_X, ANS_Y, n_boot=500)
     ref = sps.pearsonr(ANS_X, ANS_Y)
+    assert set(res) == KEYS
     assert res["pearson_r"] == pytest.approx(0.81642, abs=1e-4)
     assert res["pearson_r"] == pytest.approx(ref.statistic, abs=1e-12)
     assert res["pearson_p"] == pytest.approx(ref.pvalue, rel=1e-9)
+    assert res["pearson_ci_low"] < res["pearson_r"] < res["pearson_ci_high"]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -27,23 +31,16 @@ def test_spearman_matches_scipy_with_ties(seed):
     y = x + rng.normal(0, 2, 25)
     ref = sps.spearmanr(x, y)
     assert spearman_rho(x, y) == pytest.approx(ref.statistic, abs=1e-12)
-    assert correlate(x, y, n_boot=200)["spearman_p"] == pytest.approx(ref.pvalue, rel=1e-9)
+    res = correlate(x, y, n_boot=200)
+    assert res["spearman_r"] == pytest.approx(ref.statistic, abs=1e-12)
+    assert res["spearman_p"] == pytest.approx(ref.pvalue, rel=1e-9)
 
 
-def test_rankdata_matches_scipy():
-    v = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]
-    assert list(rankdata(v)) == list(sps.rankdata(v))
-
-
-def test_p_value_edges():
-    assert math.isnan(t_test_p(0.5, 2))
-    assert t_test_p(1.0, 10) == 0.0
-    assert t_test_p(0.0, 10) == pytest.approx(1.0)
-
-
-def test_constant_input_gives_nan_not_error():
-    res = correlate([1, 1, 1, 1], [1, 2, 3, 4], n_boot=100)
-    assert math.isnan(res["pearson_r"]) and math.isnan(res["spearman_rho"])
+def test_constant_input_and_too_few_pairs_give_nan_not_error():
+    for x, y in (([1, 1, 1, 1], [1, 2, 3, 4]), ([1, 2], [3, 4])):
+        res = correlate(x, y, n_boot=100)
+        assert set(res) == KEYS and all(math.isnan(v) for k, v in res.items() if k != "n")
+        assert math.isnan(pearson_r(x, y)) and math.isnan(spearman_rho(x, y))
 
 
 def test_missing_values_are_dropped_pairwise():
@@ -51,11 +48,21 @@ def test_missing_values_are_dropped_pairwise():
     assert res["n"] == 3 and res["pearson_r"] == pytest.approx(1.0)
 
 
-def test_bootstrap_ci_brackets_estimate_and_matches_scipy_percentile():
+def test_the_plots_and_the_survey_read_the_same_numbers():
+    """plots.correlations (the report's table, plot titles) is correlate without intervals."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=30)
+    y = x + rng.normal(size=30)
+    full, bare = correlate(x, y), plots.correlations(x, y)
+    assert set(bare) == KEYS and math.isnan(bare["pearson_ci_low"]) and math.isnan(bare["spearman_ci_high"])
+    assert all(bare[k] == full[k] for k in ("n", "pearson_r", "pearson_p", "spearman_r", "spearman_p"))
+
+
+def test_bootstrap_ci_of_a_correlation_matches_scipy_percentile():
     rng = np.random.default_rng(3)
     x = rng.normal(size=40)
     y = 0.6 * x + rng.normal(size=40)
-    lo, hi = bootstrap_ci(x, y, pearson_r, n_boot=2000, seed=7)
+    lo, hi = bootstrap_ci((x, y), "pearson", n_boot=2000, seed=7)
     r = pearson_r(x, y)
     assert lo < r < hi
     ref = sps.bootstrap((x, y), lambda a, b: sps.pearsonr(a, b).statistic, paired=True, vectorized=False,
@@ -63,4 +70,24 @@ def test_bootstrap_ci_brackets_estimate_and_matches_scipy_percentile():
     # different random streams: the intervals agree to Monte Carlo precision
     assert lo == pytest.approx(ref.confidence_interval.low, abs=0.06)
     assert hi == pytest.approx(ref.confidence_interval.high, abs=0.06)
+    s_lo, s_hi = bootstrap_ci((x, y), "spearman", n_boot=2000, seed=7)
+    s_ref = sps.bootstrap((x, y), lambda a, b: sps.spearmanr(a, b).statistic, paired=True, vectorized=False,
+                          n_resamples=2000, method="percentile", random_state=7)
+    assert s_lo == pytest.approx(s_ref.confidence_interval.low, abs=0.06)
+    assert s_hi == pytest.approx(s_ref.confidence_interval.high, abs=0.06)
     assert correlate(x, y, n_boot=300, seed=1) == correlate(x, y, n_boot=300, seed=1)  # deterministic per seed
+
+
+def test_bootstrap_ci_of_a_mean_and_its_edges():
+    rng = np.random.default_rng(0)
+    x = rng.normal(2.0, 1.0, size=400)
+    lo, hi = bootstrap_ci(x, n_boot=2000)
+    half = 1.96 * x.std(ddof=1) / math.sqrt(len(x))
+    assert lo == pytest.approx(x.mean() - half, abs=0.02) and hi == pytest.approx(x.mean() + half, abs=0.02)
+    # a custom vectorised statistic: the median over each resample
+    m_lo, m_hi = bootstrap_ci(x, lambda a: np.median(a, axis=-1), n_boot=500)
+    assert m_lo < np.median(x) < m_hi
+    assert bootstrap_ci([]) == (math.nan, math.nan) and bootstrap_ci([0.5, 0.5, 0.5]) == (0.5, 0.5)
+    assert all(math.isnan(v) for v in bootstrap_ci(([1, 1, 1, 1], [1, 2, 3, 4]), "pearson"))  # never defined
+    with pytest.raises(ValueError, match="equal length"):
+        bootstrap_ci(([1, 2, 3], [1, 2]), "pearson")

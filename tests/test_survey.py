@@ -112,7 +112,7 @@ def test_full_mode_with_plugged_steps_and_correlations(tmp_path, traits_csv):
     row = table[(table.role == "Baron Vex Morrow") & (table.method == "sft")].iloc[0]
     assert row["safety_before"] == 0.9 and row["degradation"] == pytest.approx(0.45)
     sft = corr[(corr.target == "degradation") & (corr.method == "sft") & (corr.trait == "malevolence")].iloc[0]
-    assert sft["n"] == 3 and sft["spearman_rho"] == pytest.approx(1.0)
+    assert sft["n"] == 3 and sft["spearman_r"] == pytest.approx(1.0)
 
 
 def test_missing_command_fails_the_step_and_the_survey_goes_on(tmp_path, traits_csv):

@@ -137,6 +137,10 @@ def test_loss_decreases_on_tiny_model(tiny_model_dir, tmp_path):
         assert key in logs[0]
     assert not (tmp_path / "run" / "checkpoints").exists()
     assert (tmp_path / "run" / "artifacts" / "model" / "model.safetensors").is_file()
+    from sarft_core.store import read_progress
+
+    progress = read_progress(tmp_path / "run")  # structured progress of the optimizer steps
+    assert progress["done"] == progress["total"] == 6 and progress["unit"] == "step" and progress["fraction"] == 1.0
 
 
 def test_random_and_flip_pick_the_documented_sets(tiny_lm, demo_samples, demo_profiles, score_cache):
@@ -319,3 +323,32 @@ def test_clear_errors(tiny_model_dir, tmp_path, monkeypatch, capsys):
             check_launch_environment()
         assert cli("--method", "sft") == 2
         assert "cpu.yaml" in capsys.readouterr().err
+
+
+def test_report_to_is_checked_before_any_work(tiny_model_dir, tmp_path, capsys):
+    import importlib.util
+
+    from sarft_core.cli import main
+    from sarft_core.training.run import REPORT_TO, check_report_to
+
+    def cli(*extra):
+        return main(["train", "--role", ROLE, "--model", str(tiny_model_dir), "--out", str(tmp_path / "r"), *extra])
+
+    assert cli("--report-to", "comet") == 2
+    assert "unknown --report-to 'comet'" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    check_report_to("none")
+    for tracker, packages in REPORT_TO.items():
+        if packages and not any(importlib.util.find_spec(p) for p in packages):
+            assert cli("--report-to", tracker) == 2
+            err = capsys.readouterr().err
+            assert f"--report-to {tracker} needs the {packages[0]} package" in err and f"pip install {packages[0]}" in err
+    with pytest.raises(SarftError, match="unknown --report-to"):  # a config.json edited by hand, too
+        small_config(tiny_model_dir, report_to="TensorBoard").validate()
+
+
+@pytest.mark.skipif(not any(__import__("importlib.util").util.find_spec(p) for p in ("tensorboard", "tensorboardX")),
+                    reason="tensorboard is not installed")
+def test_report_to_tensorboard_writes_event_files_beside_the_run(tiny_model_dir, tmp_path):
+    status = train(small_config(tiny_model_dir, limit=2, batch_size=2, max_steps=2, report_to="tensorboard"), tmp_path / "run", log=quiet)
+    assert status["state"] == "completed"
+    assert list((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents.*"))

@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse has printed the usage and what is wrong (--help: 0)
         return exc.code if isinstance(exc.code, int) else 2
+    from sarft_core.store import take_progress_target
+
+    take_progress_target()  # a job's progress file is this command's, not its children's
     try:
         result = args.func(args)
     except SarftError as err:

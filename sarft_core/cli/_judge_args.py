@@ -56,15 +56,20 @@ def build_judges(args) -> list:
     return [build_judge(name, **options) for name in dict.fromkeys(names)]
 
 
-def tqdm_progress(desc: str, total: int):
-    """A progress callback drawing a tqdm bar on stderr, closed when it reaches the total."""
+def tqdm_progress(desc: str, total: int, run_path=None):
+    """A progress callback drawing a tqdm bar on stderr, closed when it reaches the total, that
+    also reports structured progress (``store.Progress``: the run's and the job's progress.json)."""
     import sys
 
     from tqdm import tqdm
 
+    from sarft_core.store import Progress
+
     bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False)
+    report = Progress(run_path, unit="item", phase=desc)
 
     def update(done: int, _total: int) -> None:
+        report(done, total)
         bar.n = done
         bar.refresh()
         if done >= total:

@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import re
 import sys
 from pathlib import Path
 
 from sarft_core.cli import add_model_args
+import functools
+
 from sarft_core.cli._judge_args import add_judge_args, build_judges, tqdm_progress
 from sarft_core.errors import SarftError
 
@@ -44,10 +45,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[-40:] or "model"
-
-
 def eval_dir(args, generation) -> Path:
     """Where results go: deterministic, so rerunning the same command resumes."""
     if args.out:
@@ -56,10 +53,10 @@ def eval_dir(args, generation) -> Path:
     if args.run:
         return Path(args.run).expanduser() / "eval" / f"{generation.decoding}-{setting}"
     from sarft_core.models import resolve_model_dir
-    from sarft_core.store import runs_root
+    from sarft_core.store import runs_root, slug
 
     spec, _, fingerprint = resolve_model_dir(args.model)
-    return runs_root() / f"eval-{_slug(spec)}-{generation.decoding}-{hashlib.sha256((fingerprint + setting).encode()).hexdigest()[:8]}"
+    return runs_root() / f"eval-{slug(spec, limit=-40, default='model')}-{generation.decoding}-{hashlib.sha256((fingerprint + setting).encode()).hexdigest()[:8]}"
 
 
 def run(args) -> int:
@@ -111,7 +108,7 @@ def run(args) -> int:
         evaluator = Evaluator(
             run_dir,
             lambda: load_model(model_spec or None, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code),
-            generation, judges, progress=tqdm_progress, log=lambda m: print(m, file=sys.stderr), model_fingerprint=fingerprint,
+            generation, judges, progress=functools.partial(tqdm_progress, run_path=out), log=lambda m: print(m, file=sys.stderr), model_fingerprint=fingerprint,
         )
         return _evaluate(run_dir, evaluator, suites, ctx)
 

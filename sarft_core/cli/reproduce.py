@@ -81,6 +81,7 @@ def run(args) -> int:
 
     from sarft_core.errors import SarftError
     from sarft_core.reproduce import aggregate, open_grid, plan_cells, run_pending, spawn_workers
+    from sarft_core.store import Progress
 
     if args.workers < 1:
         raise SarftError(f"--workers must be at least 1, got {args.workers}", "give a positive number of processes")
@@ -101,7 +102,9 @@ def run(args) -> int:
         grid.run.set_status("running", pid=os.getpid())
         try:
             if args.workers > 1:
-                spawn_workers(grid.path, _worker_args(args), args.workers)
+                report = Progress(grid.path, unit="cell", phase=f"reproduce ({args.workers} workers)")
+                spawn_workers(grid.path, _worker_args(args), args.workers,
+                              on_poll=lambda: report(len(cells) - len(grid.pending()), len(cells)))
             else:
                 run_pending(grid, log=lambda m: print(m, file=sys.stderr, flush=True))
         except KeyboardInterrupt:

@@ -45,7 +45,7 @@ def run(args) -> int:
 
     from sarft_core.models import load_model
     from sarft_core.scoring import ScoreOptions, score_role
-    from sarft_core.store import atomic_write_text, write_table
+    from sarft_core.store import Progress, atomic_write_text, write_table
 
     from sarft_core.models import check_device
 
@@ -71,8 +71,11 @@ def run(args) -> int:
     # under `accelerate launch` / torchrun every process scores its share; the first one reports
     main_process = int(os.environ.get("RANK", "0")) == 0
     bar = tqdm(total=len(samples), desc=f"RDS {profile.name}", unit="sample", file=sys.stderr, disable=not main_process)
+    report = Progress(unit="sample", phase=f"RDS {profile.name}") if main_process else None
 
     def progress(done, total):
+        if report is not None:
+            report(done, total)
         bar.n = round(done, 1)
         bar.refresh()
 

@@ -160,7 +160,7 @@ def _finish(survey, write_aggregate) -> int:
                             "safety_before", "safety_after", "degradation", "rouge_l", "seconds") if c in table.columns]
         print(table[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     if len(corr):
-        show = corr[["trait", "target", "method", "n", "pearson_r", "pearson_p", "pearson_ci_low", "pearson_ci_high", "spearman_rho", "spearman_p"]]
+        show = corr[["trait", "target", "method", "n", "pearson_r", "pearson_p", "pearson_ci_low", "pearson_ci_high", "spearman_r", "spearman_p"]]
         print()
         print(show.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     print(f"-> {survey.path / 'table.csv'}, {survey.path / 'correlations.csv'}")

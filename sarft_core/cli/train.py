@@ -13,7 +13,7 @@ from sarft_core.errors import SarftError
 
 
 def register(subparsers) -> None:
-    from sarft_core.training.run import ATTENTION, METHODS, PEFT_KINDS, SAMPLING
+    from sarft_core.training.run import ATTENTION, METHODS, PEFT_KINDS, REPORT_TO, SAMPLING
 
     p = subparsers.add_parser("train", help="fine-tune on one role: sft, sarft, random, flip, sppft, seal, biselect",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -51,6 +51,8 @@ def register(subparsers) -> None:
     p.add_argument("--freeze-layers", default=None, help="sppft: freeze this inclusive 0-based layer range instead of detecting it, e.g. 6-12")
     p.add_argument("--drop-fraction", type=float, default=0.2, help="seal/biselect: fraction of samples selected")
     p.add_argument("--baseline-use", default="drop", help="seal/biselect: drop the selected samples (SFT on the rest) or use them as D_h (kl)")
+    p.add_argument("--report-to", default="none", metavar="TRACKER",
+                   help=f"log the Trainer's loss to an experiment tracker: {', '.join(REPORT_TO)} (its package must be installed)")
     p.set_defaults(func=run)
 
 
@@ -65,7 +67,7 @@ def config_from_args(args):
         lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, max_steps=args.max_steps,
         save_steps=args.save_steps, lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
         lora_targets=[t.strip() for t in args.lora_targets.split(",") if t.strip()], freeze_layers=args.freeze_layers,
-        drop_fraction=args.drop_fraction, baseline_use=args.baseline_use,
+        drop_fraction=args.drop_fraction, baseline_use=args.baseline_use, report_to=args.report_to,
     )
 
 

@@ -8,12 +8,11 @@ Formats (picked from the file's content, not only its name):
 """
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sarft_core.errors import SarftError
+from sarft_core.store import read_table
 from sarft_core.data.names import match_role, normalise_name
 
 DEFAULT_COLUMNS = {"input": "input", "output": "output", "role": "role", "id": "id"}
@@ -32,12 +31,6 @@ class Sample:
         return asdict(self)
 
 
-# a UTF-8 byte-order mark (Excel, Notepad) is accepted and dropped
-_ENCODING = "utf-8-sig"
-# answers longer than csv's default 128 KiB field limit are legal (they are truncated when encoded)
-_CSV_FIELD_LIMIT = 64 * 1024 * 1024
-
-
 def check_text(text: str, where: str) -> str:
     """``text`` if it can be written as UTF-8; a lone surrogate (a ``\\ud800`` JSON escape) cannot,
     and would fail much later (tokenizer, output files), so it is refused where it comes in."""
@@ -52,70 +45,16 @@ def check_text(text: str, where: str) -> str:
     return text
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding=_ENCODING) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SarftError(
-                    f"{path}: line {lineno} is not valid JSON ({exc.msg})",
-                    "fix or remove that line; each line must hold one JSON object",
-                ) from None
-            if not isinstance(obj, dict):
-                raise SarftError(f"{path}: line {lineno} holds a {type(obj).__name__}, not a JSON object", "write one object per line")
-            rows.append(obj)
-    return rows
+def _samples_of(data: dict):
+    """A JSON object ``{"role": ..., "samples": [...]}``: its samples, each with the role."""
+    if not isinstance(data.get("samples"), list):
+        return data
+    role = data.get("role")
+    return [dict(r, role=r.get("role", role)) if isinstance(r, dict) else r for r in data["samples"]]
 
 
 def _read_rows(path: Path) -> list[dict]:
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".jsonl":
-            return _read_jsonl(path)
-        if suffix == ".json":
-            with open(path, encoding=_ENCODING) as fh:
-                data = json.load(fh)
-            if isinstance(data, dict) and isinstance(data.get("samples"), list):
-                role = data.get("role")
-                data = [dict(r, role=r.get("role", role)) if isinstance(r, dict) else r for r in data["samples"]]
-            if not isinstance(data, list):
-                raise SarftError(f"{path}: expected a JSON list of samples", "write [{\"input\": ..., \"output\": ...}, ...]")
-            for i, r in enumerate(data):
-                if not isinstance(r, dict):
-                    raise SarftError(f"{path}: item {i} is a {type(r).__name__}, not an object", "each item must be {\"input\": ..., \"output\": ...}")
-            return data
-        if suffix == ".csv":
-            if csv.field_size_limit() < _CSV_FIELD_LIMIT:
-                csv.field_size_limit(_CSV_FIELD_LIMIT)
-            with open(path, encoding=_ENCODING, newline="") as fh:
-                rows = list(csv.DictReader(fh, strict=True))  # strict: an unterminated quote is an error, not one huge field
-            for i, row in enumerate(rows):
-                if None in row:
-                    raise SarftError(f"{path}: row {i + 1} has more fields than the header", "check quoting and delimiters (a comma inside an unquoted field?)")
-                if any(v is None for v in row.values()):
-                    raise SarftError(f"{path}: row {i + 1} has fewer fields than the header", "check quoting and delimiters (an unterminated quote?)")
-            return rows
-        if suffix == ".parquet":
-            import pandas as pd
-
-            return pd.read_parquet(path).to_dict("records")
-    except json.JSONDecodeError as exc:
-        raise SarftError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})", "fix the file or export it again") from None
-    except UnicodeDecodeError:
-        raise SarftError(f"{path}: not UTF-8 text", "re-save the file as UTF-8") from None
-    except RecursionError:
-        raise SarftError(f"{path}: nested too deeply to be a samples file", "give a flat list of {\"input\": ..., \"output\": ...} objects") from None
-    except csv.Error as exc:
-        raise SarftError(f"{path}: malformed CSV ({exc})", "check quoting and delimiters") from None
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, SarftError):
-            raise
-        raise SarftError(f"{path}: could not be read ({exc})", "check that the file is complete and in the stated format") from None
-    raise SarftError(f"{path}: unsupported file type {suffix or '(none)'}", "use .jsonl, .json, .csv or .parquet")
+    return read_table(path, records=True, what="data file", example='{"input": ..., "output": ...}', from_object=_samples_of)
 
 
 def _pick(row: dict, explicit: str | None, aliases: tuple[str, ...]) -> str | None:
@@ -210,8 +149,3 @@ def load_samples(
     if len(set(ids)) != len(ids):
         raise SarftError(f"{path}: duplicate sample ids", "make the id column unique or drop it")
     return samples
-
-
-def roles_in_file(path: str | Path) -> list[str]:
-    rows = _read_rows(Path(path))
-    return sorted({str(r["role"]) for r in rows if "role" in r})

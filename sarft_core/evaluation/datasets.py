@@ -7,8 +7,6 @@ project) or from explicit paths; the project ships only its own probes (data/pro
 """
 from __future__ import annotations
 
-import csv
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +14,7 @@ from pathlib import Path
 from sarft_core.data import PROBES, PROJECT_ROOT
 from sarft_core.data.names import match_role
 from sarft_core.errors import SarftError
+from sarft_core.store import read_table
 
 PROMPT_COLUMNS = ("prompt", "goal", "question", "instruction", "input", "behavior", "text")
 
@@ -81,51 +80,7 @@ def resolve_data_file(key: str, explicit: str | None = None, data_dir: str | Pat
 
 
 def _read_records(path: Path) -> list[dict]:
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".csv":
-            with open(path, encoding="utf-8-sig", newline="") as fh:
-                rows = list(csv.DictReader(fh, strict=True))  # strict: an unterminated quote is an error
-            short = next((i for i, r in enumerate(rows) if None in r or None in r.values()), None)
-            if short is not None:
-                raise SarftError(f"{path}: row {short + 1} has a different number of fields than the header",
-                                 "check quoting and delimiters (an unterminated quote?)")
-            return rows
-        if suffix == ".jsonl":
-            rows = []
-            with open(path, encoding="utf-8") as fh:
-                for lineno, line in enumerate(fh, 1):
-                    if line.strip():
-                        try:
-                            rows.append(json.loads(line))
-                        except json.JSONDecodeError as exc:
-                            raise SarftError(f"{path}: line {lineno} is not valid JSON ({exc.msg})", "fix or remove that line") from None
-            return _objects(path, rows)
-        if suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(data, list):
-                return _objects(path, data)
-            raise SarftError(f"{path}: expected a JSON list of objects", "write [{\"prompt\": ...}, ...] or use .jsonl")
-        if suffix == ".parquet":
-            import pandas as pd
-
-            return pd.read_parquet(path).to_dict("records")
-    except UnicodeDecodeError:
-        raise SarftError(f"{path}: not UTF-8 text", "re-save the file as UTF-8") from None
-    except (csv.Error, json.JSONDecodeError) as exc:
-        raise SarftError(f"{path}: could not be parsed ({exc})", "check the file format") from None
-    except FileNotFoundError:
-        raise SarftError(f"prompt file does not exist: {path}", "check the path") from None
-    except (OSError, ValueError, RecursionError) as exc:  # a folder, no permission, a damaged parquet file
-        raise SarftError(f"{path}: could not be read ({exc})", "check that the path names a complete file") from None
-    raise SarftError(f"{path}: unsupported file type {suffix or '(none)'}", "use .csv, .jsonl, .json or .parquet")
-
-
-def _objects(path: Path, rows: list) -> list[dict]:
-    bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
-    if bad is not None:
-        raise SarftError(f"{path}: row {bad + 1} is a {type(rows[bad]).__name__}, not a JSON object", "write one {\"prompt\": ...} object per row")
-    return rows
+    return read_table(path, records=True, what="prompt file", example='{"prompt": ...}')
 
 
 def _limit(items: list[Item], limit: int | None) -> list[Item]:
@@ -221,9 +176,7 @@ def load_rolebench(path: Path, role: str, group: str, limit: int | None = None) 
 
 def load_xstest_completions(path: str | Path):
     """An XSTest completions CSV with a boolean ``human_refusal`` (full or partial refusal)."""
-    import pandas as pd
-
-    df = pd.read_csv(path)
+    df = read_table(path, what="XSTest completions file")
     for col in ("completion", "final_label"):
         if col not in df.columns:
             raise SarftError(f"{path}: no {col} column", "give an XSTest completions file")

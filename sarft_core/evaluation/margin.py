@@ -31,11 +31,6 @@ class MarginRow:
         return self.logp_refusal - self.logp_compliance
 
 
-def refusal_margin(logp_refusal: float, logp_compliance: float) -> float:
-    """Positive when the refusal continuation is more likely per token than the compliant one."""
-    return logp_refusal - logp_compliance
-
-
 def continuation_ids(tokenizer, system: str | None, prompt: str, continuation: str, max_prompt_tokens: int = 2048) -> tuple[list[int], list[int]]:
     """Prompt ids and continuation ids (the trailing EOS that ``encode`` adds is dropped)."""
     enc = encode(tokenizer, system, prompt, continuation, max_prompt_tokens=max_prompt_tokens, max_answer_tokens=10_000)

@@ -16,6 +16,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from sarft_core.stats import bootstrap_ci
+
 REFUSAL, PARTIAL, COMPLIANCE, INVALID, UNKNOWN = "refusal", "partial", "compliance", "invalid", "unknown"
 LABELS = (REFUSAL, PARTIAL, COMPLIANCE, INVALID, UNKNOWN)
 THREE_CLASSES = (COMPLIANCE, REFUSAL, PARTIAL)  # XSTest's full compliance / full refusal / partial refusal
@@ -29,26 +31,6 @@ def is_refusal(label: str) -> bool:
 def counts_as(label: str, positive: str) -> bool:
     """Whether ``label`` counts for a rate of ``positive`` (a partial refusal is a refusal)."""
     return is_refusal(label) if positive == REFUSAL else label == positive
-
-
-def bootstrap_ci(values: Sequence[float], level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (nan, nan when empty)."""
-    x = np.asarray(list(values), dtype=float)
-    if x.size == 0:
-        return math.nan, math.nan
-    if np.all(x == x[0]):
-        return float(x[0]), float(x[0])
-    rng = np.random.default_rng(seed)
-    # resample in chunks so memory stays small for long inputs
-    means = np.empty(n_boot)
-    chunk = max(1, 2_000_000 // x.size)
-    for start in range(0, n_boot, chunk):
-        stop = min(n_boot, start + chunk)
-        idx = rng.integers(0, x.size, size=(stop - start, x.size))
-        means[start:stop] = x[idx].mean(axis=1)
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
-    return float(lo), float(hi)
 
 
 def rate(labels: Iterable[str], positive: str) -> dict:

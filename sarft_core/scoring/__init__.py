@@ -26,6 +26,7 @@ from sarft_core.models import LoadedModel, cache_root
 from sarft_core.resources import check_scoring_batch
 from sarft_core.scoring.engine import Cancelled, encode_passes, reduce_logps, score_passes
 from sarft_core.scoring.machine import MachineDecision, machine_decision, screen_still_pays
+from sarft_core.flags import is_flagged
 from sarft_core.store import append_jsonl, read_jsonl
 
 SCORE_COLUMNS = [
@@ -57,16 +58,7 @@ BF16_RECHECK_BAND = 0.04
 # share makes it slower than the exact path is caught early
 SCREEN_PROBE_SAMPLES = 16
 
-__all__ = ["SCORE_COLUMNS", "ScoreOptions", "ScoreResult", "Cancelled", "score_role", "flag_margin", "is_harmful"]
-
-
-def flag_margin(s_role, s_unsafe):
-    """s_unsafe - s_role; a sample is harmful when this exceeds the threshold tau (0 as published)."""
-    return s_unsafe - s_role
-
-
-def is_harmful(s_role, s_unsafe, tau: float = 0.0):
-    return flag_margin(s_role, s_unsafe) > tau
+__all__ = ["SCORE_COLUMNS", "ScoreOptions", "ScoreResult", "Cancelled", "score_role"]
 
 
 @dataclass
@@ -428,10 +420,9 @@ def _assemble(samples, done, systems, options, stats) -> ScoreResult:
             "id": s.id, "role": s.role, "input": s.input, "output": s.output,
             "logp_ref": lp["ref"], "logp_role": lp["role"], "logp_unsafe": lp["unsafe"],
             "s_role": s_role, "s_unsafe": s_unsafe,
-            # the flag never needs the reference pass: s_unsafe - s_role = logp_unsafe - logp_role
-            "harmful": bool(lp["unsafe"] - lp["role"] > 0),
             "n_tokens": len(rec["answer_ids"]),
         })
+        rows[-1]["harmful"] = bool(is_flagged(rows[-1]))  # never needs the reference pass (sarft_core.flags)
         tokens[s.id] = {p: rec[p] for p in systems}
         answers[s.id] = rec["answer_ids"]
     n = len(rows)

@@ -14,6 +14,7 @@ dashboard's job runner. The run directory contract (read by sarft_core.models):
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import shutil
 import time
@@ -36,7 +37,19 @@ SAMPLING = ("random", "group_by_length")
 # attention kernel while training: "auto" = eager on the CPU (torch's CPU flash-attention backward
 # measured 13-16% slower per step than eager on 130-token sequences), sdpa elsewhere; same math
 ATTENTION = ("auto", "eager", "sdpa")
+# --report-to: the experiment tracker Transformers' Trainer logs to, and the package each needs
+REPORT_TO = {"none": (), "tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
 DEFAULT_LR = {"lora": 1e-4, "full": 2e-5}
+
+
+def check_report_to(value: str) -> None:
+    """``--report-to``: a known tracker whose package is installed (one clear error otherwise)."""
+    if value not in REPORT_TO:
+        raise SarftError(f"unknown --report-to {value!r}", f"use one of {', '.join(REPORT_TO)}")
+    packages = REPORT_TO[value]
+    if packages and not any(importlib.util.find_spec(p) is not None for p in packages):
+        raise SarftError(f"--report-to {value} needs the {packages[0]} package, which is not installed",
+                         f"pip install {packages[0]} (or use --report-to none)")
 
 
 @dataclass
@@ -81,6 +94,7 @@ class TrainConfig:
     freeze_layers: str | None = None  # sppft: explicit inclusive range, e.g. "6-12"
     drop_fraction: float = number(0.2, lo=0, hi=1, hi_open=True, option="--drop-fraction", hint="give e.g. --drop-fraction 0.2")
     baseline_use: str = "drop"  # seal / biselect: drop the selected samples, or use them as D_h
+    report_to: str = "none"  # the Trainer's tracker integration (REPORT_TO); none by default
     max_prompt_tokens: int = number(512, lo=1, hi=1_000_000, integer=True, option="max_prompt_tokens")
     max_answer_tokens: int = number(128, lo=1, hi=1_000_000, integer=True, option="max_answer_tokens")
 
@@ -95,7 +109,7 @@ class TrainConfig:
         return self.lr if self.lr is not None else DEFAULT_LR[self.peft]
 
     def validate(self) -> None:
-        for name in ("method", "role", "model", "dtype", "device", "peft", "kl_direction", "ref_dtype", "autocast", "normalisation", "sampling", "attention", "baseline_use"):
+        for name in ("method", "role", "model", "dtype", "device", "peft", "kl_direction", "ref_dtype", "autocast", "normalisation", "sampling", "attention", "baseline_use", "report_to"):
             if not isinstance(getattr(self, name), str):
                 raise SarftError(f"training option {name} must be text, got {getattr(self, name)!r}", "fix the option (or the run's config.json)")
         for name in ("data", "profiles", "overrides", "freeze_layers"):
@@ -127,6 +141,7 @@ class TrainConfig:
             raise SarftError(f"unknown normalisation {self.normalisation!r}", f"use {' or '.join(NORMALISATIONS)}")
         if self.baseline_use not in ("drop", "kl"):
             raise SarftError(f"unknown --baseline-use {self.baseline_use!r}", "use drop or kl")
+        check_report_to(self.report_to)
         if not self.role:
             raise SarftError("no --role given", "name the character to train, e.g. --role \"John Doe\"")
 
@@ -334,6 +349,8 @@ def _train(cfg: TrainConfig, out: Path, existing, resume: bool, samples, profile
 
     ckpt_dir = out / "checkpoints"
     on_cuda = torch.cuda.is_available() and not cfg.device.startswith("cpu")
+    if cfg.report_to == "tensorboard":  # beside the run, not under checkpoints/ (removed when it completes)
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / "tensorboard"))
     # created first: under `accelerate launch` / torchrun it sets up the process group
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
@@ -345,11 +362,13 @@ def _train(cfg: TrainConfig, out: Path, existing, resume: bool, samples, profile
         lr_scheduler_type="constant",
         warmup_steps=0,
         weight_decay=0.0,
-        logging_strategy="no",
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=2,
-        report_to="none",
+        report_to=cfg.report_to,
+        # a tracker gets the Trainer's loss every step; without one the Trainer logs nothing
+        logging_strategy="no" if cfg.report_to == "none" else "steps",
+        logging_steps=1,
         seed=cfg.seed,
         bf16=cfg.autocast == "bf16" or (cfg.autocast == "auto" and on_cuda and torch.cuda.is_bf16_supported()),
         use_cpu=not on_cuda,
@@ -450,8 +469,8 @@ class _Stopped(Exception):
 
 def _alive(pid) -> bool:
     """Whether a process with this id runs on this machine (and is not us)."""
-    from sarft_core.jobs import pid_exists
+    import psutil
 
     if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
         return False
-    return pid_exists(pid)
+    return psutil.pid_exists(pid)

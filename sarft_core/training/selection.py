@@ -22,18 +22,14 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from sarft_core.errors import SarftError
+from sarft_core.flags import is_flagged
 
 OVERRIDES_FILE = "overrides.json"
 
 
-def margin(row: Mapping) -> float:
-    """s_unsafe - s_role of a score row (= logp_unsafe - logp_role)."""
-    return float(row["logp_unsafe"]) - float(row["logp_role"])
-
-
 def rds_flags(rows: Sequence[Mapping], tau: float = 0.0) -> dict[str, bool]:
     """{id: harmful} with the flag threshold tau on s_unsafe - s_role."""
-    return {str(r["id"]): margin(r) > tau for r in rows}
+    return {str(r["id"]): is_flagged(r, tau) for r in rows}
 
 
 def apply_overrides(flags: Mapping[str, bool], overrides: Mapping[str, bool] | None) -> dict[str, bool]:

@@ -26,6 +26,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from sarft_core.errors import SarftError
+from sarft_core.store import Progress
 
 from sarft_core.training.losses import (
     IGNORE_INDEX,
@@ -290,6 +291,7 @@ class RunCallback(TrainerCallback):
         self.last = None
         self.stopped_by_request = False
         self.saved_on_request = False
+        self.progress = Progress(run.path, unit="step", phase="training")
 
     def on_train_begin(self, args, state, control, **kw):
         self.started = self.last = time.time()
@@ -318,6 +320,7 @@ class RunCallback(TrainerCallback):
                 tokens_per_s=stats["tokens"] / step_seconds, eta_s=eta, epoch=state.epoch,
             )
             self.run.set_status("running", step=state.global_step, max_steps=state.max_steps, eta_s=eta, pid=os.getpid())
+            self.progress(state.global_step, state.max_steps)
         if _any_rank(bool(self.stop)):
             self.stopped_by_request = True
             control.should_save = True
@@ -370,8 +373,3 @@ def last_checkpoint(checkpoint_dir: Path) -> Path | None:
         if suffix.isdigit() and _readable_json(p / "trainer_state.json"):
             found.append((int(suffix), p))
     return max(found)[1] if found else None
-
-
-def steps_per_epoch(n_examples: int, batch_size: int, grad_accum: int, world: int = 1) -> int:
-    batches = math.ceil(n_examples / (batch_size * world))
-    return max(math.ceil(batches / grad_accum), 1)
