@@ -99,8 +99,9 @@ def profile_section(runs: list[RunDir]) -> dict | None:
 
 def flagged_examples(scores: pd.DataFrame, flags: pd.Series, tokens: dict, n: int) -> tuple[list[dict], bool]:
     """The most flagged samples (or, when none is, the closest to the threshold: ``True`` second)."""
-    df = scores.reset_index(drop=True).assign(margin=scores["s_unsafe"].astype(float).to_numpy() - scores["s_role"].astype(float).to_numpy(),
-                                              flagged=list(flags))
+    from sarft_core.flags import flag_margin
+
+    df = scores.reset_index(drop=True).assign(margin=flag_margin(scores).to_numpy(), flagged=list(flags))
     shown = df[df["flagged"]].sort_values("margin", ascending=False).head(n)
     closest = shown.empty
     if closest:

@@ -8,7 +8,6 @@ the reproduction grid's page (:func:`sarft_core.plots.reproduce_report_html`) an
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -40,7 +39,9 @@ def text(value) -> str:
 
 
 def slug(value) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "-", str(value)).strip("-")[:60] or "x"
+    from sarft_core.store import slug as file_slug
+
+    return file_slug(value, keep="_-", default="x")
 
 
 @lru_cache(maxsize=1)

@@ -474,3 +474,21 @@ def test_every_template_is_packaged():
     files = sorted(p.relative_to(ROOT / "sarft_core").as_posix() for p in (ROOT / "sarft_core" / "templates").iterdir() if p.is_file())
     assert {"templates/report.html.j2", "templates/report.css"} <= set(files)
     assert [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)] == []
+
+
+def test_flagged_examples_rank_by_the_margin_without_the_reference_pass():
+    """A two-pass score table (no reference: s_role and s_unsafe are NaN) still ranks its flagged
+    samples by logp_unsafe - logp_role; the margin was computed as s_unsafe - s_role (all NaN)."""
+    import math
+
+    import pandas as pd
+
+    from sarft_core.report import flagged_examples
+
+    nan = math.nan
+    scores = pd.DataFrame({"id": ["a", "b", "c"], "input": ["x"] * 3, "output": ["y"] * 3,
+                           "logp_role": [-2.0, -2.0, -1.0], "logp_unsafe": [-1.5, -1.0, -3.0],
+                           "s_role": [nan] * 3, "s_unsafe": [nan] * 3})
+    shown, closest = flagged_examples(scores, pd.Series([True, True, False]), {}, 5)
+    assert not closest and [e["id"] for e in shown] == ["b", "a"]
+    assert all(math.isfinite(e["margin"]) for e in shown)
