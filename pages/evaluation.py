@@ -8,11 +8,10 @@ from sarft_core import jobs, plots
 from sarft_core.errors import SarftError
 from sarft_core.evaluation import review
 from sarft_core.evaluation.judges import judge_specs
+from sarft_core.evaluation.suites import SUITES
 from sarft_core.evaluation.results import find_eval_runs
 from sarft_core.runview import has_eval, read_generations, read_metrics, run_label
 from sarft_core.store import RunDir, list_runs
-
-DEFAULT_SUITES = ["probes", "advbench", "xstest", "jailbreak", "rolebench", "margin"]
 
 st.title("Evaluation")
 runs = list_runs()
@@ -25,7 +24,7 @@ else:
     with st.form("eval"):
         picked = st.multiselect("Runs to evaluate", [str(r.path) for r in trained], format_func=lambda p: run_label(RunDir(Path(p))),
                                 placeholder="completed training runs")
-        suites = st.multiselect("Suites", jobs.cli_choices("eval", "--suite") or DEFAULT_SUITES, default=None)
+        suites = st.multiselect("Suites", list(SUITES), default=None)  # the registry: every suite the CLI accepts
         specs = judge_specs()  # the registry: every judge the CLI accepts
         judge = st.selectbox("Judge", list(specs), key="judge", format_func=lambda n: f"{n}: {specs[n].description}")
         c1, c2 = st.columns(2)

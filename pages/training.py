@@ -1,5 +1,4 @@
 """Training: launch SFT / SaRFT as a background job, watch its curves live, cancel it."""
-import importlib
 import re
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from sarft_core.data import PROJECT_ROOT
 from sarft_core.errors import SarftError
 from sarft_core.runview import runs_table
 from sarft_core.store import RunDir, list_runs, runs_root
+from sarft_core.training.run import METHODS, PEFT_KINDS
 
 st.title("Training")
 st.caption("SFT fine-tunes on all the role's samples; SaRFT adds λ·KL(reference ‖ model) on the flagged samples D_h, "
@@ -34,12 +34,10 @@ else:
                       if d.name == "accelerate" or "accelerate" in p.name})
     with st.form("train"):
         c1, c2, c3 = st.columns(3)
-        methods = (jobs.cli_choices("train", "--method") or list(getattr(importlib.import_module("sarft_core.cli.train"), "METHODS", []))
-                   or ["sft", "sarft", "random", "flip"])
-        method = c1.selectbox("Method", methods, index=None,
+        method = c1.selectbox("Method", list(METHODS), index=None,
                               placeholder="choose a method")
         lam = c2.number_input("λ (weight of the KL term)", min_value=0.0, value=0.5, step=0.1, format="%.2f")
-        peft = c3.radio("Weights", jobs.cli_choices("train", "--peft") or ["lora", "full"], horizontal=True)
+        peft = c3.radio("Weights", list(PEFT_KINDS), horizontal=True)
         c4, c5, c6 = st.columns(3)
         epochs = c4.number_input("Epochs", min_value=1, value=1, step=1)
         lr = c5.text_input("Learning rate", value="2e-4", help="published: 2e-5 for full fine-tuning; LoRA usually needs ~1e-4")

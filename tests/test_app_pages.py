@@ -247,3 +247,21 @@ def test_survey_page_correlates_traits_with_degradation(app):
     select.set_value("(another file…)").run()
     next(t for t in app.text_input if t.label.startswith("Path of a table")).input("/etc/passwd").run()
     assert "outside the folders" in texts(app) and not app.exception
+
+
+def test_a_registered_suite_and_every_method_reach_the_pages(app):
+    """The pages read the registries, not lists of their own: a suite registered in user code
+    appears on the Evaluation page, every training method (SPPFT, SEAL, Bi-Selection too) on the
+    Training page."""
+    from sarft_core.evaluation.suites import SUITES, Suite, register
+    from sarft_core.training.run import METHODS
+
+    register(Suite(name="test-only-suite", description="registered by this test", dataset=lambda ctx: [], metrics=[]))
+    try:
+        at = goto(app, "evaluation")
+        assert any("test-only-suite" in m.options for m in at.multiselect)
+        at = goto(app, "training")
+        shown = next(s.options for s in at.selectbox if "sppft" in s.options)
+        assert list(shown) == list(METHODS)
+    finally:
+        SUITES.pop("test-only-suite", None)

@@ -25,13 +25,19 @@ def test_sarft_keeps_more_refusal_than_sft_on_a_villain(tmp_path, score_cache):
 
     from sarft_core.reproduce import DEFAULT_PANEL, ReproduceConfig, load_results, open_grid, run_cell
 
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    import os
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))  # an earlier test may have left one thread
     cfg = ReproduceConfig(villains=["Freddy Krueger"], benevolent=[], methods=["sft", "sarft"], seeds=[0],
                           panel={**DEFAULT_PANEL, "metrics": ["advbench"], "advbench": PROMPTS})
     grid = open_grid(tmp_path / "grid", cfg)
     cells = [c for c in grid.pending() if not (c.method == "base" and c.role is not None)]  # no ROUGE cells
-    for cell in cells:
-        run_cell(grid, cell, log=lambda _m: None)
+    try:
+        for cell in cells:
+            run_cell(grid, cell, log=lambda _m: None)
+    finally:
+        torch.set_num_threads(before)
     results = {r["method"]: r for r in load_results(grid)}
     rate = lambda r: sum(r["values"]["advbench"]) / len(r["values"]["advbench"])  # noqa: E731
     base, sft, sarft = rate(results["base"]), rate(results["sft"]), rate(results["sarft"])
