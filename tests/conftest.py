@@ -41,8 +41,9 @@ def one_torch_thread():
 
 @pytest.fixture
 def score_cache(tmp_path, monkeypatch):
-    """A private score cache for one test (the converted model stays shared)."""
-    import sarft_core.scoring as scoring
+    """A private score cache for one test (the converted model stays shared): the cache module's
+    root, the one place score folders are made (sarft_core.scoring.cache)."""
+    import sarft_core.scoring.cache as scoring
 
     monkeypatch.setattr(scoring, "cache_root", lambda: tmp_path)
     return tmp_path

@@ -103,7 +103,7 @@ def write_engine_eval(path: Path, refusal: float, rouge: float, source_run=None)
 @pytest.fixture(scope="module")
 def runs_root(tmp_path_factory, tiny_lm, demo_profiles, demo_samples):
     """A folder of runs: a real score run (tiny model) with one injected sample, an SFT and a SaRFT run."""
-    import sarft_core.scoring as scoring
+    import sarft_core.scoring.cache as scoring
 
     root = tmp_path_factory.mktemp("report-runs")
     with pytest.MonkeyPatch.context() as mp:

@@ -193,7 +193,7 @@ class MachineDecision:
 
 def decision_file(identity: dict | None = None):
     """The JSON file holding this CPU model's decisions for this torch version."""
-    from sarft_core import scoring  # its cache_root, which the tests redirect
+    from sarft_core.scoring import cache as scoring  # its cache_root, which the tests redirect
 
     identity = identity or cpu_identity()
     key = json.dumps([DECISION_VERSION, identity["vendor"], identity["model"], identity["family"], identity["model_number"],
