@@ -1,0 +1,143 @@
+"""A survey's settings and its directory: SurveyConfig, the role slugs, opening (or resuming) a survey, role locks."""
+from __future__ import annotations
+
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from sarft_core.errors import SarftError
+from sarft_core.validation import number, validate_numbers
+from sarft_core.store import RunDir, create_run, ensure_dir, file_lock, read_json_object, slug
+
+
+
+SCREEN, FULL = "screen", "full"
+# config fields that must not change when a survey is resumed (they change the results)
+_RESULT_FIELDS = ("mode", "methods", "peft", "model", "data", "profiles", "limit", "answer_index", "exact", "train_args", "eval_args")
+
+
+@dataclass
+class SurveyConfig:
+    roles: list[str]
+    mode: str = SCREEN
+    methods: list[str] = field(default_factory=lambda: ["sft", "sarft"])
+    peft: str = "lora"
+    model: str = ""  # "" = the embedded default model
+    data: list[str] = field(default_factory=list)  # sample files; empty = the demo samples
+    profiles: str = ""  # "" = the demo profiles
+    limit: int | None = number(None, lo=1, integer=True, optional=True, option="--limit")
+    answer_index: int = number(0, lo=0, integer=True, option="--answer-index")
+    exact: bool = False  # score in IEEE fp32 instead of the fast mode
+    device: str = "auto"
+    batch_tokens: int | None = None  # None: the scorer's default for the device
+    trait_source: str = "default"
+    trait_csv: str = ""
+    train_args: str = ""  # extra arguments for `train`, e.g. "--max-steps 20"
+    eval_args: str = "--suite margin --judge keyword"  # generation-free; add rolebench,probes for more
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self) -> None:
+        validate_numbers(self)
+        from sarft_core.models import check_device
+
+        check_device(self.device)
+
+
+def legacy_role_slug(name: str) -> str:
+    """The folder name of surveys made before slugs carried a hash (two names could share it)."""
+    return slug(name, sep="_", limit=None, default="role")
+
+
+def role_slug(name: str) -> str:
+    """A collision-free folder name: the readable slug plus a short hash of the exact name, so
+    names that differ only in characters the slug drops (an emoji, punctuation) never share one."""
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{legacy_role_slug(name)[:80]}-{digest}"
+
+
+# ---------------------------------------------------------------- the survey directory
+@dataclass
+class Survey:
+    run: RunDir
+    config: SurveyConfig
+
+    @property
+    def path(self) -> Path:
+        return self.run.path
+
+    def slug(self, role: str) -> str:
+        """The role's folder name; a survey made before hashed slugs keeps its old one for a role
+        whose finished result names exactly this role (so old surveys stay readable)."""
+        legacy = legacy_role_slug(role)
+        old = read_json_object(self.path / "roles" / f"{legacy}.json", None)
+        if old is not None and old.get("role") == role and not (self.path / "roles" / f"{role_slug(role)}.json").exists():
+            return legacy
+        return role_slug(role)
+
+    def role_dir(self, role: str) -> Path:
+        return ensure_dir(self.path / "roles" / self.slug(role))
+
+    def result_path(self, role: str) -> Path:
+        return self.path / "roles" / f"{self.slug(role)}.json"
+
+    def lock_path(self, role: str) -> Path:
+        return self.path / "roles" / f"{role_slug(role)}.lock"
+
+    def result(self, role: str) -> dict | None:
+        """The role's finished result; a damaged file (or one of another role) reads as not done."""
+        data = read_json_object(self.result_path(role), None)
+        if data is None or data.get("role") != role:
+            return None
+        return data
+
+    def is_done(self, role: str) -> bool:
+        r = self.result(role)
+        return bool(r) and r.get("status") == "ok"
+
+    def pending(self) -> list[str]:
+        return [r for r in self.config.roles if not self.is_done(r)]
+
+
+def open_survey(path: str | Path, config: SurveyConfig) -> Survey:
+    """Create a survey directory, or reopen one to resume (its result-defining settings must match)."""
+    config.validate()
+    path = Path(path)
+    old = read_json_object(path / "config.json", {})
+    if old is not None and old.get("kind") == "survey" and not (isinstance(old.get("roles", []), list) and all(isinstance(r, str) for r in old.get("roles", []))):
+        old = None
+    if old is None:
+        raise SarftError(f"{path / 'config.json'} is damaged (not a JSON object)",
+                         "choose another --out (finished roles under roles/ stay readable there), or restore the file")
+    if old and old.get("kind") == "survey":
+        changed = [k for k in _RESULT_FIELDS if k in old and old[k] != getattr(config, k)]
+        if changed:
+            raise SarftError(
+                f"{path} holds a survey made with other settings ({', '.join(f'{k}: {old[k]!r} -> {getattr(config, k)!r}' for k in changed)})",
+                "use another --out for the new settings, or repeat the original ones to resume",
+            )
+        # a resumed survey may add roles; keep the union, in order
+        roles = list(dict.fromkeys(list(old.get("roles", [])) + list(config.roles)))
+        config = SurveyConfig(**dict(config.to_dict(), roles=roles))
+    elif old:
+        raise SarftError(f"{path} is a {old.get('kind', 'unknown')} run, not a survey", "choose an empty or new --out directory")
+    run = create_run("survey", config.to_dict(), path=path)
+    return Survey(run, config)
+
+
+class RoleLock:
+    """An exclusive, non-blocking claim on one role; released by the OS if the process dies."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = None
+
+    def acquire(self) -> bool:
+        self._lock = file_lock(self.path, wait=False)
+        return self._lock is not None
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None

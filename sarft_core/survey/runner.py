@@ -1,0 +1,175 @@
+"""Running a survey: the pending roles in this process, local workers, SLURM jobs."""
+from __future__ import annotations
+
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+from sarft_core.errors import SarftError
+from sarft_core.store import Progress, atomic_write_json
+from sarft_core.survey.aggregate import _obj
+from sarft_core.survey.config import RoleLock, Survey
+from sarft_core.survey.steps import ModelHolder, RoleContext, Steps, load_role_samples, run_role
+
+
+
+def role_line(result: dict, index: int | None = None, total: int | None = None) -> str:
+    head = f"[{index}/{total}] " if index and total else ""
+    s = _obj(result.get("score"))
+    bits = []
+    if s:
+        bits.append(f"{s['samples']} samples, {100 * s['flagged_fraction']:.1f}% flagged")
+    for m, e in _obj(result.get("methods")).items():
+        ev = _obj(_obj(e).get("eval"))
+        if ev:
+            bits.append(f"{m}: " + ", ".join(f"{k} {v:.3g}" for k, v in ev.items()))
+    if result.get("errors"):
+        bits.append(f"{len(result['errors'])} step(s) failed: {result['errors'][0][:160]}")
+    return f"{head}{result['role']}: " + "; ".join(bits) + f" ({result['seconds']:.1f} s)"
+
+
+def run_pending(
+    survey: Survey,
+    steps: Steps | None = None,
+    show_progress: bool = True,
+    on_role_done: Callable[[dict], None] | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """Work through the survey's unfinished roles in this process; returns the results it wrote.
+
+    Roles finished (by anyone) are skipped; roles claimed by another live process are skipped too.
+    """
+    from sarft_core.data import DEMO_PROFILES, get_profile, load_profiles
+
+    steps = steps or Steps()
+    echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
+    cfg = survey.config
+    profiles = load_profiles(cfg.profiles or DEMO_PROFILES)
+    holder = ModelHolder(cfg.model, cfg.device)
+    roles = cfg.roles
+    report = Progress(survey.path, unit="role", phase="survey")
+    report(len(roles) - len(survey.pending()), len(roles))
+    bar = None
+    if show_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(roles), initial=len(roles) - len(survey.pending()), desc="survey", unit="role", file=sys.stderr)
+    written = []
+    try:
+        for role in roles:
+            if survey.is_done(role):
+                continue
+            lock = RoleLock(survey.lock_path(role))
+            if not lock.acquire():
+                continue  # another worker has it
+            try:
+                if survey.is_done(role):  # finished while we waited for the lock
+                    continue
+                try:
+                    profile = get_profile(profiles, role)
+                    samples = load_role_samples(cfg.data, profile.name, cfg.limit, cfg.answer_index)
+                except SarftError as exc:  # e.g. no samples for this role: record it, go on with the others
+                    now = time.time()
+                    result = {"role": role, "mode": cfg.mode, "started": now, "finished": now, "seconds": 0.0,
+                              "errors": [f"data: {exc}"], "status": "failed"}
+                else:
+                    ctx = RoleContext(survey, role, profile, samples, survey.role_dir(role), holder, show_progress)
+                    result = run_role(ctx, steps)
+                atomic_write_json(survey.result_path(role), result)
+                survey.run.log(event="role", role=role, status=result["status"], seconds=result["seconds"], errors=result["errors"])
+                written.append(result)
+                done = len(roles) - len(survey.pending())
+                line = role_line(result, done, len(roles))
+                report(done, len(roles))
+                if bar is not None:
+                    bar.write(line, file=sys.stderr)
+                    bar.n = done
+                    bar.refresh()
+                else:
+                    echo(line)
+                if on_role_done:
+                    on_role_done(result)
+            finally:
+                lock.release()
+    finally:
+        if bar is not None:
+            bar.close()
+    return written
+
+
+# ---------------------------------------------------------------- several processes
+def run_workers(survey: Survey, worker_argv: list[str], workers: int, poll_s: float = 1.0, show_progress: bool = True) -> int:
+    """Spread the pending roles over ``workers`` local subprocesses (each `python -m sarft_core
+    survey ... --worker`), showing overall progress from the result files. Returns failed workers."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    procs = [subprocess.Popen([sys.executable, "-m", "sarft_core", *worker_argv], env=env) for _ in range(workers)]
+    total = len(survey.config.roles)
+    report = Progress(survey.path, unit="role", phase=f"survey ({workers} workers)")
+    report(total - len(survey.pending()), total)
+    bar = None
+    if show_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=total - len(survey.pending()), desc=f"survey ({workers} workers)", unit="role", file=sys.stderr)
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(poll_s)
+            report(total - len(survey.pending()), total)
+            if bar is not None:
+                bar.n = total - len(survey.pending())
+                bar.refresh()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait()
+        raise
+    finally:
+        if bar is not None:
+            bar.n = total - len(survey.pending())
+            bar.close()
+    return sum(1 for p in procs if p.returncode != 0)
+
+
+def submit_slurm(survey: Survey, role_argv: Callable[[str], list[str]], options: dict) -> list[str]:
+    """Submit one SLURM job per pending role through submitit (imported only here)."""
+    import shutil
+
+    cluster = options.pop("cluster", None)  # only tests name one (submitit's local / debug executors)
+    if cluster is None and shutil.which("sbatch") is None:
+        # submitit would silently fall back to local processes and report them as submitted jobs
+        raise SarftError("--slurm asked for, but SLURM is not available on this machine (no sbatch command)",
+                         "run on the cluster's login node, or drop --slurm (use --workers N for local processes)")
+    try:
+        import submitit
+    except ImportError:
+        raise SarftError("--slurm needs the submitit package", "pip install submitit (on the cluster's login node)") from None
+    folder = survey.path / "slurm" / "%j"
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    if cluster is None and executor.cluster != "slurm":
+        raise SarftError(f"--slurm asked for, but submitit found no SLURM cluster (it would run the jobs {executor.cluster}ly)",
+                         "run on the cluster's login node, or drop --slurm (use --workers N for local processes)")
+    executor.update_parameters(**{k: v for k, v in options.items() if v is not None})
+    jobs = []
+    pending = survey.pending()
+    with executor.batch():
+        for role in pending:
+            jobs.append(executor.submit(_job_main, role_argv(role)))
+    ids = [j.job_id for j in jobs]
+    survey.run.log(event="slurm", roles=pending, jobs=ids)
+    return ids
+
+
+def _job_main(argv: list[str]) -> int:
+    """Entry point of one cluster job: the survey CLI for a single role."""
+    from sarft_core.cli import main
+
+    code = main(argv)
+    if code:
+        raise RuntimeError(f"survey job exited with status {code}")
+    return code
