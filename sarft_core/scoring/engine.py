@@ -348,59 +348,33 @@ def score_passes(
 
 
 def _run_pool(items, run, store, workers: int, should_stop, packed) -> None:
-    """Run ``items`` on ``workers`` threads of one intra-op thread each (the cores split
-    between them); results are stored, and progress reported, on the calling thread."""
-    import queue
-    import threading
+    """Run ``items`` (in their order) on ``workers`` threads of one intra-op thread each (the
+    cores split between them); results are stored, and progress reported, on the calling thread.
+    The first error, or a stop request, cancels what has not started and is raised here."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-    todo: "queue.SimpleQueue" = queue.SimpleQueue()
-    for item in items:
-        todo.put(item)
-    finished: "queue.SimpleQueue" = queue.SimpleQueue()
-    stop = threading.Event()
     threads_before = torch.get_num_threads()
     per_worker = max(1, threads_before // workers)
-
-    def worker():
-        torch.set_num_threads(per_worker)
-        while not stop.is_set():
-            try:
-                item = todo.get_nowait()
-            except queue.Empty:
-                break
-            try:
-                finished.put((item, run(item), None))
-            except BaseException as exc:  # handed to the calling thread
-                finished.put((item, None, exc))
-                break
-        finished.put(None)
-
-    pool = [threading.Thread(target=worker, name=f"rds-worker-{k}", daemon=True) for k in range(workers)]
     error: BaseException | None = None
     # one IEEE-float32 scope around the whole pool (the workers' own scopes nest inside it)
     with packed._strict():
-        for t in pool:
-            t.start()
-        running = workers
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rds-worker",
+                                  initializer=torch.set_num_threads, initargs=(per_worker,))
         try:
-            while running:
-                got = finished.get()
-                if got is None:
-                    running -= 1
-                    continue
-                item, logps, exc = got
-                if exc is not None:
-                    error = error or exc
-                    stop.set()
-                elif error is None:
-                    store(item, logps)
+            pending = {pool.submit(run, item): item for item in items}
+            while pending and error is None:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    item = pending.pop(fut)
+                    exc = fut.exception()
+                    if exc is not None:
+                        error = error or exc
+                    elif error is None:
+                        store(item, fut.result())
                 if error is None and should_stop is not None and should_stop():
                     error = Cancelled()
-                    stop.set()
         finally:
-            stop.set()
-            for t in pool:
-                t.join()
+            pool.shutdown(wait=True, cancel_futures=True)
             # torch.set_num_threads in a worker also sets MKL's process-wide count: restore it
             torch.set_num_threads(threads_before)
     if error is not None:
