@@ -104,6 +104,10 @@ class SarftTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         # "answer": each micro-batch's loss is its share of the step's token mean (divided by the
         # step's totals over accumulation and processes), so the Trainer must not divide it again
+        if normalisation == "answer" and not hasattr(Trainer, "loss_is_scaled_for_ga"):
+            # an older Trainer would divide our step-normalised loss by the accumulation again
+            raise SarftError("this transformers is too old for the 'answer' normalisation (it needs Trainer.loss_is_scaled_for_ga, 5.19+)",
+                             "pip install 'transformers>=5.19,<6' (requirements.txt), or train with --normalisation published")
         self.loss_is_scaled_for_ga = True if normalisation == "answer" else None
         self._step_totals: tuple[float, float] | None = None
         self.step_stats = _StepStats(summed=normalisation == "answer")
