@@ -22,6 +22,13 @@ from sarft_core.scoring.options import (
 )
 
 
+def _record(sample, enc, i: int, logps: dict, rechecked: bool, tag: str) -> dict:
+    """The cache record of sample ``i`` of a chunk: its key, answer ids, truncation flags, the plan
+    that scored it and the per-token log-probs of each pass."""
+    return {"key": _sample_key(sample), "answer_ids": enc.answer_ids[i], "prompt_truncated": enc.prompt_truncated[i],
+            "answer_truncated": enc.answer_truncated[i], "rechecked": rechecked, "plan": tag, **logps}
+
+
 def _score_chunk(lm, systems, chunk, options, plan, emit, on_progress, should_stop, prefix_caches) -> tuple[int, int]:
     """Token log-probs of each sample of ``chunk`` under every requested system prompt, each
     handed to ``emit(record)`` as soon as it is final (so that an interrupted run keeps it).
@@ -41,10 +48,7 @@ def _score_chunk(lm, systems, chunk, options, plan, emit, on_progress, should_st
     near: list[tuple[int, dict]] = []
 
     def record(i, logps, rechecked):
-        rec = {"key": _sample_key(chunk[i]), "answer_ids": enc.answer_ids[i], "prompt_truncated": enc.prompt_truncated[i],
-               "answer_truncated": enc.answer_truncated[i], "rechecked": rechecked, "plan": plan.tag}
-        rec.update(logps)
-        emit(rec)
+        emit(_record(chunk[i], enc, i, logps, rechecked, plan.tag))
 
     def screened(i, logps):
         margin = reduce_logps(logps["unsafe"], options.normalise) - reduce_logps(logps["role"], options.normalise)
@@ -85,10 +89,7 @@ def _score_chunk_vllm(lm, systems, chunk, options, emit, on_progress, should_sto
         if on_progress:
             on_progress(len(chunk) * (k + 1) / len(systems))
     for i, sample in enumerate(chunk):
-        rec = {"key": _sample_key(sample), "answer_ids": enc.answer_ids[i], "prompt_truncated": enc.prompt_truncated[i],
-               "answer_truncated": enc.answer_truncated[i], "rechecked": False, "plan": VLLM_PLAN.tag}
-        rec.update({name: logps[name][i] for name in systems})
-        emit(rec)
+        emit(_record(sample, enc, i, {name: logps[name][i] for name in systems}, False, VLLM_PLAN.tag))
     return 0, 0
 
 
