@@ -40,43 +40,51 @@ def _dtype_name(lm) -> str:
     return str(lm.dtype).replace("torch.", "")
 
 
+def make_engine(model_dir: str | Path, dtype: str, tensor_parallel: int = 1, max_model_len: int | None = None):
+    """A vLLM engine on a local model folder (automatic prefix caching: a shared system prompt is
+    computed once); on the CPU it reserves a fifth of the RAM for its KV cache."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    import torch
+    from vllm import LLM
+
+    return LLM(model=str(model_dir), tokenizer=str(model_dir), dtype=dtype, enable_prefix_caching=True, seed=0,
+               tensor_parallel_size=tensor_parallel, gpu_memory_utilization=0.85 if torch.cuda.is_available() else 0.2,
+               max_model_len=max_model_len)
+
+
+def prompt_logps(llm, sequences: Sequence[Sequence[int]], starts: Sequence[int]) -> list[list[float]]:
+    """Per-token log p(token | everything before it) of each sequence from position ``starts[i]``
+    on, by vLLM's ``prompt_logprobs`` (the log-prob of the actual token at every position)."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
+    outs = llm.generate([TokensPrompt(prompt_token_ids=list(ids)) for ids in sequences], params, use_tqdm=False)
+    return [[float(out.prompt_logprobs[j][ids[j]].logprob) for j in range(start, len(ids))]
+            for ids, start, out in zip(sequences, starts, outs)]
+
+
 def engine(lm, tensor_parallel: int = 1):
     """The vLLM engine for ``lm``'s weights and precision, made once per loaded model."""
+    from sarft_core.models import _training_run_dir
+
     check_backend("vllm")
     cache = lm.__dict__.setdefault("_vllm_engines", {})
     key = (_dtype_name(lm), tensor_parallel)
     if key in cache:
         return cache[key]
     where = Path(lm.path)
-    if (where / "status.json").is_file() or not (where / "config.json").is_file():
+    if _training_run_dir(str(where)) is not None or not (where / "config.json").is_file():
         raise SarftError(f"vLLM cannot load {lm.spec!r} (a training run or not a model folder)",
                          "use --backend torch for trained runs, or give a Hugging Face model directory")
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    import torch
-    from vllm import LLM
-
-    on_gpu = torch.cuda.is_available()
     limit = int(getattr(lm.model.config, "max_position_embeddings", 0) or 0) if lm.model is not None else 0
-    cache[key] = LLM(model=str(where), tokenizer=str(where), dtype=key[0], enable_prefix_caching=True, seed=0,
-                     tensor_parallel_size=tensor_parallel, gpu_memory_utilization=0.85 if on_gpu else 0.2,
-                     max_model_len=min(limit, 8192) if limit else None)
+    cache[key] = make_engine(where, key[0], tensor_parallel, min(limit, 8192) if limit else None)
     return cache[key]
 
 
 def answer_logps(lm, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], tensor_parallel: int = 1) -> list[list[float]]:
     """Per-token log p(answer token | everything before it) of each (prompt, answer) pair."""
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
-
-    llm = engine(lm, tensor_parallel)
-    params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
-    outs = llm.generate([TokensPrompt(prompt_token_ids=list(p) + list(a)) for p, a in zip(prompts, answers)], params, use_tqdm=False)
-    result = []
-    for p, a, out in zip(prompts, answers, outs):
-        ids = list(p) + list(a)
-        lps = out.prompt_logprobs
-        result.append([float(lps[j][ids[j]].logprob) for j in range(len(p), len(ids))])
-    return result
+    return prompt_logps(engine(lm, tensor_parallel), [list(p) + list(a) for p, a in zip(prompts, answers)], [len(p) for p in prompts])
 
 
 def greedy_ids(lm, prompts: Sequence[Sequence[int]], max_new_tokens: int, stops: Sequence[int], tensor_parallel: int = 1) -> list[list[int]]:
