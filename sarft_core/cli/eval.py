@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import sys
 from pathlib import Path
 
 from sarft_core.cli import add_model_args
-import functools
-
 from sarft_core.cli._judge_args import add_judge_args, build_judges, tqdm_progress
 from sarft_core.errors import SarftError
 

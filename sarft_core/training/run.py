@@ -127,12 +127,9 @@ class TrainConfig:
             raise SarftError(f"unknown method {self.method!r}", f"use one of {', '.join(METHODS)}")
         if self.peft not in PEFT_KINDS:
             raise SarftError(f"unknown --peft {self.peft!r}", "use lora or full")
-        if self.autocast not in AUTOCAST:
-            raise SarftError(f"unknown --autocast {self.autocast!r}", f"use one of {', '.join(AUTOCAST)}")
-        if self.attention not in ATTENTION:
-            raise SarftError(f"unknown --attention {self.attention!r}", f"use one of {', '.join(ATTENTION)}")
-        if self.sampling not in SAMPLING:
-            raise SarftError(f"unknown --sampling {self.sampling!r}", f"use one of {', '.join(SAMPLING)}")
+        for option, choices in (("autocast", AUTOCAST), ("attention", ATTENTION), ("sampling", SAMPLING)):
+            if getattr(self, option) not in choices:
+                raise SarftError(f"unknown --{option} {getattr(self, option)!r}", f"use one of {', '.join(choices)}")
         if self.ref_dtype not in ("same", "bfloat16"):
             raise SarftError(f"unknown reference precision {self.ref_dtype!r}", "use --ref-dtype same or bfloat16")
         if self.kl_direction not in KL_DIRECTIONS:

@@ -100,10 +100,11 @@ class SarftTrainer(Trainer):
         self.kl_direction = kl_direction
         self.normalisation = normalisation
         self.ref_model = ref_model
-        # our loss is a per-micro-batch mean: let the Trainer divide it by the accumulation steps
-        self.model_accepts_loss_kwargs = False
-        # "answer": each micro-batch's loss is its share of the step's token mean (divided by the
+        # the Trainer passes no token count of its own (our batches have no labels); for "published"
+        # the loss is a per-micro-batch mean and the Trainer divides it by the accumulation steps;
+        # for "answer" each micro-batch's loss is its share of the step's token mean (divided by the
         # step's totals over accumulation and processes), so the Trainer must not divide it again
+        self.model_accepts_loss_kwargs = False
         if normalisation == "answer" and not hasattr(Trainer, "loss_is_scaled_for_ga"):
             # an older Trainer would divide our step-normalised loss by the accumulation again
             raise SarftError("this transformers is too old for the 'answer' normalisation (it needs Trainer.loss_is_scaled_for_ga, 5.19+)",
