@@ -6,12 +6,13 @@ import streamlit as st
 from app import widgets
 from sarft_core import plots
 from sarft_core.errors import SarftError
-from sarft_core.runview import compare_metrics, disagreements, has_eval, kind_tables, pareto_points, read_generations, run_label, suite_axis
+from sarft_core.runview import (compare_metrics, disagreements, has_eval, kind_tables, pareto_points, read_generations, run_label,
+                                runs_of_kind, suite_axis)
 from sarft_core.reproduce import grid_view
 from sarft_core.store import RunDir, list_runs
 
 st.title("Compare runs")
-grids = [r for r in list_runs() if r.config().get("kind") == "reproduce"]
+grids = runs_of_kind("reproduce")
 if grids:
     with st.expander("The paper's experiment in miniature (reproduce grids)", expanded=True):
         grid_path = st.selectbox("Grid", [str(g.path) for g in grids], format_func=lambda p: Path(p).name)

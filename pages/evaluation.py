@@ -10,12 +10,12 @@ from sarft_core.evaluation import review
 from sarft_core.evaluation.judges import judge_specs
 from sarft_core.evaluation.suites import SUITES
 from sarft_core.evaluation.results import find_eval_runs
-from sarft_core.runview import has_eval, read_generations, read_metrics, run_label
+from sarft_core.runview import has_eval, read_generations, read_metrics, run_label, runs_of_kind
 from sarft_core.store import RunDir, list_runs
 
 st.title("Evaluation")
 runs = list_runs()
-trained = [r for r in runs if r.config().get("kind") == "train" and r.is_complete]
+trained = [r for r in runs_of_kind("train", runs) if r.is_complete]
 
 if not jobs.command_available("eval"):
     widgets.not_available("Launching evaluations", "eval")

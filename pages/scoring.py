@@ -7,7 +7,9 @@ from app import state, widgets
 from sarft_core import audit, jobs, plots
 from sarft_core.errors import SarftError
 from sarft_core.flags import flag_margin
-from sarft_core.store import RunDir, list_runs
+from sarft_core.runconfig import RunConfig, ScoreSettings
+from sarft_core.runview import runs_of_kind
+from sarft_core.store import RunDir
 
 st.title("Scoring (RDS)")
 st.caption("Each answer y to a question x is scored under three system prompts with one frozen model: "
@@ -58,7 +60,7 @@ if st.button("Score", type="primary", key="score_go"):
         widgets.show_error(err)
 
 # --- pick a run ---------------------------------------------------------------------------------
-runs = [r for r in list_runs() if r.config().get("kind") == "score" and r.config().get("role") == profile.name]
+runs = runs_of_kind("score", role=profile.name)
 if not runs:
     st.info("No scoring run for this role yet: press **Score**.")
     st.stop()
@@ -72,7 +74,7 @@ if st.session_state.get("score_run_pick") not in paths:
 
 def run_caption(path: str) -> str:
     r = RunDir(Path(path))
-    return f"{r.name} · {r.config().get('limit') or 'all'} samples"  # stable: a label that changes resets the choice
+    return f"{r.name} · {(RunConfig.of(r).score or ScoreSettings()).limit or 'all'} samples"  # stable: a label that changes resets the choice
 
 
 st.divider()

@@ -10,7 +10,7 @@ from app import state, widgets
 from sarft_core import audit, jobs, plots
 from sarft_core.data import PROJECT_ROOT
 from sarft_core.errors import SarftError
-from sarft_core.runview import runs_table
+from sarft_core.runview import runs_of_kind, runs_table
 from sarft_core.store import RunDir, list_runs, runs_root
 from sarft_core.training.run import METHODS, PEFT_KINDS
 
@@ -86,7 +86,7 @@ else:
 
 # --- watch ---------------------------------------------------------------------------------------
 st.subheader("Runs")
-train_runs = [r for r in list_runs() if r.config().get("kind") == "train"]
+train_runs = runs_of_kind("train")
 pending = [j for j in jobs.list_jobs("train") if j.run_dir and not j.run_dir.config_path.exists()]
 if train_runs:
     st.dataframe(runs_table(train_runs).drop(columns=["kind", "path"]), hide_index=True, width="stretch")

@@ -23,6 +23,8 @@ import pandas as pd
 
 from sarft_core.errors import SarftError
 from sarft_core.flags import flag_margin
+from sarft_core.runconfig import RunConfig, ScoreSettings
+from sarft_core.runview import runs_of_kind
 from sarft_core.store import (RunDir, atomic_write_json, atomic_write_text, create_run, read_json, read_jsonl,
                               read_table, write_table)
 
@@ -34,12 +36,9 @@ PROFILE_FILE = "profiles.json"
 def create_score_run(profile, data_path: str | Path | None, model_spec: str = "", limit: int | None = None,
                      profiles_source: str | Path | None = None) -> RunDir:
     """A new score run directory recording what will be scored (profile as edited)."""
-    config = {
-        "role": profile.name, "model": model_spec or "", "data": str(data_path) if data_path else "demo",
-        "profiles_source": str(profiles_source) if profiles_source else "demo", "limit": limit,
-        "role_prompt": profile.role_prompt, "unsafe_prompt": profile.unsafe_prompt,
-    }
-    run = create_run("score", config, name=f"score-{profile.name}")
+    settings = ScoreSettings(data=str(data_path) if data_path else "demo", profiles_source=str(profiles_source) if profiles_source else "demo",
+                             limit=limit, role_prompt=profile.role_prompt, unsafe_prompt=profile.unsafe_prompt)
+    run = create_run("score", RunConfig.for_scoring(profile.name, model_spec or "", settings).to_dict(), name=f"score-{profile.name}")
     atomic_write_json(run.path / PROFILE_FILE, [{"name": profile.name, "profile": profile.role_prompt,
                                                  "unsafe_prompt": profile.unsafe_prompt, "description": profile.description}])
     return run
@@ -47,14 +46,15 @@ def create_score_run(profile, data_path: str | Path | None, model_spec: str = ""
 
 def score_args(run: RunDir) -> list[str]:
     """``python -m sarft_core`` arguments that score ``run`` (what the background job runs)."""
-    cfg = run.config()
-    args = ["score", "--role", cfg["role"], "--profiles", str(run.path / PROFILE_FILE)]
-    if cfg.get("data") and cfg["data"] != "demo":
-        args += ["--data", cfg["data"]]
-    if cfg.get("limit"):
-        args += ["--limit", str(cfg["limit"])]
-    if cfg.get("model"):
-        args += ["--model", cfg["model"]]
+    cfg = RunConfig.of(run)
+    settings = cfg.score or ScoreSettings()
+    args = ["score", "--role", cfg.role, "--profiles", str(run.path / PROFILE_FILE)]
+    if settings.data != "demo":
+        args += ["--data", settings.data]
+    if settings.limit:
+        args += ["--limit", str(settings.limit)]
+    if cfg.model:
+        args += ["--model", cfg.model]
     return args + ["--out", str(run.path / SCORES_FILE), "--with-tokens"]
 
 
@@ -98,14 +98,7 @@ def load_token_ratios(run: RunDir) -> dict[str, dict]:
 
 def score_runs(runs: list[RunDir], role: str | None = None) -> list[RunDir]:
     """Score runs (newest first), optionally of one role, that have finished scoring."""
-    out = []
-    for run in runs:
-        cfg = run.config()
-        if cfg.get("kind") != "score" or (role and cfg.get("role") != role):
-            continue
-        if (run.path / SCORES_FILE).is_file():
-            out.append(run)
-    return out
+    return [run for run in runs_of_kind("score", runs, role or None) if (run.path / SCORES_FILE).is_file()]
 
 
 # --- the analyst's review -------------------------------------------------------------------

@@ -46,6 +46,7 @@ from sarft_core.errors import SarftError
 from sarft_core.report_sources import (OUTCOMES, Sources, discover, is_survey_dir, order_for_comparison, report_order,  # noqa: F401
                                        resolve_sources, run_kind, run_label, run_lambda, run_method, run_profile, run_role,
                                        sources_of)
+from sarft_core.runconfig import RunConfig
 from sarft_core.store import RunDir, atomic_write_bytes, read_json, read_jsonl, read_table
 from sarft_core.templating import Figures, fmt_num, render
 
@@ -66,10 +67,9 @@ def table(rows: list[dict], columns: list[str], numeric: Iterable[str] = (), cls
     return {"rows": rows, "columns": list(columns), "numeric": set(numeric), "cls": cls}
 
 
-def settings(cfg: dict) -> list[tuple[str, object]]:
-    """The allow-listed settings of a config (its ``train`` block's too)."""
-    flat = dict(cfg)
-    flat.update({k: v for k, v in (cfg.get("train") or {}).items() if k not in flat} if isinstance(cfg.get("train"), dict) else {})
+def settings(run: RunDir) -> list[tuple[str, object]]:
+    """The allow-listed settings of a run's config (its training options' too)."""
+    flat = RunConfig.of(run).flat()
     return [(k, flat[k]) for k in SHOWN_SETTINGS if flat.get(k) not in (None, "", [])]
 
 
@@ -129,7 +129,7 @@ def rds_block(run: RunDir, figures: Figures, n_examples: int, review: tuple[floa
               "τ": tau, "overrides": len(overrides)}]
     examples, closest = flagged_examples(scores, flags, tokens, n_examples)
     saved = scores_path.with_name("scores.review.json").is_file() or review
-    return {"run": run.name, "heading": f"{run_role(run) or run.name} · {run.name}", "settings": settings(run.config()),
+    return {"run": run.name, "heading": f"{run_role(run) or run.name} · {run.name}", "settings": settings(run),
             "review_note": "the analyst's saved review" if saved else "τ = 0, no review saved",
             "summary": table(stats, list(stats[0]), numeric=list(stats[0]), cls="summary"),
             # a grid with fixed tracks: each figure measures its final width even before the next one exists
@@ -151,9 +151,9 @@ def training_logs(run: RunDir) -> pd.DataFrame:
 
 
 def training_block(run: RunDir, logs: pd.DataFrame, figures: Figures) -> dict:
-    cfg = run.config()
+    cfg = RunConfig.of(run)
     last = logs.iloc[-1]
-    stat = {"steps": last["step"], "method": cfg.get("method", ""), "λ": run_lambda(run)}
+    stat = {"steps": last["step"], "method": cfg.method, "λ": cfg.lam}
     for col in ("loss", "ce", "kl", "lr"):
         if col in logs and logs[col].notna().any():
             stat[f"final {col}"] = logs[col].dropna().iloc[-1]
@@ -162,7 +162,7 @@ def training_block(run: RunDir, logs: pd.DataFrame, figures: Figures) -> dict:
     dh = read_json(run.path / "artifacts" / "dh_ids.json", None)
     if isinstance(dh, dict) and isinstance(dh.get("dh_ids"), list):
         stat["|D_h|"] = len(dh["dh_ids"])
-    return {"run": run.name, "heading": run_label(run), "settings": settings(cfg), "state": run.status().get("state", "?"),
+    return {"run": run.name, "heading": run_label(run), "settings": settings(run), "state": run.status().get("state", "?"),
             "summary": table([stat], list(stat), numeric=[k for k in stat if k != "method"], cls="summary"),
             "curves": figures.html(plots.training_curves(logs), "training-curves")}
 
@@ -361,7 +361,7 @@ def survey_block(path: Path, figures: Figures) -> dict:
     outcomes = [o for o in OUTCOMES if o in df and pd.to_numeric(df[o], errors="coerce").notna().sum() >= 2]
     traits = survey_traits(df)
     head = {"stem": path.stem, "name": path.name, "n_roles": df["role"].nunique(), "missing": None,
-            "settings": settings(RunDir(path.parent).config()) if is_survey_dir(path.parent) else []}
+            "settings": settings(RunDir(path.parent)) if is_survey_dir(path.parent) else []}
     if not outcomes or not traits:
         missing = "outcome column (degradation or flagged_fraction)" if not outcomes else "trait column"
         return dict(head, missing=missing, plain=table(df.head(50).to_dict("records"), list(df.columns)))

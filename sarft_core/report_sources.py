@@ -3,7 +3,7 @@
 ``discover(path)`` finds runs (a ``config.json`` naming a kind, or a bare ``scores.parquet``) and
 survey tables (a table with a ``role`` column and numeric columns); ``resolve_sources`` is the CLI's
 view (TARGET plus ``--runs``), ``sources_of`` merges several paths. The run metadata the report
-shows (kind, role, profile, method, order) is read here; labels and λ come from :mod:`sarft_core.runview`.
+shows (kind, role, profile, method, order) is read here, from each run's :class:`sarft_core.runconfig.RunConfig`.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Iterable
 import pandas as pd
 
 from sarft_core.errors import SarftError
+from sarft_core.runconfig import RunConfig
 from sarft_core.store import RunDir, read_json, read_table
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")
@@ -33,21 +34,18 @@ class Sources:
 
 def run_kind(run: RunDir) -> str:
     """The run's kind; a bare folder written by ``score --out DIR/scores.parquet`` counts as a score run."""
-    kind = run.config().get("kind")
+    kind = RunConfig.of(run).kind
     if not kind and (run.path / "scores.parquet").is_file():
         return "score"
-    return str(kind or "")
+    return kind
 
 
 def is_run(path: Path) -> bool:
     """A run directory: its config.json names a kind (a model's config.json does not), or it holds scores.parquet."""
     if not (path / "config.json").is_file():
         return (path / "scores.parquet").is_file()
-    try:
-        cfg = read_json(path / "config.json", None)
-    except (ValueError, OSError):
-        return False
-    return isinstance(cfg, dict) and "kind" in cfg
+    cfg = RunConfig.read(path)
+    return cfg is not None and "kind" in cfg.stored
 
 
 def is_survey_table(path: Path) -> bool:
@@ -63,7 +61,7 @@ def is_survey_table(path: Path) -> bool:
 
 def is_survey_dir(path: Path) -> bool:
     """A survey's output directory (``python -m sarft_core survey --out DIR``: a run of kind ``survey``)."""
-    return (path / "config.json").is_file() and RunDir(path).config().get("kind") == "survey"
+    return (path / "config.json").is_file() and RunConfig.of(RunDir(path)).kind == "survey"
 
 
 def survey_tables(folder: Path) -> list[Path]:
@@ -149,9 +147,9 @@ def sources_of(paths: Iterable[str | Path] | str | Path) -> Sources:
 
 def run_role(run: RunDir) -> str:
     """The run's role: from its config, else from its scores (a bare ``score --out`` folder)."""
-    role = run.config().get("role")
+    role = RunConfig.of(run).role
     if role or not (run.path / "scores.parquet").is_file():
-        return str(role or "")
+        return role
     try:
         roles = pd.read_parquet(run.path / "scores.parquet", columns=["role"])["role"].dropna().unique()
     except (OSError, ValueError, KeyError):
@@ -161,20 +159,19 @@ def run_role(run: RunDir) -> str:
 
 def run_profile(run: RunDir) -> dict | None:
     """{"name", "profile", "unsafe_prompt"} of a run's role, from what the run recorded."""
-    cfg = run.config()
+    cfg = RunConfig.of(run)
     saved = read_json(run.path / "profiles.json", None) if (run.path / "profiles.json").is_file() else None
     if isinstance(saved, list) and saved and isinstance(saved[0], dict):
         item = saved[0]
-        return {"name": item.get("name") or cfg.get("role"), "profile": item.get("profile", ""), "unsafe_prompt": item.get("unsafe_prompt", "")}
-    if cfg.get("role_prompt"):
-        return {"name": cfg.get("role"), "profile": cfg["role_prompt"], "unsafe_prompt": cfg.get("unsafe_prompt", "")}
+        return {"name": item.get("name") or cfg.role, "profile": item.get("profile", ""), "unsafe_prompt": item.get("unsafe_prompt", "")}
+    if cfg.score is not None and cfg.score.role_prompt:
+        return {"name": cfg.role, "profile": cfg.score.role_prompt, "unsafe_prompt": cfg.score.unsafe_prompt}
     role = run_role(run)
     if not role:
         return None
     from sarft_core.data import DEMO_PROFILES, get_profile, load_profiles
 
-    train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
-    source = train.get("profiles") or cfg.get("profiles") or DEMO_PROFILES
+    source = cfg.profiles or DEMO_PROFILES
     try:
         prof = get_profile(load_profiles(source), role)
         return {"name": prof.name, "profile": prof.role_prompt, "unsafe_prompt": prof.unsafe_prompt}
@@ -196,24 +193,21 @@ def report_order(run: RunDir) -> tuple:
 
 
 def run_method(run: RunDir) -> str:
-    cfg = run.config()
-    if cfg.get("method"):
-        return str(cfg["method"])
-    return "base" if run_kind(run) == "eval" and not cfg.get("source_run") else ""
+    cfg = RunConfig.of(run)
+    if cfg.method:
+        return cfg.method
+    return "base" if run_kind(run) == "eval" and not (cfg.eval and cfg.eval.source_run) else ""
 
 
 def run_label(run: RunDir) -> str:
     """An evaluation run of its own names what it evaluated; every other run is labelled by
     :func:`sarft_core.runview.run_label` (``name (method, role, λ=...)``, the one rule for λ)."""
-    from sarft_core.runview import run_label as label
-
-    cfg = run.config()
-    if run_kind(run) == "eval" and not cfg.get("method"):
-        return f"{run.name} (" + (f"evaluation of {Path(str(cfg['source_run'])).name}" if cfg.get("source_run") else "base model") + ")"
-    return label(run)
+    cfg = RunConfig.of(run)
+    if cfg.eval is not None and not cfg.method:
+        source = cfg.eval.source_run
+        return f"{run.name} (" + (f"evaluation of {Path(source).name}" if source else "base model") + ")"
+    return cfg.label(run.name)
 
 
 def run_lambda(run: RunDir) -> float | None:
-    from sarft_core.runview import run_lambda as from_config
-
-    return from_config(run.config())
+    return RunConfig.of(run).lam

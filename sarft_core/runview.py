@@ -1,8 +1,8 @@
 """Read runs for display: tables of runs, evaluation metrics and generations, comparisons.
 
-Training writes ``config.json`` (with ``kind``), ``status.json`` and ``logs.jsonl``; evaluation
-results are read through :mod:`sarft_core.evaluation.results` (an evaluation run, or a training
-run's ``eval/*`` folders). Everything here reads defensively: a missing file is an empty table,
+Training writes ``config.json`` (read as a :class:`sarft_core.runconfig.RunConfig`), ``status.json``
+and ``logs.jsonl``; evaluation results are read through :mod:`sarft_core.evaluation.results` (an
+evaluation run, or a training run's ``eval/*`` folders). Everything here reads defensively: a missing file is an empty table,
 a malformed one a :class:`SarftError` naming the file.
 """
 from __future__ import annotations
@@ -13,39 +13,38 @@ import time
 import pandas as pd
 
 from sarft_core.errors import SarftError
+from sarft_core.runconfig import RunConfig
 from sarft_core.store import RunDir
 
 METRIC_COLUMNS = ["suite", "metric", "value", "ci_low", "ci_high", "n"]
 GENERATION_COLUMNS = ["suite", "prompt", "response", "verdict"]
 
 
-def run_lambda(cfg: dict):
-    """A training run's KL weight: the top-level ``lambda`` (written since it was added), else the
-    stored training options' ``lam`` (older runs); None for methods without a KL term."""
-    lam = cfg.get("lambda")
-    if lam is None and isinstance(cfg.get("train"), dict):
-        lam = cfg["train"].get("lam")
-    return lam if isinstance(lam, (int, float)) and not isinstance(lam, bool) else None
-
-
 def run_label(run: RunDir) -> str:
-    cfg = run.config()
-    bits = [cfg.get("method"), cfg.get("role")]
-    lam = run_lambda(cfg)
-    if lam is not None and cfg.get("method") not in (None, "sft", "sppft"):
-        bits.append(f"λ={lam}")
-    detail = ", ".join(str(b) for b in bits if b)
-    return f"{run.name} ({detail})" if detail else run.name
+    """``name (method, role, λ=...)``: :meth:`sarft_core.runconfig.RunConfig.label`."""
+    return RunConfig.of(run).label(run.name)
+
+
+def runs_of_kind(kind: str, runs: list[RunDir] | None = None, role: str | None = None) -> list[RunDir]:
+    """The runs (default: the workspace's, newest first) whose config names ``kind`` (and ``role``)."""
+    from sarft_core.store import list_runs
+
+    picked = []
+    for run in list_runs() if runs is None else runs:
+        cfg = RunConfig.of(run)
+        if cfg.kind == kind and (role is None or cfg.role == role):
+            picked.append(run)
+    return picked
 
 
 def runs_table(runs: list[RunDir]) -> pd.DataFrame:
     rows = []
     for run in runs:
-        cfg, st = run.config(), run.status()
+        cfg, st = RunConfig.of(run), run.status()
         updated = st.get("updated")
         rows.append({
-            "run": run.name, "kind": cfg.get("kind", "?"), "state": st.get("state", "?"), "role": cfg.get("role", ""),
-            "method": cfg.get("method", ""), "lambda": run_lambda(cfg),
+            "run": run.name, "kind": cfg.kind or "?", "state": st.get("state", "?"), "role": cfg.role,
+            "method": cfg.method, "lambda": cfg.lam,
             "updated": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(updated)) if updated else "",
             "path": str(run.path),
         })
@@ -147,8 +146,8 @@ def pareto_points(runs: list[RunDir], long: pd.DataFrame | None = None) -> pd.Da
     rows = []
     for run in runs:
         df = read_metrics(run) if long is None else long[long["run_dir"] == str(run.path)]
-        cfg = run.config()
-        rows.append({"run": run_label(run), "method": cfg.get("method") or cfg.get("kind", ""), "lambda": run_lambda(cfg),
+        cfg = RunConfig.of(run)
+        rows.append({"run": cfg.label(run.name), "method": cfg.method or cfg.kind, "lambda": cfg.lam,
                      "roleplay": kind_mean(df, "role-play"), "safety": kind_mean(df, "refusal")})
     return pd.DataFrame(rows, columns=["run", "method", "lambda", "roleplay", "safety"])
 

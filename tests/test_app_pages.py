@@ -9,6 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from sarft_core import audit, jobs
 from sarft_core.store import RunDir, create_run, read_json
+from sarft_core.training.run import TrainConfig, run_config
 
 from tests.conftest import ROLE_PROMPTS, ROLEBENCH_SPE
 
@@ -44,7 +45,8 @@ def charts(at):
 
 
 def write_train_run(ws: Path, name: str, method: str, lam, refusal: float, rouge: float, verdicts: list[str]) -> RunDir:
-    run = create_run("train", {"model": "tiny", "method": method, "role": "Baron Vex Morrow", "lambda": lam}, path=ws / "runs" / name)
+    config = run_config(TrainConfig(model="tiny", method=method, role="Baron Vex Morrow", lam=lam))  # what training writes
+    run = create_run("train", config, path=ws / "runs" / name)
     for step in range(1, 6):
         run.log(step=step, max_steps=5, loss=2.0 - 0.2 * step, ce=1.9 - 0.2 * step, kl=0.02 * step if method != "sft" else 0.0,
                 **{"lambda": lam}, lr=2e-4, eta_s=5 - step)

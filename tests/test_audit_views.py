@@ -11,6 +11,7 @@ from sarft_core.data import DEMO_PROFILES, DEMO_SAMPLES, get_profile, load_profi
 from sarft_core.errors import SarftError
 from sarft_core.paths import confine
 from sarft_core.store import create_run, read_json
+from sarft_core.training.run import TrainConfig, run_config
 
 
 @pytest.fixture
@@ -59,7 +60,7 @@ def test_load_scores_of_an_unfinished_run_is_a_clear_error(workspace):
 
 
 def test_runview_reads_metrics_defensively(workspace):
-    run = create_run("train", {"method": "sarft", "role": "Baron Vex Morrow", "lambda": 0.5})
+    run = create_run("train", run_config(TrainConfig(method="sarft", role="Baron Vex Morrow", lam=0.5)))
     assert runview.read_metrics(run).empty and runview.read_generations(run).empty and not runview.has_eval(run)
     ev = run.path / "eval" / "greedy-0001"
     (ev / "artifacts").mkdir(parents=True)

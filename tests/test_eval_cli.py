@@ -11,7 +11,9 @@ import pytest
 from tests.conftest import SHARED_DATA
 from sarft_core.cli import main
 from sarft_core.evaluation.results import load_metrics
-from sarft_core.store import read_json, read_jsonl
+from sarft_core.runconfig import RunConfig
+from sarft_core.store import create_run, read_json, read_jsonl
+from sarft_core.training.run import TrainConfig, run_config
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -70,12 +72,17 @@ def test_rolebench_rouge_and_rose_decoding(tiny_model_dir, tmp_path):
 def test_eval_of_a_training_run_writes_into_the_run(tiny_model_dir, tmp_path):
     run = tmp_path / "train-run"
     shutil.copytree(tiny_model_dir, run / "artifacts" / "model")
-    (run / "config.json").write_text(json.dumps({"kind": "train", "model": str(tiny_model_dir)}))
-    (run / "status.json").write_text(json.dumps({"state": "completed", "updated": 1}))
+    # the run's config as the training code writes it
+    create_run("train", run_config(TrainConfig(model=str(tiny_model_dir), method="sft", role="Baron Vex Morrow")), path=run).set_status("completed")
     rc = main(["eval", "--run", str(run), "--suite", "probes", "--limit", "1", "--max-new-tokens", "3"])
     assert rc == 0
     m = load_metrics(run)
     assert len(m) == 2 and all(p.startswith(str(run / "eval")) for p in m["run"])
+    (ev,) = (run / "eval").iterdir()
+    written = RunConfig.read(ev)  # what the evaluation recorded, read back through the one reader
+    assert written.kind == "eval" and written.model == str(run) and written.eval.source_run == str(run)
+    assert written.eval.suites == ("probes",) and [j["judge"] for j in written.eval.judges] == ["hybrid"]
+    assert written.eval.generation["max_new_tokens"] == 3 and written.eval.model_fingerprint
 
 
 def test_dead_judge_endpoint_fails_clearly_and_keeps_generations(tiny_model_dir, tmp_path, capsys):

@@ -15,6 +15,7 @@ from sarft_core.evaluation.panel import PANEL_METRICS
 from sarft_core.evaluation.suites import SUITES
 from sarft_core.store import create_run
 from sarft_core.survey import FULL, Steps, SurveyConfig, find_metrics, open_survey, run_pending, write_aggregate
+from sarft_core.training.run import TrainConfig, run_config
 
 NEW, UNDECLARED = "toxicity_rate", "mystery_score"
 ROLES = ["Baron Vex Morrow", "Sister Alma Reyes", "Captain Nell Corran"]  # the demo profiles
@@ -29,7 +30,7 @@ def new_metric():
 
 def write_eval(path: Path, refusal: float, toxicity: float, mystery: float, method: str = "sft", role: str = "Villain"):
     """An evaluation in the engine's layout (metrics.json records), as a training run's eval/ folder."""
-    run = create_run("train", {"model": "tiny", "method": method, "role": role, "train": {"lam": 0.5}}, path=path)
+    run = create_run("train", run_config(TrainConfig(model="tiny", method=method, role=role, lam=0.5)), path=path)
     rec = lambda suite, group, metric, value, judge="keyword": {  # noqa: E731
         "suite": suite, "group": group, "metric": metric, "judge": judge, "value": value, "ci_low": value - 0.1, "ci_high": value + 0.1, "n": 20}
     suites = {"probes": {"records": [rec("probes", "harmful", "refusal_rate", refusal)]},

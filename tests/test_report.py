@@ -17,7 +17,11 @@ from scipy import stats
 
 from sarft_core import audit, plots, report
 from sarft_core.cli import main
+from sarft_core.evaluation.generation import GenerationConfig
+from sarft_core.evaluation.judges import build_judge
+from sarft_core.runconfig import RunConfig
 from sarft_core.store import RunDir, create_run
+from sarft_core.training.run import TrainConfig, run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -58,10 +62,10 @@ def parse(text: str) -> Tags:
 
 
 def write_train_run(root: Path, name: str, method: str, lam: float, refusal: float, rouge: float, extra_config=None) -> RunDir:
-    """A training run as `python -m sarft_core train` writes it (config kind train, one log line per
-    optimizer step), evaluated as `python -m sarft_core eval --run RUN` writes it (docs/evaluation.md)."""
-    config = {"model": "tiny", "method": method, "role": ROLE,
-              "train": {"method": method, "role": ROLE, "lam": lam, "peft": "lora", "epochs": 1.0, "seed": 0}}
+    """A training run as `python -m sarft_core train` writes it (its config from the training code's
+    own run_config, one log line per optimizer step), evaluated as `python -m sarft_core eval --run RUN`
+    writes it (docs/evaluation.md). ``extra_config``: top-level fields added by hand (hostile input)."""
+    config = run_config(TrainConfig(model="tiny", method=method, role=ROLE, lam=lam, epochs=1.0, seed=0))
     run = create_run("train", dict(config, **(extra_config or {})), path=root / name)
     for step in range(1, 9):
         ce = 2.2 - 0.15 * step
@@ -81,8 +85,10 @@ def rec(suite, group, metric, judge, value, half, n):
 def write_engine_eval(path: Path, refusal: float, rouge: float, source_run=None) -> RunDir:
     """An evaluation run in the evaluation engine's layout: metrics.json {"suites": {name: {"records"}}},
     artifacts/<suite>.parquet with verdict_<judge> columns."""
-    run = create_run("eval", {"model": "tiny", "source_run": str(source_run) if source_run else None,
-                              "generation": {"decoding": "greedy", "max_new_tokens": 128}}, path=path)
+    config = RunConfig.for_evaluation("tiny", "tiny-fingerprint", str(source_run) if source_run else None,
+                                      GenerationConfig(max_new_tokens=128).identity(), ["probes", "xstest", "rolebench"],
+                                      [build_judge("keyword").describe()])
+    run = create_run("eval", config.to_dict(), path=path)
     suites = {
         "probes": [rec("probes", "harmful", "refusal_rate", "keyword", refusal, 0.1, 30),
                    rec("probes", "harmless", "compliance_rate", "keyword", 0.9, 0.05, 30)],

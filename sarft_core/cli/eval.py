@@ -63,6 +63,7 @@ def run(args) -> int:
     from sarft_core.evaluation.runner import Evaluator
     from sarft_core.evaluation.suites import SuiteContext, get_suite
     from sarft_core.models import check_device, load_model, model_fingerprint
+    from sarft_core.runconfig import RunConfig
     from sarft_core.store import OwnerLock, check_writable, create_run
 
     from sarft_core.validation import Range, check_number
@@ -101,9 +102,9 @@ def run(args) -> int:
     check_writable(out, folder=True)  # before any work
     with OwnerLock(out, "evaluation"):  # one writer per evaluation directory
         check_same_setting(out, model_spec or "embedded", fingerprint, generation.identity())
-        run_dir = create_run("eval", {"model": model_spec or "embedded", "model_fingerprint": fingerprint, "source_run": args.run,
-                                      "generation": generation.identity(), "suites": [s.name for s in suites],
-                                      "judges": [j.describe() for j in judges]}, path=out)
+        config = RunConfig.for_evaluation(model_spec or "embedded", fingerprint, args.run, generation.identity(),
+                                          [s.name for s in suites], [j.describe() for j in judges])
+        run_dir = create_run("eval", config.to_dict(), path=out)
         evaluator = Evaluator(
             run_dir,
             lambda: load_model(model_spec or None, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code),
@@ -114,17 +115,17 @@ def run(args) -> int:
 
 def check_training_run(path: Path) -> None:
     """``--run`` must be a training run directory (not an evaluation folder, not a model)."""
-    from sarft_core.store import read_json_object
+    from sarft_core.runconfig import RunConfig
 
     if not (path / "config.json").is_file():
         raise SarftError(f"not a run directory: {path}", "give the directory of a completed training run")
-    config = read_json_object(path / "config.json", None)
+    config = RunConfig.read(path)
     if config is None:
         raise SarftError(f"{path / 'config.json'} is damaged (not a JSON object)", "give the directory of a completed training run")
-    kind = config.get("kind")
+    kind = config.kind
     if kind != "train":
         raise SarftError(
-            f"{path} is a {kind if isinstance(kind, str) else 'unknown'} run, not a training run",
+            f"{path} is a {kind or 'unknown'} run, not a training run",
             "give --run the directory of a completed training run (the one holding artifacts/adapter or artifacts/model)"
             + ("; an evaluation folder's results are read with `report`" if kind == "eval" else ""),
         )
@@ -133,21 +134,22 @@ def check_training_run(path: Path) -> None:
 def check_same_setting(out: Path, model: str, fingerprint: str, generation: dict) -> None:
     """An evaluation directory holds the answers of ONE model and generation setting: resuming it
     with the same ones is free, anything else is refused (it would mix two models' results)."""
-    from sarft_core.store import read_json_object
+    from sarft_core.runconfig import RunConfig
 
     if not (out / "config.json").exists():
         return
-    old = read_json_object(out / "config.json", None)
+    old = RunConfig.read(out)
     if old is None:
         raise SarftError(f"{out / 'config.json'} is damaged (not a JSON object)",
                          "choose another --out (the folder's finished answers stay there, untouched)")
-    if old.get("kind") != "eval":
-        raise SarftError(f"{out} holds a {old.get('kind', 'unknown')} run, not an evaluation", "choose another --out for the evaluation")
+    if old.eval is None:
+        raise SarftError(f"{out} holds a {old.kind or 'unknown'} run, not an evaluation", "choose another --out for the evaluation")
     changed = []
-    same_model = old["model_fingerprint"] == fingerprint if "model_fingerprint" in old else (old.get("model") or "embedded") == model
+    recorded = old.eval.model_fingerprint
+    same_model = recorded == fingerprint if recorded is not None else (old.model or "embedded") == model
     if not same_model:
-        changed.append(f"model: {old.get('model')!r} -> {model!r}" if old.get("model") != model else f"model {model!r}: its weights changed")
-    before = old.get("generation") if isinstance(old.get("generation"), dict) else {}
+        changed.append(f"model: {old.model!r} -> {model!r}" if old.model != model else f"model {model!r}: its weights changed")
+    before = old.eval.generation
     for key in sorted(set(before) | set(generation)):
         if before.get(key) != generation.get(key):
             changed.append(f"{key}: {before.get(key)!r} -> {generation.get(key)!r}")

@@ -155,8 +155,11 @@ class TrainConfig:
 
 
 def run_config(cfg: TrainConfig) -> dict:
-    """What a training run's config.json holds (besides kind): read by the loader, the dashboard and reports."""
-    return {"model": cfg.model or "", "method": cfg.method, "role": cfg.role, "lambda": cfg.effective_lambda, "train": cfg.to_dict()}
+    """What a training run's config.json holds (:class:`sarft_core.runconfig.RunConfig`, kind train):
+    read back by the loader, resume, the dashboard and reports through RunConfig."""
+    from sarft_core.runconfig import RunConfig
+
+    return RunConfig.for_training(cfg).to_dict()
 
 
 def check_launch_environment() -> None:
