@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 
 from sarft_core.data import PROJECT_ROOT
 from sarft_core.errors import SarftError
+from sarft_core.evaluation.metric_registry import BETTER, SAFER, metric_info, register_metric
 
 ALIGN_DIR = PROJECT_ROOT / "data" / "aligned"
 HARMFUL_FILE = ALIGN_DIR / "harmful.jsonl"
@@ -348,16 +349,12 @@ def adapter_hash(adapter: Path) -> str:
 
 
 # ------------------------------------------------------------------ what the dashboard shows
-FIGURE_LABELS = {
-    "advbench": "refusal, AdvBench held-out",
-    "xstest_unsafe": "refusal, XSTest unsafe",
-    "probes_harmful": "refusal, project probes",
-    "jailbreak": "refusal, jailbreak average",
-    "xstest_safe": "compliance, XSTest safe (over-refusal = 1 - this)",
-    "probes_harmless": "compliance, harmless probes",
-    "margin": "refusal margin (nats/token)",
-    "rouge_l": "RoleBench ROUGE-L",
-}
+# the two probe figures are the aligned-model benchmark's own (bench/bench_aligned.py: the project's
+# probes, split by label); the others are the evaluation panel's metrics
+register_metric("probes_harmful", "refusal", SAFER, "refusal, project probes", survey=None)
+register_metric("probes_harmless", "compliance", BETTER, "compliance, harmless probes", survey=None)
+# the Overview's rows, in order; each row's title is the metric registry's
+FIGURE_METRICS = ("advbench", "xstest_unsafe", "probes_harmful", "jailbreak", "xstest_safe", "probes_harmless", "margin", "rouge_l")
 
 
 def shipped_figures(manifest: Path | None = None) -> list[dict]:
@@ -368,9 +365,9 @@ def shipped_figures(manifest: Path | None = None) -> list[dict]:
     except (OSError, ValueError, AttributeError):
         return []
     rows = []
-    for key, label in FIGURE_LABELS.items():
+    for key in FIGURE_METRICS:
         raw, aligned = metrics.get(f"embedded/{key}"), metrics.get(f"embedded-aligned/{key}")
         if isinstance(raw, dict) and isinstance(aligned, dict):
-            rows.append({"metric": label, "embedded (raw)": raw.get("value"), "embedded-aligned": aligned.get("value"),
+            rows.append({"metric": metric_info(key).title, "embedded (raw)": raw.get("value"), "embedded-aligned": aligned.get("value"),
                          "n": aligned.get("n")})
     return rows

@@ -29,21 +29,16 @@ from pathlib import Path
 from typing import Callable
 
 from sarft_core.errors import SarftError
+from sarft_core.evaluation.metric_registry import metric_info
 from sarft_core.store import Progress, atomic_write_json, atomic_write_text, create_run, file_lock, read_json, slug
 
 VILLAINS = ["Freddy Krueger", "Jigsaw", "Dr. Hannibal Lecter"]
 BENEVOLENT = ["Stephen Hawking", "Po", "Abraham Lincoln"]
 METHODS = ["sft", "sarft", "random", "flip"]
 METHOD_LABELS = {"base": "Base", "sft": "SFT", "sarft": "SaRFT", "random": "Random", "flip": "Flip"}
-# the numbers of the table: metric -> (column title, percent?)
-COLUMNS = {
-    "rouge_l": ("RoleBench ROUGE-L", False),
-    "advbench": ("AdvBench refusal", True),
-    "xstest_unsafe": ("XSTest unsafe refusal", True),
-    "xstest_safe": ("XSTest safe compliance", True),
-    "jailbreak": ("Jailbreak refusal (avg)", True),
-    "margin": ("Refusal margin", False),
-}
+# the numbers of the table, in column order (the panel's metrics: their titles, and whether they are
+# rates shown in percent, are the metric registry's)
+COLUMNS = ("rouge_l", "advbench", "xstest_unsafe", "xstest_safe", "jailbreak", "margin")
 # the training protocol, the same for every method (see docs/reproduce.md for why these values)
 DEFAULT_TRAIN = {"peft": "lora", "epochs": 3.0, "lr": 3e-4, "batch_size": 8, "grad_accum": 1, "lora_r": 16, "lora_alpha": 32,
                  "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "lam": 0.5,
@@ -369,11 +364,17 @@ def format_ci(v: float, lo: float, hi: float, pct: bool) -> str:
     return f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" if pct else f"{v:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
+def column_info() -> dict:
+    """metric -> its declaration in the metric registry (``title``, ``percent``), for each column."""
+    return {m: metric_info(m) for m in COLUMNS}
+
+
 def markdown_table(df, group: str = "all") -> str:
-    head = "| method | " + " | ".join(title for title, _ in COLUMNS.values()) + " |"
+    info = column_info()
+    head = "| method | " + " | ".join(i.title for i in info.values()) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
     for _, r in df[df.group == group].iterrows():
-        cells = [format_ci(r[m], r[f"{m}_lo"], r[f"{m}_hi"], pct) for m, (_, pct) in COLUMNS.items()]
+        cells = [format_ci(r[m], r[f"{m}_lo"], r[f"{m}_hi"], i.percent) for m, i in info.items()]
         lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -439,16 +440,17 @@ def grid_view(path: Path) -> dict:
         raise SarftError(f"no finished cell in {path} yet", "wait for the grid, or run `python -m sarft_core reproduce --out ...`")
     df = table(results, cfg, n_boot=500)
     side = []
-    for metric, (title, pct) in COLUMNS.items():
-        row = {"metric": title}
+    info = column_info()
+    for metric, i in info.items():
+        row = {"metric": i.title}
         for method in ("Base", "SFT", "SaRFT"):
             r = df[(df.group == "all") & (df.method == method)]
-            row[method] = "–" if r.empty else format_ci(*(r.iloc[0][metric + s] for s in ("", "_lo", "_hi")), pct)
+            row[method] = "–" if r.empty else format_ci(*(r.iloc[0][metric + s] for s in ("", "_lo", "_hi")), i.percent)
         side.append(row)
     contrasts = read_json(path / "contrasts.json") or {}
     lines = [f"- SaRFT − {k.split('/')[0].split('-', 1)[1].upper()} on {k.split('/')[1]}: {v['mean']:+.3f} "
              f"[{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] ({v['pairs']} pairs)" for k, v in contrasts.items()]
     total = len(plan_cells(cfg))
-    return {"table": df, "side_by_side": pd.DataFrame(side), "columns": {k: t for k, (t, _) in COLUMNS.items()},
+    return {"table": df, "side_by_side": pd.DataFrame(side), "columns": {m: i.title for m, i in info.items()},
             "contrasts": "\n".join(lines) or "(contrasts appear once the grid is aggregated)",
             "caption": f"{len(results)} of {total} cells finished · {len(cfg.roles)} characters · methods {', '.join(cfg.methods)} · seeds {cfg.seeds}"}

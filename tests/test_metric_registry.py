@@ -124,3 +124,28 @@ def test_a_new_metric_reaches_the_survey_table_and_its_report(new_metric, tmp_pa
     assert f"<th>{NEW}</th>" in section  # shown in the survey's table ...
     assert f'data-figure="trait-{NEW}"' not in section  # ... as a measurement, not as a trait
     assert UNDECLARED in section  # an undeclared number is shown too
+
+
+def test_the_grid_table_and_the_overview_figures_take_their_titles_from_the_registry(tmp_path):
+    from sarft_core import alignment, reproduce
+
+    titles = [registry.metric_info(m).title for m in reproduce.COLUMNS]
+    assert titles[:2] == ["RoleBench ROUGE-L", "refusal, AdvBench held-out"]
+    values = {"rouge_l": (15.0, 14.0, 16.0), "advbench": (0.5, 0.4, 0.6), "xstest_unsafe": (0.25, 0.2, 0.3),
+              "xstest_safe": (0.9, 0.85, 0.95), "jailbreak": (0.1, 0.05, 0.15), "margin": (-0.2, -0.3, -0.1)}
+    row = {"group": "all", "method": "SFT"}
+    for metric, (mean, lo, hi) in values.items():
+        row.update({metric: mean, f"{metric}_lo": lo, f"{metric}_hi": hi})
+    head, rule, line = reproduce.markdown_table(pd.DataFrame([row])).splitlines()
+    assert head == "| method | " + " | ".join(titles) + " |" and rule == "|---|---|---|---|---|---|---|"
+    # rates in percent, ROUGE-L and the margin as they are: the registry's kinds
+    assert line == ("| SFT | 15.00 [14.00, 16.00] | 50.0 [40.0, 60.0] | 25.0 [20.0, 30.0] | 90.0 [85.0, 95.0] | 10.0 [5.0, 15.0] "
+                    "| -0.20 [-0.30, -0.10] |")
+
+    manifest = tmp_path / "manifest.json"
+    figures = {f"{model}/{m}": {"value": 0.5, "n": 10} for model in ("embedded", "embedded-aligned") for m in alignment.FIGURE_METRICS}
+    manifest.write_text(json.dumps({"metrics": figures}))
+    shown = [r["metric"] for r in alignment.shipped_figures(manifest)]
+    assert shown == [registry.metric_info(m).title for m in alignment.FIGURE_METRICS]
+    assert shown[2] == "refusal, project probes" and shown[4] == "compliance, XSTest safe (over-refusal = 1 - this)"
+    assert registry.metric_kind("probes_harmless") == "compliance" and "probes_harmful" not in registry.survey_columns()

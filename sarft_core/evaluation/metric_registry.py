@@ -29,15 +29,16 @@ class Kind:
     name: str
     title: str  # what its chart's y axis says
     slug: str  # the chart's name in the report (compare-<slug>)
+    percent: bool = False  # a rate or share in [0, 1], shown in percent by the text tables
 
 
 # in the order their charts appear
 KINDS: dict[str, Kind] = {k.name: k for k in (
-    Kind("refusal", "refusal rate on harmful prompts (higher is safer)", "refusal"),
-    Kind("compliance", "compliance on harmless prompts (lower = over-refusal)", "compliance"),
+    Kind("refusal", "refusal rate on harmful prompts (higher is safer)", "refusal", percent=True),
+    Kind("compliance", "compliance on harmless prompts (lower = over-refusal)", "compliance", percent=True),
     Kind("role-play", "ROUGE-L", "rouge"),
     Kind("margin", "refusal margin (nats, higher is safer)", "margin"),
-    Kind("margin-share", "share of harmful prompts with a positive refusal margin", "margin-share"),
+    Kind("margin-share", "share of harmful prompts with a positive refusal margin", "margin-share", percent=True),
     Kind(OTHER, "other metrics (not declared in the metric registry)", "other"),
 )}
 
@@ -47,8 +48,17 @@ class MetricInfo:
     name: str
     kind: str
     direction: str
-    label: str = ""
+    label: str = ""  # its title in tables (the reproduction grid's columns, the Overview's figures)
     survey: str | None = ""  # its column in survey tables: "" = the metric's name, None = not surveyed
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name
+
+    @property
+    def percent(self) -> bool:
+        """Whether text tables show it in percent (its kind is a rate or a share)."""
+        return KINDS[self.kind].percent
 
     @property
     def higher_is_safer(self) -> bool | None:
@@ -82,7 +92,7 @@ def unregister_metric(name: str) -> None:
     METRICS.pop(str(name), None)
 
 
-_BUILTINS = ("sarft_core.evaluation.suites", "sarft_core.evaluation.panel")
+_BUILTINS = ("sarft_core.evaluation.suites", "sarft_core.evaluation.panel", "sarft_core.alignment")
 
 
 def _load_builtins() -> None:

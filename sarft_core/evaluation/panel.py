@@ -29,7 +29,8 @@ PANEL_METRICS = {info.name: (info.kind, info.higher_is_safer) for info in (
     register_metric("advbench", "refusal", SAFER, "refusal, AdvBench held-out", survey=None),
     register_metric("margin", "margin", SAFER, "refusal margin (nats/token)", survey="refusal_margin"),
     register_metric("xstest_unsafe", "refusal", SAFER, "refusal, XSTest unsafe", survey=None),
-    register_metric("xstest_safe", "compliance", BETTER, "compliance, XSTest safe", survey=None),  # over-refusal: more helpful, not safer
+    # over-refusal: more helpful, not safer
+    register_metric("xstest_safe", "compliance", BETTER, "compliance, XSTest safe (over-refusal = 1 - this)", survey=None),
     register_metric("jailbreak", "refusal", SAFER, "refusal, jailbreak average", survey=None),
     register_metric("rouge_l", "role-play", BETTER, "RoleBench ROUGE-L"),
 )}
