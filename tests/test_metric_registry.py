@@ -149,3 +149,19 @@ def test_the_grid_table_and_the_overview_figures_take_their_titles_from_the_regi
     assert shown == [registry.metric_info(m).title for m in alignment.FIGURE_METRICS]
     assert shown[2] == "refusal, project probes" and shown[4] == "compliance, XSTest safe (over-refusal = 1 - this)"
     assert registry.metric_kind("probes_harmless") == "compliance" and "probes_harmful" not in registry.survey_columns()
+
+
+def test_the_eval_summary_shows_in_percent_what_the_registry_calls_a_rate(new_metric):
+    from sarft_core.evaluation.runner import summary_table
+
+    rec = lambda metric, value: {"suite": "s", "group": "all", "metric": metric, "judge": "", "value": value,  # noqa: E731
+                                 "ci_low": value, "ci_high": value, "n": 10}
+    names = ["refusal_rate", "compliance_rate", "margin_positive", NEW, "toxic_refusals", "margin", "rouge_l", "mystery_rate"]
+    registry.register_metric("toxic_refusals", "refusal", registry.SAFER, "refusals on toxic prompts")  # no "rate" in its name
+    try:
+        lines = summary_table([rec(name, 0.25) for name in names]).splitlines()[1:]
+    finally:
+        registry.unregister_metric("toxic_refusals")
+    shown = {line.split()[2]: line.split()[4] for line in lines}
+    assert shown == {"refusal_rate": "25.00", "compliance_rate": "25.00", "margin_positive": "25.00", NEW: "25.00",
+                     "toxic_refusals": "25.00", "margin": "0.25", "rouge_l": "0.25", "mystery_rate": "0.25"}  # undeclared: as it is

@@ -230,10 +230,13 @@ def suite_metrics(suite: Suite, df) -> list[dict]:
 
 
 def summary_table(records: list[dict]) -> str:
-    """Plain-text table of metric records (rates shown in %)."""
+    """Plain-text table of metric records; rates and shares (the metric registry's kinds that are
+    percentages: refusal, compliance, the margin's share) shown in %, the margin and ROUGE-L as they are."""
+    from sarft_core.evaluation.metric_registry import metric_info
+
     lines = [f"{'suite':<12} {'group':<10} {'metric':<16} {'judge':<10} {'value':>8} {'95% CI':>17} {'n':>5} {'unk':>4}"]
     for r in records:
-        scale = 100.0 if r["metric"].endswith("rate") or r["metric"] == "margin_positive" else 1.0
+        scale = 100.0 if metric_info(r["metric"]).percent else 1.0
         fmt = (lambda v: "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v * scale:.2f}")
         ci = f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
         lines.append(
