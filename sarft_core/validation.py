@@ -5,7 +5,8 @@ each numeric field with :func:`number`::
 
     lr: float | None = number(None, lo=0, lo_open=True, option="--lr", optional=True)
 
-and calls :func:`validate_numbers` from its validation. Every declared value must be a real number
+and calls :func:`validate_numbers` from its validation. A text field with a fixed set of values
+declares it with :func:`choice` (``method: str = choice("sarft", METHODS)``). Every declared value must be a real number
 of the right kind (a bool is not a number, an int field takes no 2.5), finite (NaN and inf are
 refused everywhere) and inside its range; the error names the option and the allowed range.
 """
@@ -19,6 +20,7 @@ from typing import Any
 from sarft_core.errors import SarftError
 
 _KEY = "sarft_number"
+_CHOICES = "sarft_choices"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +57,17 @@ def _fmt(v) -> str:
 def number(default: Any = dataclasses.MISSING, **kw) -> Any:
     """A dataclass field with a declared numeric range (see :class:`Range`)."""
     return field(default=default, metadata={_KEY: Range(**kw)})
+
+
+def choice(default: str, allowed) -> Any:
+    """A dataclass text field with its declared set of allowed values (read by the config's own
+    validation and by the command line built from the config)."""
+    return field(default=default, metadata={_CHOICES: tuple(allowed)})
+
+
+def declared_choices(cls) -> dict[str, tuple]:
+    """The allowed values declared with :func:`choice`, by field name."""
+    return {f.name: f.metadata[_CHOICES] for f in dataclasses.fields(cls) if _CHOICES in f.metadata}
 
 
 def check_number(value: Any, rng: Range, name: str = "value") -> Any:

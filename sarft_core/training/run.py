@@ -24,13 +24,15 @@ from pathlib import Path
 from sarft_core.errors import SarftError
 from sarft_core.training import selection
 from sarft_core.training.losses import KL_DIRECTIONS, NORMALISATIONS
-from sarft_core.validation import number, validate_numbers
+from sarft_core.validation import choice, number, validate_numbers
 
 METHODS = ("sft", "sarft", "random", "flip", "sppft", "seal", "biselect")
 KL_METHODS = ("sarft", "random", "flip")
 DROP_METHODS = ("seal", "biselect")
 AUTOCAST = ("auto", "bf16", "off")
 PEFT_KINDS = ("lora", "full")
+REF_DTYPES = ("same", "bfloat16")  # the reference forward: the policy's own precision, or bf16 autocast
+BASELINE_USES = ("drop", "kl")  # seal / biselect: drop the selected samples, or use them as D_h
 # the order of the training samples: shuffled (published), or shuffled batches of similar length
 # (less padding: fewer FLOPs for the same samples)
 SAMPLING = ("random", "group_by_length")
@@ -54,9 +56,10 @@ def check_report_to(value: str) -> None:
 
 @dataclass
 class TrainConfig:
-    """Every option of one training run; numeric ranges are declared here and checked by validate()."""
+    """Every option of one training run; numeric ranges and the allowed values of text options are
+    declared here, checked by validate() and read by the ``train`` command line."""
 
-    method: str = "sarft"
+    method: str = choice("sarft", METHODS)
     role: str = ""
     data: str | None = None
     profiles: str | None = None
@@ -67,16 +70,16 @@ class TrainConfig:
     dtype: str = "auto"
     device: str = "auto"
     trust_remote_code: bool = False
-    peft: str = "lora"
+    peft: str = choice("lora", PEFT_KINDS)
     lam: float = number(0.5, lo=0, hi=1e6, option="--lambda", hint="give --lambda 0.5 (published example) or 0 for plain SFT")
-    kl_direction: str = "ref||theta"
-    ref_dtype: str = "same"  # or "bfloat16": reference forward under bf16 autocast
+    kl_direction: str = choice("ref||theta", KL_DIRECTIONS)
+    ref_dtype: str = choice("same", REF_DTYPES)
     # "auto": bf16 mixed precision on a CUDA GPU that has it; "bf16": on the CPU too (about 2x on
     # CPUs with bf16 matmuls, the published setup trained in bf16); "off": the model's own dtype
-    autocast: str = "auto"
-    normalisation: str = "answer"
-    sampling: str = "random"
-    attention: str = "auto"
+    autocast: str = choice("auto", AUTOCAST)
+    normalisation: str = choice("answer", NORMALISATIONS)
+    sampling: str = choice("random", SAMPLING)
+    attention: str = choice("auto", ATTENTION)
     tau: float = number(0.0, lo=-1e6, hi=1e6, option="--tau", hint="give a threshold on s_unsafe - s_role, e.g. --tau 0 (published)")
     overrides: str | None = None
     seed: int = number(0, lo=0, hi=2**32 - 1, integer=True, option="--seed")
@@ -93,8 +96,8 @@ class TrainConfig:
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     freeze_layers: str | None = None  # sppft: explicit inclusive range, e.g. "6-12"
     drop_fraction: float = number(0.2, lo=0, hi=1, hi_open=True, option="--drop-fraction", hint="give e.g. --drop-fraction 0.2")
-    baseline_use: str = "drop"  # seal / biselect: drop the selected samples, or use them as D_h
-    report_to: str = "none"  # the Trainer's tracker integration (REPORT_TO); none by default
+    baseline_use: str = choice("drop", BASELINE_USES)
+    report_to: str = choice("none", REPORT_TO)  # the Trainer's tracker integration; none by default
     max_prompt_tokens: int = number(512, lo=1, hi=1_000_000, integer=True, option="max_prompt_tokens")
     max_answer_tokens: int = number(128, lo=1, hi=1_000_000, integer=True, option="max_answer_tokens")
 
@@ -130,13 +133,13 @@ class TrainConfig:
         for option, choices in (("autocast", AUTOCAST), ("attention", ATTENTION), ("sampling", SAMPLING)):
             if getattr(self, option) not in choices:
                 raise SarftError(f"unknown --{option} {getattr(self, option)!r}", f"use one of {', '.join(choices)}")
-        if self.ref_dtype not in ("same", "bfloat16"):
+        if self.ref_dtype not in REF_DTYPES:
             raise SarftError(f"unknown reference precision {self.ref_dtype!r}", "use --ref-dtype same or bfloat16")
         if self.kl_direction not in KL_DIRECTIONS:
             raise SarftError(f"unknown KL direction {self.kl_direction!r}", f"use {' or '.join(KL_DIRECTIONS)}")
         if self.normalisation not in NORMALISATIONS:
             raise SarftError(f"unknown normalisation {self.normalisation!r}", f"use {' or '.join(NORMALISATIONS)}")
-        if self.baseline_use not in ("drop", "kl"):
+        if self.baseline_use not in BASELINE_USES:
             raise SarftError(f"unknown --baseline-use {self.baseline_use!r}", "use drop or kl")
         check_report_to(self.report_to)
         if not self.role:

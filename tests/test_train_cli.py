@@ -1,0 +1,70 @@
+"""The `train` command line is derived from TrainConfig: same defaults, same allowed values, every field."""
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+
+import pytest
+
+from sarft_core.cli import build_parser
+from sarft_core.cli import train as train_cli
+from sarft_core.cli._config_args import Option, add_config_options, config_from_args
+from sarft_core.training.run import METHODS, TrainConfig
+from sarft_core.validation import choice, declared_choices, number
+
+
+def train_parser() -> argparse.ArgumentParser:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["train"]
+
+
+def test_every_training_option_has_the_configs_default_and_allowed_values():
+    actions = {a.dest: a for a in train_parser()._actions}
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    assert set(fields) - set(actions) == set(train_cli.CONFIG_ONLY)  # every other field is an option
+    allowed = declared_choices(TrainConfig)
+    assert allowed["method"] == tuple(METHODS) and set(allowed) >= {"peft", "autocast", "report_to", "kl_direction"}
+    for name, opt in {**train_cli.FIRST_OPTIONS, **train_cli.OPTIONS}.items():
+        f, action = fields[name], actions[name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        assert action.default == (",".join(default) if isinstance(default, list) else default), name
+        if name in allowed:
+            assert action.choices == (allowed[name] if opt.enforce_choices else None), name
+    assert actions["lam"].option_strings == ["--lambda"] and actions["lora_alpha"].type is int
+    assert "tensorboard, wandb, mlflow" in actions["report_to"].help
+
+
+def test_the_bare_command_is_the_default_config(monkeypatch):
+    monkeypatch.delenv("SARFT_MODEL", raising=False)
+    args = build_parser().parse_args(["train", "--role", "John Doe", "--out", "run"])
+    assert train_cli.config_from_args(args) == TrainConfig(role="John Doe")
+    args = build_parser().parse_args(["train", "--out", "run", "--lora-targets", "q_proj, ,o_proj", "--columns", "input=q,output=a",
+                                      "--lambda", "0.2", "--autocast", "bf16", "--report-to", "wandb"])
+    cfg = train_cli.config_from_args(args)
+    assert cfg.role == "" and cfg.lora_targets == ["q_proj", "o_proj"] and cfg.columns == {"input": "q", "output": "a"}
+    assert (cfg.lam, cfg.autocast, cfg.report_to) == (0.2, "bf16", "wandb")
+
+
+@dataclass
+class Toy:
+    mode: str = choice("a", ("a", "b"))
+    style: str = choice("plain", ("plain", "bold"))
+    count: int = number(3, lo=1, integer=True, option="--count")
+    ratio: float | None = None
+    names: list[str] = field(default_factory=lambda: ["x", "y"])
+    loud: bool = False
+    label: str = "toy"
+
+
+def test_a_config_field_becomes_an_option_with_its_type_default_and_choices(capsys):
+    parser = argparse.ArgumentParser(prog="toy")
+    add_config_options(parser, Toy, {"mode": Option("one of {allowed}"), "style": Option(enforce_choices=False), "count": Option(),
+                                     "ratio": Option(flags=("--r",)), "names": Option(), "loud": Option(), "label": Option()})
+    assert config_from_args(Toy, parser.parse_args([])) == Toy()
+    got = config_from_args(Toy, parser.parse_args(["--mode", "b", "--style", "odd", "--count", "5", "--r", "0.5",
+                                                   "--names", "p, q", "--loud", "--label", "t"]))
+    assert got == Toy(mode="b", style="odd", count=5, ratio=0.5, names=["p", "q"], loud=True, label="t")
+    assert {a.dest: a.help for a in parser._actions}["mode"] == "one of a, b"
+    for bad, message in ((["--mode", "c"], "invalid choice: 'c'"), (["--count", "2.5"], "invalid int value: '2.5'")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+        assert message in capsys.readouterr().err
