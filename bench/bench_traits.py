@@ -3,12 +3,15 @@
 Prints, for the malevolence trait of each rater, the AUC villains-vs-benevolent (the headline),
 villains-vs-in-between and in-between-vs-benevolent (does it place the grey characters between the
 two groups?), the group means, and the time taken. Raters: the ten-word lexicon baseline, the
-default embedding rater (sentence-level, as shipped) and the same rater on the whole profile at
-once (the obvious simpler variant). Labels: sarft_core/trait_labels.py. Also the Spearman rank
-correlation of each rater's malevolence with the 1-5 ordinal labels of all 95 characters
-(``MALEVOLENCE``), with a 95% bootstrap interval over characters; no rater here is fitted to them.
+pole-contrast embedding rater (sentence-level), the same rater on the whole profile at once, and
+the learned scale shipped as the default malevolence (sarft_core/trait_model.py). Labels:
+sarft_core/trait_labels.py. Also the Spearman rank correlation of each rater's malevolence with
+the 1-5 ordinal labels of all 95 characters (``MALEVOLENCE``), with a 95% bootstrap interval over
+characters. Only the learned scale is fitted to those labels, and it is cross-fitted: every
+labelled character is rated by a fold model that did not see its label. ``--refits N`` refits it
+with N other fold assignments and prints the spread (the recipe's figure rather than one split's).
 
-    PYTHONPATH=$PWD python bench/bench_traits.py [--profiles ../shared/data/profiles/role_descriptions.json] [--list]
+    PYTHONPATH=$PWD python bench/bench_traits.py [--profiles ../shared/data/profiles/role_descriptions.json] [--list] [--refits 10]
 """
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--profiles", default=str(ROOT.parent / "shared" / "data" / "profiles" / "role_descriptions.json"))
     ap.add_argument("--list", action="store_true", help="also print every role's default traits, most malevolent first")
+    ap.add_argument("--refits", type=int, default=10, help="refit the learned scale with this many fold assignments (0: skip; needs scikit-learn)")
     args = ap.parse_args()
     profiles = load_profiles(args.profiles)
     print(f"{len(profiles)} profiles; labelled: {len(VILLAINS)} villains, {len(BENEVOLENT)} benevolent, {len(IN_BETWEEN)} in-between")
@@ -61,9 +65,27 @@ def main() -> None:
     rater = default_rater()
     load_s = time.perf_counter() - t
     t = time.perf_counter()
-    table = rate_default(profiles, rater=rater)
-    report("default (per sentence)", dict(zip(table["role"], table["malevolence"])), time.perf_counter() - t)
+    table = rate_default(profiles, rater=rater, malevolence="poles")
+    report("poles (per sentence)", dict(zip(table["role"], table["malevolence"])), time.perf_counter() - t)
     print(f"{'':<28} (model load {load_s:.1f} s, {len(profiles) / max(1e-9, time.perf_counter() - t):.1f} profiles/s)")
+
+    # the learned scale as shipped: every labelled character rated by the fold model that did not see its label
+    from sarft_core.trait_model import FeatureReader, fit_model, profile_features, shipped_model
+
+    t = time.perf_counter()
+    names, features = profile_features(profiles, FeatureReader(rater=rater))
+    shipped = dict(zip(names, shipped_model().predict(names, features)))
+    report("learned (shipped, cross-fitted)", shipped, time.perf_counter() - t)
+    if args.refits:
+        # the recipe's figure, not one split's: refit with other fold assignments (needs scikit-learn)
+        labels = {normalise_name(k): v for k, v in MALEVOLENCE.items()}
+        labelled = [n for n in names if normalise_name(n) in labels]
+        rhos = []
+        for seed in range(args.refits):
+            _, oof = fit_model(names, features, MALEVOLENCE, seed=seed)
+            rhos.append(spearman_rho(oof, [labels[normalise_name(n)] for n in labelled]))
+        print(f"{'learned, refitted':<28} out-of-fold Spearman over {len(rhos)} fold assignments: mean {statistics.mean(rhos):.3f}, "
+              f"min {min(rhos):.3f}, max {max(rhos):.3f}")
 
     from sarft_core.traits import TRAIT_DEFS
 

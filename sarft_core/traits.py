@@ -209,10 +209,18 @@ def default_rater() -> EmbeddingRater:
     return _RATER
 
 
-def rate_default(profiles: Mapping, temperature: float = DEFAULT_TEMPERATURE, rater: EmbeddingRater | None = None, raw: bool = False):
-    """Trait table from the offline embedding rater: logistic(contrast / temperature) per trait."""
+MALEVOLENCE_SCALES = ("learned", "poles")
+
+
+def rate_default(profiles: Mapping, temperature: float = DEFAULT_TEMPERATURE, rater: EmbeddingRater | None = None, raw: bool = False,
+                 malevolence: str = "learned"):
+    """Trait table from the offline raters: logistic(contrast / temperature) per trait, except
+    malevolence, which by default is the learned 1-5 scale (:mod:`sarft_core.trait_model`, cross-
+    fitted, mapped onto [0, 1]); ``malevolence="poles"`` (or ``raw``) keeps the pole contrast."""
     import pandas as pd
 
+    if malevolence not in MALEVOLENCE_SCALES:
+        raise SarftError(f"unknown malevolence scale {malevolence!r}", f"use one of {', '.join(MALEVOLENCE_SCALES)}")
     rater = rater or default_rater()
     rows = []
     for name, profile in profiles.items():
@@ -220,6 +228,13 @@ def rate_default(profiles: Mapping, temperature: float = DEFAULT_TEMPERATURE, ra
         row = {"role": name}
         row.update({t: (scores[t] if raw else logistic(scores[t] / temperature)) for t in TRAITS})
         rows.append(row)
+    if malevolence == "learned" and not raw and rows:
+        from sarft_core.trait_model import FeatureReader, level_to_unit, profile_features, shipped_model
+
+        model = shipped_model()
+        names, features = profile_features(profiles, FeatureReader(rater=rater))
+        for row, level in zip(rows, model.predict(names, features)):
+            row["malevolence"] = level_to_unit(level)
     return pd.DataFrame(rows, columns=["role", *TRAITS])
 
 

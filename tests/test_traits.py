@@ -189,12 +189,67 @@ def test_ordinal_labels_cover_every_rolebench_character_and_agree_with_the_group
 
 @pytest.mark.slow
 def test_default_malevolence_ranks_all_characters_with_the_ordinal_labels():
-    """Not fitted to the labels. Measured 0.665 [0.545, 0.765] (bench/bench_traits.py); the issue's
-    target of 0.80 is not reached yet: this guards against falling back."""
+    """The learned scale, cross-fitted: each labelled character is rated by a fold model that did not
+    see its label. Measured 0.812 [0.721, 0.874] with the shipped folds and 0.790 (0.744-0.812) over
+    ten fold assignments (bench/bench_traits.py); the pole contrast alone gives 0.665."""
     from sarft_core.stats import spearman_rho
     from sarft_core.trait_labels import MALEVOLENCE
 
     profiles = load_profiles(DESCRIPTIONS)
     table = rate_default(profiles).set_index("role")
     rho = spearman_rho([table.loc[n, "malevolence"] for n in MALEVOLENCE], [MALEVOLENCE[n] for n in MALEVOLENCE])
-    assert rho >= 0.60
+    assert rho >= 0.75
+    poles = rate_default(profiles, malevolence="poles").set_index("role")
+    assert rho > spearman_rho([poles.loc[n, "malevolence"] for n in MALEVOLENCE], [MALEVOLENCE[n] for n in MALEVOLENCE]) + 0.05
+
+
+# ---------------------------------------------------------------- the learned scale's mechanics
+def test_shipped_trait_model_was_built_on_the_current_labels():
+    """A changed label in trait_labels.py needs a rebuild (scripts/build_trait_model.py)."""
+    from sarft_core.data.names import normalise_name
+    from sarft_core.trait_labels import MALEVOLENCE
+    from sarft_core.trait_model import FOLDS, labels_digest, shipped_model
+
+    model = shipped_model()
+    assert model.meta["labels"] == labels_digest(MALEVOLENCE)
+    assert set(model.held_out) == {normalise_name(n) for n in MALEVOLENCE}
+    assert set(model.held_out.values()) == set(range(FOLDS)) and len(model.weights) == FOLDS
+
+
+def test_cross_fitting_never_rates_a_labelled_character_with_its_own_label():
+    """Changing one character's label changes only the models of the other folds, so its own rating
+    stays the same; an unlabelled character gets the mean of the fold models."""
+    import numpy as np
+
+    pytest.importorskip("sklearn")
+    from sarft_core.data.names import normalise_name
+    from sarft_core.trait_model import fit_model
+
+    rng = np.random.default_rng(0)
+    names = [f"role {i}" for i in range(40)]
+    X = rng.normal(size=(40, 6))
+    labels = {n: int(1 + (i % 5)) for i, n in enumerate(names)}
+    model, oof = fit_model(names, X, labels)
+    assert np.allclose(model.predict(names, X), oof)
+    target = names[7]
+    fold = model.held_out[normalise_name(target)]
+    folds = [model.held_out[normalise_name(n)] for n in names]
+    changed, _ = fit_model(names, X, {**labels, target: 5 if labels[target] != 5 else 1}, folds=folds)
+    assert changed.predict([target], X[7:8]) == pytest.approx(model.predict([target], X[7:8]))
+    others = [k for k in range(5) if k != fold]
+    assert not np.allclose(np.asarray(changed.weights)[others], np.asarray(model.weights)[others])
+    unseen = rng.normal(size=(1, 6))
+    every = unseen @ np.asarray(model.weights).T + np.asarray(model.intercepts)
+    assert model.predict(["someone new"], unseen) == pytest.approx([float(every.mean())])
+
+
+def test_trait_model_refuses_features_of_another_recipe():
+    from sarft_core.trait_model import MalevolenceModel, shipped_model
+
+    model = shipped_model()
+    with pytest.raises(SarftError, match="features per profile"):
+        model.predict(["x"], [[0.0] * 3])
+    with pytest.raises(SarftError, match="rebuild it"):
+        MalevolenceModel.from_json({**model.to_json(), "version": "old"})
+    with pytest.raises(SarftError, match="unknown malevolence scale"):
+        rate_default({"x": "a kind man"}, malevolence="vibes")
