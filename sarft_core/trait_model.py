@@ -16,9 +16,10 @@ Features of one profile (``profile_features``), 1,428 numbers:
   each level of the ladder written from the scale's definitions, max and mean over sentences (72).
 
 The model: ridge regression on standardised features (``RidgeCV`` picks the penalty inside each
-training fold), fitted on the 95 labelled RoleBench characters in five folds. It is **cross-
-fitted**: a labelled character is always rated by the fold model that did not see its label, so
-no character's score uses its own label; any other character gets the mean of the five models.
+training fold), fitted on the 95 labelled RoleBench characters in five folds, with five fold
+assignments (25 models). It is **cross-fitted**: a labelled character is rated by the mean of the
+five models that did not see its label, so no character's score uses its own label; any other
+character gets the mean of all 25.
 Building needs scikit-learn (requirements-dev.txt); rating needs numpy only. Rebuild with
 ``PYTHONPATH=$PWD python scripts/build_trait_model.py``.
 """
@@ -36,6 +37,7 @@ MODEL_FILE = Path(__file__).with_name("trait_model.json")
 LAYERS = (12, 29)  # hidden_states[12:29]: outputs of layers 12..28 of SmolLM2's 30
 MAX_TOKENS = 512
 FOLDS = 5
+REPEATS = 5  # fold assignments; a labelled character's rating averages the REPEATS models that did not see it
 FEATURE_VERSION = "malevolence-features-v1"
 
 # Behaviour at each level of the 1-5 ladder (trait_labels.py), written from the scale's wording
@@ -159,15 +161,17 @@ _FEATURES: dict[tuple, object] = {}  # (readers, name, profile text) -> features
 
 @dataclass
 class MalevolenceModel:
-    """Five cross-fitted linear models on the features (standardisation folded into the weights)."""
+    """Cross-fitted linear models on the features (standardisation folded into the weights):
+    ``REPEATS`` fold assignments of ``FOLDS`` folds each."""
 
-    weights: list[list[float]]  # FOLDS x features
+    weights: list[list[float]]  # models x features
     intercepts: list[float]
-    held_out: dict[str, int]  # normalised labelled name -> the fold that did not see its label
+    held_out: dict[str, list[int]]  # normalised labelled name -> the models that did not see its label
     meta: dict
 
     def predict(self, names: Sequence[str], features) -> list[float]:
-        """Level on the 1-5 ladder (a real number) for each row."""
+        """Level on the 1-5 ladder (a real number) for each row: a labelled character's is the mean
+        of the models that did not see its label, anyone else's the mean of all models."""
         import numpy as np
 
         from sarft_core.data.names import normalise_name
@@ -177,17 +181,17 @@ class MalevolenceModel:
         if X.ndim != 2 or X.shape[1] != W.shape[1]:
             raise SarftError(f"trait model expects {W.shape[1]} features per profile, got {X.shape}",
                              "rebuild it with scripts/build_trait_model.py (the feature recipe changed)")
-        every = X @ W.T + b  # rows x folds
+        every = X @ W.T + b  # rows x models
         out = []
         for row, name in enumerate(names):
-            fold = self.held_out.get(normalise_name(name))
-            out.append(float(every[row, fold] if fold is not None else every[row].mean()))
+            models = self.held_out.get(normalise_name(name))
+            out.append(float(every[row, models].mean() if models else every[row].mean()))
         return out
 
     def to_json(self) -> dict:
         return {"version": FEATURE_VERSION, "meta": self.meta, "held_out": self.held_out,
                 "intercepts": [round(v, 8) for v in self.intercepts],
-                "weights": [[float(f"{w:.6g}") for w in row] for row in self.weights]}
+                "weights": [[float(f"{w:.5g}") for w in row] for row in self.weights]}
 
     @classmethod
     def from_json(cls, data: dict) -> "MalevolenceModel":
@@ -225,11 +229,11 @@ def fit_linear(X, y):
     return w, float(model.intercept_ - (w * mean).sum()), float(model.alpha_)
 
 
-def fit_model(names: Sequence[str], X, labels: Mapping[str, int], seed: int = 0,
-              folds: Sequence[int] | None = None) -> tuple[MalevolenceModel, list[float]]:
+def fit_model(names: Sequence[str], X, labels: Mapping[str, int], seed: int = 0, repeats: int = REPEATS,
+              folds: Sequence[Sequence[int]] | None = None) -> tuple[MalevolenceModel, list[float]]:
     """The cross-fitted model and the out-of-fold levels of the labelled rows (what each labelled
-    character is rated). ``folds`` (one per labelled row, in ``names`` order) replaces the seeded
-    stratified assignment."""
+    character is rated). Fold assignment r is stratified with seed ``seed + r``; ``folds`` (one
+    list per repeat, a fold number per labelled row in ``names`` order) replaces them."""
     import numpy as np
 
     from sarft_core.data.names import normalise_name
@@ -240,20 +244,27 @@ def fit_model(names: Sequence[str], X, labels: Mapping[str, int], seed: int = 0,
         raise SarftError(f"only {len(rows)} labelled profiles among {len(names)}", "rate the labelled RoleBench profiles (role_descriptions.json)")
     Xl = np.asarray(X, dtype="float64")[rows]
     y = np.asarray([by_norm[normalise_name(names[i])] for i in rows], dtype="float64")
-    folds = np.asarray(fold_of([names[i] for i in rows], y.astype(int), seed=seed) if folds is None else list(folds))
-    if len(folds) != len(rows) or set(folds.tolist()) != set(range(FOLDS)):
-        raise SarftError(f"{len(folds)} fold numbers for {len(rows)} labelled profiles", f"give one fold in 0..{FOLDS - 1} per labelled profile, each fold used")
+    if folds is None:
+        folds = [fold_of([names[i] for i in rows], y.astype(int), seed=seed + r) for r in range(repeats)]
     weights, intercepts, alphas = [], [], []
     oof = np.zeros(len(rows))
-    for k in range(FOLDS):
-        train = folds != k
-        w, b, a = fit_linear(Xl[train], y[train])
-        weights.append(w.tolist())
-        intercepts.append(b)
-        alphas.append(a)
-        oof[~train] = Xl[~train] @ w + b
-    held = {normalise_name(names[i]): int(folds[j]) for j, i in enumerate(rows)}
-    meta = {"labels": labels_digest(labels), "n_labelled": len(rows), "alphas": alphas, "seed": seed, "layers": list(LAYERS)}
+    held: dict[str, list[int]] = {normalise_name(names[i]): [] for i in rows}
+    for assignment in folds:
+        assignment = np.asarray(list(assignment))
+        if len(assignment) != len(rows) or set(assignment.tolist()) != set(range(FOLDS)):
+            raise SarftError(f"{len(assignment)} fold numbers for {len(rows)} labelled profiles",
+                             f"give one fold in 0..{FOLDS - 1} per labelled profile, each fold used")
+        for k in range(FOLDS):
+            train = assignment != k
+            w, b, a = fit_linear(Xl[train], y[train])
+            for j in np.flatnonzero(~train):
+                held[normalise_name(names[rows[j]])].append(len(weights))
+            weights.append(w.tolist())
+            intercepts.append(b)
+            alphas.append(a)
+            oof[~train] += (Xl[~train] @ w + b) / len(folds)
+    meta = {"labels": labels_digest(labels), "n_labelled": len(rows), "alphas": alphas, "seed": seed,
+            "repeats": len(folds), "layers": list(LAYERS)}
     return MalevolenceModel(weights, intercepts, held, meta), oof.tolist()
 
 

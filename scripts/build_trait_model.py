@@ -1,9 +1,10 @@
 """Rebuild the learned malevolence scale (sarft_core/trait_model.json).
 
 Rates the 95 RoleBench profiles (role_descriptions.json) with the recipe of
-sarft_core/trait_model.py and fits it, cross-fitted in five folds, on trait_labels.MALEVOLENCE.
+sarft_core/trait_model.py and fits it, cross-fitted (five fold assignments of five folds), on
+trait_labels.MALEVOLENCE.
 Needs scikit-learn (requirements-dev.txt); a few minutes on two CPU cores. Prints the out-of-fold
-Spearman of the fitted folds (the figure of each labelled character's own rating).
+Spearman of the build (each labelled character rated by the models that did not see its label).
 
     PYTHONPATH=$PWD python scripts/build_trait_model.py [--profiles FILE] [--out FILE]
 """

@@ -189,9 +189,9 @@ def test_ordinal_labels_cover_every_rolebench_character_and_agree_with_the_group
 
 @pytest.mark.slow
 def test_default_malevolence_ranks_all_characters_with_the_ordinal_labels():
-    """The learned scale, cross-fitted: each labelled character is rated by a fold model that did not
-    see its label. Measured 0.812 [0.721, 0.874] with the shipped folds and 0.790 (0.744-0.812) over
-    ten fold assignments (bench/bench_traits.py); the pole contrast alone gives 0.665."""
+    """The learned scale, cross-fitted: each labelled character is rated by the fold models that did
+    not see its label. Measured 0.807 [0.717, 0.867] for the shipped build and 0.803-0.822 for six
+    rebuilds with other folds (bench/bench_traits.py); the pole contrast alone gives 0.665."""
     from sarft_core.stats import spearman_rho
     from sarft_core.trait_labels import MALEVOLENCE
 
@@ -213,7 +213,8 @@ def test_shipped_trait_model_was_built_on_the_current_labels():
     model = shipped_model()
     assert model.meta["labels"] == labels_digest(MALEVOLENCE)
     assert set(model.held_out) == {normalise_name(n) for n in MALEVOLENCE}
-    assert set(model.held_out.values()) == set(range(FOLDS)) and len(model.weights) == FOLDS
+    assert len(model.weights) == FOLDS * model.meta["repeats"]
+    assert all(len(models) == model.meta["repeats"] for models in model.held_out.values())
 
 
 def test_cross_fitting_never_rates_a_labelled_character_with_its_own_label():
@@ -232,11 +233,13 @@ def test_cross_fitting_never_rates_a_labelled_character_with_its_own_label():
     model, oof = fit_model(names, X, labels)
     assert np.allclose(model.predict(names, X), oof)
     target = names[7]
-    fold = model.held_out[normalise_name(target)]
-    folds = [model.held_out[normalise_name(n)] for n in names]
+    own = model.held_out[normalise_name(target)]
+    assert len(own) == model.meta["repeats"] == 5 and len(model.weights) == 25
+    folds = [[[m for m in model.held_out[normalise_name(n)] if m // 5 == r][0] % 5 for n in names] for r in range(5)]
     changed, _ = fit_model(names, X, {**labels, target: 5 if labels[target] != 5 else 1}, folds=folds)
+    assert changed.held_out == model.held_out
     assert changed.predict([target], X[7:8]) == pytest.approx(model.predict([target], X[7:8]))
-    others = [k for k in range(5) if k != fold]
+    others = [k for k in range(25) if k not in own]
     assert not np.allclose(np.asarray(changed.weights)[others], np.asarray(model.weights)[others])
     unseen = rng.normal(size=(1, 6))
     every = unseen @ np.asarray(model.weights).T + np.asarray(model.intercepts)
