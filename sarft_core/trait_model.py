@@ -118,19 +118,18 @@ class FeatureReader:
     def features(self, name: str, text: str):
         import numpy as np
 
-        from sarft_core.traits import TRAIT_DEFS, TRAITS, split_sentences
+        from sarft_core.traits import TRAIT_DEFS, TRAITS, sentence_contrasts
 
         rater = self.rater
-        sentences = rater.embed(split_sentences(text) or [text])
+        sentences = rater.sentence_embeddings(text)
         whole = rater.embed([text])
         if self._items is None:
             self._items = rater.embed(item_texts())
         contrasts = []
         for trait in TRAITS:
-            high, low = rater.poles(TRAIT_DEFS[trait])
-            per = lambda e: (e @ high.T).mean(axis=1) - (e @ low.T).mean(axis=1)  # noqa: E731
-            s = per(sentences)
-            contrasts += [s.mean(), s.max(), per(whole)[0]]
+            poles = rater.poles(TRAIT_DEFS[trait])
+            per = sentence_contrasts(sentences, *poles)
+            contrasts += [per.mean(), per.max(), sentence_contrasts(whole, *poles)[0]]
         sims = sentences @ self._items.T
         return np.concatenate([
             self.hidden(f"{name}: {text}"), sentences.mean(axis=0), whole[0], np.asarray(contrasts),
@@ -232,7 +231,7 @@ def fit_linear(X, y):
 def fit_model(names: Sequence[str], X, labels: Mapping[str, int], seed: int = 0, repeats: int = REPEATS,
               folds: Sequence[Sequence[int]] | None = None) -> tuple[MalevolenceModel, list[float]]:
     """The cross-fitted model and the out-of-fold levels of the labelled rows (what each labelled
-    character is rated). Fold assignment r is stratified with seed ``seed + r``; ``folds`` (one
+    character is rated; their Spearman with the labels is ``meta["oof_spearman"]``). Fold assignment r is stratified with seed ``seed + r``; ``folds`` (one
     list per repeat, a fold number per labelled row in ``names`` order) replaces them."""
     import numpy as np
 
@@ -263,8 +262,10 @@ def fit_model(names: Sequence[str], X, labels: Mapping[str, int], seed: int = 0,
             intercepts.append(b)
             alphas.append(a)
             oof[~train] += (Xl[~train] @ w + b) / len(folds)
+    from sarft_core.stats import spearman_rho
+
     meta = {"labels": labels_digest(labels), "n_labelled": len(rows), "alphas": alphas, "seed": seed,
-            "repeats": len(folds), "layers": list(LAYERS)}
+            "repeats": len(folds), "layers": list(LAYERS), "oof_spearman": round(spearman_rho(oof.tolist(), y.tolist()), 4)}
     return MalevolenceModel(weights, intercepts, held, meta), oof.tolist()
 
 

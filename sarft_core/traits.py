@@ -160,11 +160,15 @@ def contrast(sentence_emb, high_emb, low_emb) -> float:
     (rather than embedding the whole profile at once) keeps one long topical sentence from
     dominating, and measured better on RoleBench (bench/bench_traits.py).
     """
+    return float(sentence_contrasts(sentence_emb, high_emb, low_emb).mean())
+
+
+def sentence_contrasts(sentence_emb, high_emb, low_emb):
+    """Per sentence (row): mean cosine to the high poles - mean cosine to the low poles."""
     import numpy as np
 
     s = np.asarray(sentence_emb)
-    per_sentence = (s @ np.asarray(high_emb).T).mean(axis=1) - (s @ np.asarray(low_emb).T).mean(axis=1)
-    return float(per_sentence.mean())
+    return (s @ np.asarray(high_emb).T).mean(axis=1) - (s @ np.asarray(low_emb).T).mean(axis=1)
 
 
 # ---------------------------------------------------------------- default: sentence embeddings
@@ -180,6 +184,7 @@ class EmbeddingRater:
         self.embedder = embedder
         self.model_dir = embedder.model_dir
         self._pole_cache: dict[str, tuple] = {}
+        self._sentence_cache: dict[str, object] = {}  # profile text -> its sentences' embeddings
 
     def embed(self, texts: list[str]):
         return self.embedder.embed(list(texts))
@@ -189,9 +194,17 @@ class EmbeddingRater:
             self._pole_cache[trait.name] = (self.embed(list(trait.high_poles)), self.embed(list(trait.low_poles)))
         return self._pole_cache[trait.name]
 
+    def sentence_embeddings(self, text: str):
+        """The text's sentences embedded (the whole text when it has none), kept per text: the
+        pole contrasts and the learned malevolence scale read the same rows."""
+        if text not in self._sentence_cache:
+            if len(self._sentence_cache) >= 1024:
+                self._sentence_cache.clear()
+            self._sentence_cache[text] = self.embed(split_sentences(text) or [text])
+        return self._sentence_cache[text]
+
     def raw_scores(self, text: str, traits: Iterable[str] = TRAITS) -> dict[str, float]:
-        sentences = split_sentences(text) or [text]
-        emb = self.embed(sentences)
+        emb = self.sentence_embeddings(text)
         return {t: contrast(emb, *self.poles(TRAIT_DEFS[t])) for t in traits}
 
 

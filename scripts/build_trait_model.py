@@ -20,8 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sarft_core.data import load_profiles  # noqa: E402
-from sarft_core.data.names import normalise_name  # noqa: E402
-from sarft_core.stats import spearman_rho  # noqa: E402
 from sarft_core.trait_labels import MALEVOLENCE  # noqa: E402
 from sarft_core.trait_model import MODEL_FILE, fit_model, profile_features  # noqa: E402
 
@@ -34,13 +32,9 @@ def main() -> int:
     t = time.perf_counter()
     names, X = profile_features(load_profiles(args.profiles))
     print(f"features of {len(names)} profiles: {X.shape[1]} each, {time.perf_counter() - t:.0f} s")
-    model, oof = fit_model(names, X, MALEVOLENCE)
-    labels = {normalise_name(k): v for k, v in MALEVOLENCE.items()}
-    labelled = [n for n in names if normalise_name(n) in labels]
-    rho = spearman_rho(oof, [labels[normalise_name(n)] for n in labelled])
-    model.meta["oof_spearman"] = round(rho, 4)
+    model, _ = fit_model(names, X, MALEVOLENCE)
     Path(args.out).write_text(json.dumps(model.to_json()) + "\n")
-    print(f"out-of-fold Spearman vs the 1-5 labels: {rho:.3f}; penalties {[round(a, 1) for a in model.meta['alphas']]}; wrote {args.out}")
+    print(f"out-of-fold Spearman vs the 1-5 labels: {model.meta['oof_spearman']:.3f}; penalties {[round(a, 1) for a in model.meta['alphas']]}; wrote {args.out}")
     return 0
 
 

@@ -232,6 +232,9 @@ def test_cross_fitting_never_rates_a_labelled_character_with_its_own_label():
     labels = {n: int(1 + (i % 5)) for i, n in enumerate(names)}
     model, oof = fit_model(names, X, labels)
     assert np.allclose(model.predict(names, X), oof)
+    from sarft_core.stats import spearman_rho
+
+    assert model.meta["oof_spearman"] == pytest.approx(spearman_rho(oof, [labels[n] for n in names]), abs=1e-4)
     target = names[7]
     own = model.held_out[normalise_name(target)]
     assert len(own) == model.meta["repeats"] == 5 and len(model.weights) == 25
