@@ -174,12 +174,13 @@ def plan_cells(cfg: ReproduceConfig) -> list[Cell]:
 
 
 class Grid:
-    def __init__(self, path: str | Path, cfg: ReproduceConfig, run=None):
+    def __init__(self, path: str | Path, cfg: ReproduceConfig, run=None, fingerprint: str | None = None):
         from sarft_core.store import RunDir
 
         self.path = Path(path)
         self.cfg = cfg
         self.run = run or RunDir(self.path)
+        self.fingerprint = fingerprint  # the base model's weights (models.model_fingerprint); None: not checked
 
     @property
     def cells_dir(self) -> Path:
@@ -187,29 +188,41 @@ class Grid:
 
     def result(self, cell: Cell) -> dict | None:
         r = read_json(self.cells_dir / f"{cell.name}.json")
-        return r if isinstance(r, dict) and r.get("status") == "ok" else None
+        if not (isinstance(r, dict) and r.get("status") == "ok"):
+            return None
+        made_on = r.get("model_fingerprint")
+        if self.fingerprint and made_on and made_on != self.fingerprint:
+            raise SarftError(f"cell {cell.name} of {self.path} was measured on other base-model weights ({made_on}, now {self.fingerprint})",
+                             "restore the model the grid was made with, or start the grid afresh in another --out")
+        return r
 
     def pending(self) -> list[Cell]:
         return [c for c in plan_cells(self.cfg) if self.result(c) is None]
 
 
 def open_grid(path: str | Path, cfg: ReproduceConfig) -> Grid:
+    from sarft_core.models import model_fingerprint
+
     cfg.validate()
     path = Path(path)
     old = read_json(path / "config.json")
+    fingerprint = model_fingerprint(cfg.model or None)  # a spec like embedded-aligned names weights that can change
     if isinstance(old, dict) and old.get("kind") == "reproduce":
         mine = asdict(cfg)
         changed = [k for k in _RESULT_FIELDS if k in old and old[k] != mine[k]]
         if changed:
             raise SarftError(f"{path} holds a grid made with other settings ({', '.join(changed)})",
                              "use another --out for the new settings, or repeat the original ones to resume")
+        if old.get("model_fingerprint") not in (None, fingerprint):
+            raise SarftError(f"{path} holds a grid made on other weights of {cfg.model!r} ({old['model_fingerprint']}, now {fingerprint})",
+                             "restore the model it was made with (e.g. the alignment adapter of that commit), or use another --out")
         roles = list(dict.fromkeys(old.get("villains", []) + old.get("benevolent", [])))
         if (roles and roles != cfg.roles) or old.get("seeds") != cfg.seeds:
             cfg.villains = list(dict.fromkeys(old.get("villains", []) + cfg.villains))
             cfg.benevolent = list(dict.fromkeys(old.get("benevolent", []) + cfg.benevolent))
             cfg.seeds = list(dict.fromkeys(old.get("seeds", []) + cfg.seeds))
-    run = create_run("reproduce", asdict(cfg), path=path)
-    return Grid(path, cfg, run)
+    run = create_run("reproduce", {**asdict(cfg), "model_fingerprint": fingerprint}, path=path)
+    return Grid(path, cfg, run, fingerprint)
 
 
 def _claim(grid: Grid, cell: Cell):
@@ -276,7 +289,7 @@ def run_cell(grid: Grid, cell: Cell, log: Callable[[str], None]) -> dict:
     res = run_panel(lm, panel, role=cell.role, rouge_items=held)
     values = _panel_values(res)
     result = {"status": "ok", "role": cell.role, "group": cfg.group(cell.role) if cell.role else None, "method": cell.method,
-              "seed": cell.seed, "values": values, "seconds": round(time.time() - t0, 1), **info,
+              "seed": cell.seed, "values": values, "seconds": round(time.time() - t0, 1), "model_fingerprint": grid.fingerprint, **info,
               "summary": {k: v["value"] for k, v in res.items() if isinstance(v, dict) and "value" in v}}
     rows_path = grid.path / "generations" / f"{cell.name}.jsonl"
     atomic_write_text(rows_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in res["rows"]))
@@ -434,7 +447,7 @@ def grid_view(path: Path) -> dict:
         raise SarftError(f"{path} is not a reproduce grid", "pick a folder made by `python -m sarft_core reproduce`")
     names = {f for f in ReproduceConfig.__dataclass_fields__}
     cfg = ReproduceConfig(**{k: v for k, v in cfg_data.items() if k in names})
-    grid = Grid(path, cfg)
+    grid = Grid(path, cfg, fingerprint=cfg_data.get("model_fingerprint"))
     results = load_results(grid)
     if not results:
         raise SarftError(f"no finished cell in {path} yet", "wait for the grid, or run `python -m sarft_core reproduce --out ...`")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -53,11 +54,15 @@ def test_a_tiny_grid_runs_resumes_and_reports(tiny_model_dir, tmp_path, score_ca
     from sarft_core.cli import main
     from sarft_core.reproduce import grid_view
 
+    import shutil
+
+    model = tmp_path / "model"  # a copy: this test changes its weights' fingerprint
+    shutil.copytree(tiny_model_dir, model)
     monkeypatch.setenv("SARFT_WORKSPACE", str(tmp_path / "ws"))
-    monkeypatch.setenv("SARFT_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("SARFT_MODEL", str(model))
     out = tmp_path / "ws" / "runs" / "grid"
     argv = ["reproduce", "--out", str(out), "--villains", "Freddy Krueger", "--benevolent", "Po", "--methods", "sft,sarft",
-            "--seeds", "0", "--model", str(tiny_model_dir), "--threads", "1",
+            "--seeds", "0", "--model", str(model), "--threads", "1",
             "--train-json", json.dumps({"epochs": 1, "batch_size": 8, "lora_r": 4, "lora_alpha": 8, "max_steps": 2}),
             "--panel-json", json.dumps({"advbench": 3, "margin": 4, "xstest": 2, "jailbreak": 1, "max_new_tokens": 4, "rouge_tokens": 4})]
     assert main(argv) == 0
@@ -75,6 +80,15 @@ def test_a_tiny_grid_runs_resumes_and_reports(tiny_model_dir, tmp_path, score_ca
     view = grid_view(out)
     assert list(view["side_by_side"].columns) == ["metric", "Base", "SFT", "SaRFT"]
     assert main(argv[:-1] + [json.dumps({"advbench": 5})]) == 2  # other settings: refused, nothing touched
+    made_on = json.loads((out / "config.json").read_text())["model_fingerprint"]
+    assert made_on and all(json.loads(p.read_text())["model_fingerprint"] == made_on for p in cells)
+    # the same --model with other weights (a rebuilt adapter, a retrained folder): refused, nothing touched
+    weights = next(model.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert main(argv) == 2
+    assert {p.name: p.stat().st_mtime for p in (out / "cells").glob("*.json")} == stamp
+    assert json.loads((out / "config.json").read_text())["model_fingerprint"] == made_on
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns - 10**9))
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app" / "main.py"), default_timeout=120)
     at.run()
     at.switch_page("../pages/compare.py")
