@@ -1,4 +1,5 @@
-"""The `train` command line is derived from TrainConfig: same defaults, same allowed values, every field."""
+"""The `train`, `eval` and `score` command lines are derived from their typed configs (TrainConfig,
+GenerationConfig, ScoreOptions): same defaults, same allowed values."""
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
@@ -31,6 +32,36 @@ def test_every_training_option_has_the_configs_default_and_allowed_values():
             assert action.choices == (allowed[name] if opt.enforce_choices else None), name
     assert actions["lam"].option_strings == ["--lambda"] and actions["lora_alpha"].type is int
     assert "tensorboard, wandb, mlflow" in actions["report_to"].help
+
+
+def sub_parser(name: str) -> argparse.ArgumentParser:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
+
+
+@pytest.mark.parametrize("command", ["eval", "score"])
+def test_generation_and_scoring_options_come_from_their_configs(command):
+    from sarft_core.cli import eval as eval_cli, score as score_cli
+    from sarft_core.evaluation.generation import DECODINGS, GenerationConfig
+    from sarft_core.scoring import ScoreOptions
+    from sarft_core.vllm_backend import BACKENDS
+
+    cls, options = (GenerationConfig, eval_cli.GENERATION_OPTIONS) if command == "eval" else (ScoreOptions, score_cli.SCORE_OPTIONS)
+    actions = {a.dest: a for a in sub_parser(command)._actions}
+    allowed = declared_choices(cls)
+    assert allowed["backend"] == BACKENDS and allowed.get("decoding", DECODINGS) == DECODINGS
+    for f in dataclasses.fields(cls):
+        if f.name in options:
+            assert actions[f.name].default == f.default, f.name
+            assert actions[f.name].choices == allowed.get(f.name), f.name
+    required = ["--role", "x"] if command == "score" else []
+    args = sub_parser(command).parse_args([*required, "--out", "o.jsonl"])
+    assert config_from_args(cls, args) == cls()  # the bare command is the default config
+    flags = ["--backend", "torch", "--tensor-parallel", "2"] + (["--decoding", "rose", "--rose-alpha", "0.25"] if command == "eval"
+                                                              else ["--normalise", "sum", "--batch-tokens", "512"])
+    got = config_from_args(cls, sub_parser(command).parse_args([*required, "--out", "o.jsonl", *flags]))
+    assert got.tensor_parallel == 2
+    assert (got.decoding, got.rose_alpha) == ("rose", 0.25) if command == "eval" else (got.normalise, got.max_batch_tokens) == ("sum", 512)
 
 
 def test_the_bare_command_is_the_default_config(monkeypatch):

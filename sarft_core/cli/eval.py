@@ -9,12 +9,25 @@ import sys
 from pathlib import Path
 
 from sarft_core.cli import add_model_args
+from sarft_core.cli._config_args import Option, add_config_options, config_from_args
 from sarft_core.cli._judge_args import add_judge_args, build_judges, tqdm_progress
 from sarft_core.errors import SarftError
 
 
+# the generation options: defaults, types and allowed values come from GenerationConfig
+GENERATION_OPTIONS = {
+    "decoding": Option("greedy, or ROSE contrastive decoding"),
+    "rose_alpha": Option("ROSE: weight of the unsafe-prompt logits"),
+    "system_prompt": Option("system prompt for generation (default: empty, as published)"),
+    "max_new_tokens": Option(),
+    "batch_size": Option("prompts decoded together"),
+    "backend": Option("generation: torch (model.generate) or vllm (where vLLM is installed; greedy only)"),
+    "tensor_parallel": Option("--backend vllm: GPUs per model"),
+}
+
+
 def register(subparsers) -> None:
-    from sarft_core.vllm_backend import BACKENDS
+    from sarft_core.evaluation.generation import GenerationConfig
 
     p = subparsers.add_parser("eval", help="evaluate refusal, over-refusal, jailbreaks, refusal margin and role-play ROUGE-L", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--run", default=None, help="a completed training run directory to evaluate (instead of --model)")
@@ -32,14 +45,8 @@ def register(subparsers) -> None:
     p.add_argument("--probes", default=None, help="probe JSONL (default: data/probes.jsonl)")
     p.add_argument("--prompt-col", default=None, help="prompt column of a custom prompt file")
     p.add_argument("--attacks", default=None, help="jailbreak: comma-separated subset of aim, caesar, code, ica, suppress")
-    p.add_argument("--decoding", default="greedy", choices=["greedy", "rose"], help="greedy, or ROSE contrastive decoding")
-    p.add_argument("--rose-alpha", type=float, default=0.5, help="ROSE: weight of the unsafe-prompt logits")
-    p.add_argument("--system-prompt", default=None, help="system prompt for generation (default: empty, as published)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=16, help="prompts decoded together")
+    add_config_options(p, GenerationConfig, GENERATION_OPTIONS)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy shared CPU)")
-    p.add_argument("--backend", default="torch", choices=BACKENDS, help="generation: torch (model.generate) or vllm (where vLLM is installed; greedy only)")
-    p.add_argument("--tensor-parallel", type=int, default=1, help="--backend vllm: GPUs per model")
     p.add_argument("--out", default=None, help="evaluation directory (default: RUN/eval/<setting> for --run, else a workspace run named after the model and setting)")
     p.set_defaults(func=run)
 
@@ -79,10 +86,7 @@ def run(args) -> int:
         raise SarftError("both --run and --model given", "evaluate either a training run (--run) or a model (--model)")
     if args.run:
         check_training_run(Path(args.run))
-    generation = GenerationConfig(
-        max_new_tokens=args.max_new_tokens, system_prompt=args.system_prompt, batch_size=args.batch_size,
-        decoding=args.decoding, rose_alpha=args.rose_alpha, backend=args.backend, tensor_parallel=args.tensor_parallel,
-    )
+    generation = config_from_args(GenerationConfig, args)
     ctx = SuiteContext(
         data_dir=args.data_dir, limit=args.limit, role=args.role, role_system=args.role_system,
         prompt_col=args.prompt_col, attacks=[a.strip() for a in args.attacks.split(",")] if args.attacks else None,

@@ -2,28 +2,38 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
 
 from sarft_core.cli import add_data_args, add_model_args, check_output, parse_columns
+from sarft_core.cli._config_args import Option, add_config_options, config_from_args
 from sarft_core.errors import SarftError
 
 
+# the scoring options: defaults, types and allowed values come from ScoreOptions
+SCORE_OPTIONS = {
+    "normalise": Option("per-token mean (as published) or sum of answer log-probs"),
+    "max_batch_tokens": Option("token budget of one forward batch (default: 1024 on the CPU, 16384 on a GPU)", flags=("--batch-tokens",)),
+    "recheck_band": Option("fast mode: re-score in fp32 samples whose |s_unsafe - s_role| is within this band (>= 0; 0 disables). "
+                           "Default: 0.04 with a bf16 copy of the model; for Llama-family models on the CPU the machine decides "
+                           "(a bf16 screen with a 0.03 band where bf16 matmuls are much faster than fp32, as with AMX, else the exact path) unless a band is given"),
+    "backend": Option("torch: this project's engine (exact fp32 flags; fast mode with --dtype bfloat16); vllm: vLLM's prompt_logprobs "
+                      "where vLLM is installed (GPUs, big models), in the --dtype given"),
+    "tensor_parallel": Option("--backend vllm: GPUs per model"),
+}
+
+
 def register(subparsers) -> None:
-    from sarft_core.vllm_backend import BACKENDS
+    from sarft_core.scoring import ScoreOptions
 
     p = subparsers.add_parser("score", help="RDS: score samples under ref / role / unsafe prompts", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_data_args(p)
     add_model_args(p)
     p.add_argument("--out", required=True, help="output file (.jsonl, .parquet or .csv)")
-    p.add_argument("--normalise", default="mean", choices=["mean", "sum"], help="per-token mean (as published) or sum of answer log-probs")
-    p.add_argument("--batch-tokens", type=int, default=None, help="token budget of one forward batch (default: 1024 on the CPU, 16384 on a GPU)")
-    p.add_argument("--recheck-band", type=float, default=None, help="fast mode: re-score in fp32 samples whose |s_unsafe - s_role| is within this band (>= 0; 0 disables). Default: 0.04 with a bf16 copy of the model; for Llama-family models on the CPU the machine decides (a bf16 screen with a 0.03 band where bf16 matmuls are much faster than fp32, as with AMX, else the exact path) unless a band is given")
-    p.add_argument("--backend", default="torch", choices=BACKENDS,
-                   help="torch: this project's engine (exact fp32 flags; fast mode with --dtype bfloat16); vllm: vLLM's prompt_logprobs where vLLM is installed (GPUs, big models), in the --dtype given")
-    p.add_argument("--tensor-parallel", type=int, default=1, help="--backend vllm: GPUs per model")
+    add_config_options(p, ScoreOptions, SCORE_OPTIONS)
     p.add_argument("--no-cache", action="store_true", help="ignore cached scores and compute afresh")
     p.add_argument("--with-tokens", action="store_true", help="also write OUT.tokens.jsonl with per-token log-ratios (unsafe - role)")
     p.set_defaults(func=run)
@@ -64,8 +74,7 @@ def run(args) -> int:
     if args.with_tokens:
         check_output(tokens_out, inputs)
     fast = args.dtype == "bfloat16" and args.backend == "torch"  # vLLM takes the precision as given
-    options = ScoreOptions(normalise=args.normalise, max_batch_tokens=args.batch_tokens, fast=fast, recheck_band=args.recheck_band,
-                           backend=args.backend, tensor_parallel=args.tensor_parallel)
+    options = dataclasses.replace(config_from_args(ScoreOptions, args), fast=fast)
     options.validate()  # before the model loads
     lm = load_model(args.model, dtype="float32" if fast else args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
     # under `accelerate launch` / torchrun every process scores its share; the first one reports

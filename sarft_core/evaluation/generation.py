@@ -16,7 +16,8 @@ import torch
 
 from sarft_core.chat import encode
 from sarft_core.errors import SarftError
-from sarft_core.validation import number, validate_numbers
+from sarft_core.validation import choice, number, validate_numbers
+from sarft_core.vllm_backend import BACKENDS
 
 ProgressFn = Callable[[int, int], None]
 BatchFn = Callable[[list[int], list[str]], None]
@@ -45,11 +46,11 @@ class GenerationConfig:
     system_prompt: str | None = None  # None / "" -> empty system turn (as published)
     batch_size: int = number(16, lo=1, hi=65_536, integer=True, option="--batch-size")
     max_prompt_tokens: int = number(2048, lo=1, hi=1_000_000, integer=True, option="max_prompt_tokens")  # generous: the published 512 cut-off is for training data
-    decoding: str = "greedy"
+    decoding: str = choice("greedy", DECODINGS)
     rose_alpha: float = number(0.5, lo=0, hi=100, option="--rose-alpha", hint="give e.g. --rose-alpha 0.5 (published)")
     rose_safe_prompt: str = ROSE_SAFE_PROMPT
     rose_unsafe_prompt: str = ROSE_UNSAFE_PROMPT
-    backend: str = "torch"  # or "vllm" (sarft_core.vllm_backend): greedy decoding by vLLM, same prompt ids
+    backend: str = choice("torch", BACKENDS)  # vllm (sarft_core.vllm_backend): greedy decoding by vLLM, same prompt ids
     tensor_parallel: int = number(1, lo=1, hi=1024, integer=True, option="--tensor-parallel")
 
     def __post_init__(self):

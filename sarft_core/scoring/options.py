@@ -11,12 +11,15 @@ import torch
 from sarft_core.chat import MAX_ANSWER_TOKENS, MAX_PROMPT_TOKENS
 from sarft_core.models import LoadedModel
 from sarft_core.scoring.machine import MachineDecision, machine_decision
+from sarft_core.validation import choice
+from sarft_core.vllm_backend import BACKENDS
 
 SCORE_COLUMNS = [
     "id", "role", "input", "output", "logp_ref", "logp_role", "logp_unsafe",
     "s_role", "s_unsafe", "harmful", "n_tokens",
 ]
 PASSES = ("ref", "role", "unsafe")
+NORMALISATIONS = ("mean", "sum")  # per-token mean of the answer's log-probs (as published), or their sum
 FLAG_PASSES = ("role", "unsafe")
 REF_SYSTEM_PROMPT = ""  # as published: an empty system turn
 # The fast mode is the fastest way to the exact flags. Where bfloat16 pays, it scores first at
@@ -45,20 +48,20 @@ SCREEN_PROBE_SAMPLES = 16
 @dataclass
 class ScoreOptions:
     passes: tuple[str, ...] = PASSES
-    normalise: str = "mean"  # or "sum"
+    normalise: str = choice("mean", NORMALISATIONS)
     max_prompt_tokens: int = MAX_PROMPT_TOKENS
     max_answer_tokens: int = MAX_ANSWER_TOKENS
     max_batch_tokens: int | None = None  # None: 1024 on the CPU, 16384 on a GPU
     fast: bool = False  # the fastest path to the exact flags (fast_plan): a bf16 screen + fp32 re-check, or the exact path
     recheck_band: float | None = None  # None: the band measured for the fast path in use
     chunk_size: int = 64  # samples planned (sorted into batches) together; each is cached as soon as it is finished
-    backend: str = "torch"  # or "vllm" (sarft_core.vllm_backend), where vLLM is installed
+    backend: str = choice("torch", BACKENDS)  # vllm (sarft_core.vllm_backend), where vLLM is installed
     tensor_parallel: int = 1  # vLLM only: GPUs per model
 
     def validate(self) -> None:
         from sarft_core.errors import SarftError
 
-        if self.normalise not in ("mean", "sum"):
+        if self.normalise not in NORMALISATIONS:
             raise SarftError(f"unknown normalisation {self.normalise!r}", "use mean (as published) or sum")
         bad = [p for p in self.passes if p not in PASSES]
         if bad or not set(FLAG_PASSES) <= set(self.passes):
