@@ -6,7 +6,8 @@ each numeric field with :func:`number`::
     lr: float | None = number(None, lo=0, lo_open=True, option="--lr", optional=True)
 
 and calls :func:`validate_numbers` from its validation. A text field with a fixed set of values
-declares it with :func:`choice` (``method: str = choice("sarft", METHODS)``). Every declared value must be a real number
+declares it with :func:`choice` (``method: str = choice("sarft", METHODS)``) and calls
+:func:`validate_choices`. Every declared numeric value must be a real number
 of the right kind (a bool is not a number, an int field takes no 2.5), finite (NaN and inf are
 refused everywhere) and inside its range; the error names the option and the allowed range.
 """
@@ -21,6 +22,7 @@ from sarft_core.errors import SarftError
 
 _KEY = "sarft_number"
 _CHOICES = "sarft_choices"
+_CHOICE_OPTION = "sarft_choice_option"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,10 +61,23 @@ def number(default: Any = dataclasses.MISSING, **kw) -> Any:
     return field(default=default, metadata={_KEY: Range(**kw)})
 
 
-def choice(default: str, allowed) -> Any:
-    """A dataclass text field with its declared set of allowed values (read by the config's own
-    validation and by the command line built from the config)."""
-    return field(default=default, metadata={_CHOICES: tuple(allowed)})
+def choice(default: str, allowed, option: str = "") -> Any:
+    """A dataclass text field with its declared set of allowed values (checked by
+    :func:`validate_choices` and offered by the command line built from the config); ``option``:
+    the CLI spelling for the message (default ``--field-name``)."""
+    return field(default=default, metadata={_CHOICES: tuple(allowed), _CHOICE_OPTION: option})
+
+
+def validate_choices(obj: Any) -> None:
+    """Check every field of the dataclass ``obj`` declared with :func:`choice`: one message per
+    option, naming the bad value and the allowed ones."""
+    for f in dataclasses.fields(obj):
+        if _CHOICES not in f.metadata:
+            continue
+        allowed, value = f.metadata[_CHOICES], getattr(obj, f.name)
+        if not isinstance(value, str) or value not in allowed:
+            option = f.metadata.get(_CHOICE_OPTION) or "--" + f.name.replace("_", "-")
+            raise SarftError(f"unknown {option} {value!r}", f"use one of {', '.join(map(str, allowed))}")
 
 
 def declared_choices(cls) -> dict[str, tuple]:

@@ -99,3 +99,12 @@ def test_a_config_field_becomes_an_option_with_its_type_default_and_choices(caps
         with pytest.raises(SystemExit):
             parser.parse_args(bad)
         assert message in capsys.readouterr().err
+    # what argparse let through (enforce_choices=False, or a config built in code) is refused by the config's declaration
+    from sarft_core.errors import SarftError
+    from sarft_core.validation import validate_choices
+
+    validate_choices(Toy(style="bold"))
+    for bad in ({"style": "odd"}, {"mode": ["a"]}):
+        with pytest.raises(SarftError, match=r"unknown --(style 'odd'|mode \['a'\])") as err:
+            validate_choices(Toy(**bad))
+        assert err.value.fix.startswith("use one of")

@@ -16,7 +16,7 @@ import torch
 
 from sarft_core.chat import encode
 from sarft_core.errors import SarftError
-from sarft_core.validation import choice, number, validate_numbers
+from sarft_core.validation import choice, number, validate_choices, validate_numbers
 from sarft_core.vllm_backend import BACKENDS
 
 ProgressFn = Callable[[int, int], None]
@@ -50,12 +50,11 @@ class GenerationConfig:
     rose_alpha: float = number(0.5, lo=0, hi=100, option="--rose-alpha", hint="give e.g. --rose-alpha 0.5 (published)")
     rose_safe_prompt: str = ROSE_SAFE_PROMPT
     rose_unsafe_prompt: str = ROSE_UNSAFE_PROMPT
-    backend: str = choice("torch", BACKENDS)  # vllm (sarft_core.vllm_backend): greedy decoding by vLLM, same prompt ids
+    backend: str = choice("torch", BACKENDS, option="backend")  # vllm (sarft_core.vllm_backend): greedy decoding by vLLM, same prompt ids
     tensor_parallel: int = number(1, lo=1, hi=1024, integer=True, option="--tensor-parallel")
 
     def __post_init__(self):
-        if self.decoding not in DECODINGS:
-            raise SarftError(f"unknown decoding {self.decoding!r}", f"use one of {', '.join(DECODINGS)}")
+        validate_choices(self)  # decoding, backend
         from sarft_core.vllm_backend import check_backend
 
         check_backend(self.backend)

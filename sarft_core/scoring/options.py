@@ -11,7 +11,7 @@ import torch
 from sarft_core.chat import MAX_ANSWER_TOKENS, MAX_PROMPT_TOKENS
 from sarft_core.models import LoadedModel
 from sarft_core.scoring.machine import MachineDecision, machine_decision
-from sarft_core.validation import choice
+from sarft_core.validation import choice, validate_choices
 from sarft_core.vllm_backend import BACKENDS
 
 SCORE_COLUMNS = [
@@ -55,14 +55,13 @@ class ScoreOptions:
     fast: bool = False  # the fastest path to the exact flags (fast_plan): a bf16 screen + fp32 re-check, or the exact path
     recheck_band: float | None = None  # None: the band measured for the fast path in use
     chunk_size: int = 64  # samples planned (sorted into batches) together; each is cached as soon as it is finished
-    backend: str = choice("torch", BACKENDS)  # vllm (sarft_core.vllm_backend), where vLLM is installed
+    backend: str = choice("torch", BACKENDS, option="backend")  # vllm (sarft_core.vllm_backend), where vLLM is installed
     tensor_parallel: int = 1  # vLLM only: GPUs per model
 
     def validate(self) -> None:
         from sarft_core.errors import SarftError
 
-        if self.normalise not in NORMALISATIONS:
-            raise SarftError(f"unknown normalisation {self.normalise!r}", "use mean (as published) or sum")
+        validate_choices(self)  # normalise, backend
         bad = [p for p in self.passes if p not in PASSES]
         if bad or not set(FLAG_PASSES) <= set(self.passes):
             raise SarftError(f"passes must include role and unsafe (got {self.passes})", "use ref,role,unsafe or role,unsafe")

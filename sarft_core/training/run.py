@@ -24,7 +24,7 @@ from pathlib import Path
 from sarft_core.errors import SarftError
 from sarft_core.training import selection
 from sarft_core.training.losses import KL_DIRECTIONS, NORMALISATIONS
-from sarft_core.validation import choice, number, validate_numbers
+from sarft_core.validation import choice, number, validate_choices, validate_numbers
 
 METHODS = ("sft", "sarft", "random", "flip", "sppft", "seal", "biselect")
 KL_METHODS = ("sarft", "random", "flip")
@@ -126,21 +126,7 @@ class TrainConfig:
         from sarft_core.models import check_device
 
         check_device(self.device)
-        if self.method not in METHODS:
-            raise SarftError(f"unknown method {self.method!r}", f"use one of {', '.join(METHODS)}")
-        if self.peft not in PEFT_KINDS:
-            raise SarftError(f"unknown --peft {self.peft!r}", "use lora or full")
-        for option, choices in (("autocast", AUTOCAST), ("attention", ATTENTION), ("sampling", SAMPLING)):
-            if getattr(self, option) not in choices:
-                raise SarftError(f"unknown --{option} {getattr(self, option)!r}", f"use one of {', '.join(choices)}")
-        if self.ref_dtype not in REF_DTYPES:
-            raise SarftError(f"unknown reference precision {self.ref_dtype!r}", "use --ref-dtype same or bfloat16")
-        if self.kl_direction not in KL_DIRECTIONS:
-            raise SarftError(f"unknown KL direction {self.kl_direction!r}", f"use {' or '.join(KL_DIRECTIONS)}")
-        if self.normalisation not in NORMALISATIONS:
-            raise SarftError(f"unknown normalisation {self.normalisation!r}", f"use {' or '.join(NORMALISATIONS)}")
-        if self.baseline_use not in BASELINE_USES:
-            raise SarftError(f"unknown --baseline-use {self.baseline_use!r}", "use drop or kl")
+        validate_choices(self)  # method, peft, kl_direction, ref_dtype, autocast, ... (their declarations above)
         check_report_to(self.report_to)
         if not self.role:
             raise SarftError("no --role given", "name the character to train, e.g. --role \"John Doe\"")
