@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 
 from sarft_core.data import PROJECT_ROOT
 from sarft_core.errors import SarftError
+from sarft_core.validation import number, validate_numbers
 from sarft_core.evaluation.metric_registry import BETTER, SAFER, metric_info, register_metric
 
 ALIGN_DIR = PROJECT_ROOT / "data" / "aligned"
@@ -107,33 +108,26 @@ def _read_jsonl(path: Path) -> list[dict]:
 # ------------------------------------------------------------------ the training mix
 @dataclass
 class AlignConfig:
-    seed: int = 0
-    epochs: float = 2.0
-    lr: float = 3e-4
-    batch_size: int = 8
-    grad_accum: int = 2
-    lora_r: int = 8
-    lora_alpha: int = 16
+    """Every setting of an alignment build; ranges declared once (checked by :meth:`validate`, and
+    the `align` command line is derived from these fields)."""
+
+    seed: int = number(0, lo=0, integer=True, option="--seed")
+    epochs: float = number(2.0, lo=0, hi=100, lo_open=True, hi_open=True, option="--epochs", hint="give e.g. --epochs 2")
+    lr: float = number(3e-4, lo=0, hi=1, lo_open=True, hi_open=True, option="--lr", hint="give e.g. --lr 3e-4")
+    batch_size: int = number(8, lo=1, integer=True, option="--batch-size")
+    grad_accum: int = number(2, lo=1, integer=True, option="--grad-accum")
+    lora_r: int = number(8, lo=1, integer=True, option="--lora-r")
+    lora_alpha: int = number(16, lo=1, integer=True, option="--lora-alpha")
     lora_targets: list[str] = field(default_factory=lambda: list(ALL_LINEAR))
-    benign_general: int = 300  # RoleBench general instructions, a seeded sample
-    distill_tokens: int = 128  # greedy answer length for self-distillation
-    max_answer_tokens: int = 128
+    benign_general: int = number(300, lo=0, integer=True, option="--benign-general")  # RoleBench general instructions, a seeded sample
+    distill_tokens: int = number(128, lo=1, integer=True, option="--distill-tokens")  # greedy answer length for self-distillation
+    max_answer_tokens: int = number(128, lo=1, integer=True, option="--max-answer-tokens")
     bf16: bool = True  # bf16 autocast: ~2x faster on CPUs with bf16 matmuls; the adapter's weights stay float32
     advbench: str = ""  # default: <data dir>/safety/advbench_harmful_behaviors.csv
     rolebench_general: str = ""  # default: <data dir>/rolebench/role-generalization/general/test.jsonl
 
     def validate(self) -> None:
-        if not (self.epochs > 0 and self.epochs < 100):
-            raise SarftError(f"--epochs must be in (0, 100), got {self.epochs}", "give e.g. --epochs 2")
-        if not (self.lr > 0 and self.lr < 1):
-            raise SarftError(f"--lr must be in (0, 1), got {self.lr}", "give e.g. --lr 3e-4")
-        for name in ("batch_size", "grad_accum", "lora_r", "lora_alpha", "distill_tokens", "max_answer_tokens"):
-            if int(getattr(self, name)) < 1:
-                raise SarftError(f"--{name.replace('_', '-')} must be at least 1", "give a positive integer")
-        if self.benign_general < 0:
-            raise SarftError("--benign-general must be >= 0", "give the number of RoleBench general instructions to distil")
-        if self.seed < 0:
-            raise SarftError(f"--seed must be >= 0, got {self.seed}", "give a non-negative integer")
+        validate_numbers(self)
 
 
 def data_paths(cfg: AlignConfig, data_dir: str | Path | None = None) -> dict[str, Path]:

@@ -108,3 +108,18 @@ def test_a_config_field_becomes_an_option_with_its_type_default_and_choices(caps
         with pytest.raises(SarftError, match=r"unknown --(style 'odd'|mode \['a'\])") as err:
             validate_choices(Toy(**bad))
         assert err.value.fix.startswith("use one of")
+
+
+def test_align_options_come_from_align_config():
+    from sarft_core.alignment import AlignConfig
+    from sarft_core.cli import align as align_cli
+    from sarft_core.errors import SarftError
+
+    actions = {a.dest: a for a in sub_parser("align")._actions}
+    for f in dataclasses.fields(AlignConfig):
+        if f.name in align_cli.OPTIONS:
+            assert actions[f.name].default == f.default, f.name
+    assert config_from_args(AlignConfig, sub_parser("align").parse_args(["--out", "o"])) == AlignConfig()
+    cfg = config_from_args(AlignConfig, sub_parser("align").parse_args(["--out", "o", "--epochs", "0", "--lora-r", "4"]))
+    with pytest.raises(SarftError, match=r"--epochs must be a finite number in \(0, 100\), got 0"):
+        cfg.validate()
