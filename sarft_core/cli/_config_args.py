@@ -8,7 +8,7 @@ own validation checks them after parsing, with one message per option. :func:`co
 builds the config back from the parsed arguments, field by field.
 
 Field types: ``int``, ``float``, ``str`` (each optionally ``| None``) take one value; a ``bool``
-that defaults to False is a flag; a ``list[str]`` is comma-separated text.
+that defaults to False is a flag; a ``list[str]`` or ``list[int]`` is comma-separated text.
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls, options: dict[str, 
             parser.add_argument(*flags, action="store_true", **kw)
             continue
         if base is list:
-            default = ",".join(default)
+            default = ",".join(map(str, default))
         kw["default"] = default
         if opt.type is not None or base in (int, float):
             kw["type"] = opt.type or base
@@ -97,6 +97,21 @@ def config_from_args(cls, args: argparse.Namespace, convert: dict[str, Callable]
         if f.name in convert:
             value = convert[f.name](value)
         elif isinstance(value, str) and (typing.get_origin(hints[f.name]) or hints[f.name]) is list:
-            value = [part.strip() for part in value.split(",") if part.strip()]
+            value = _split_list(f.name, value, (typing.get_args(hints[f.name]) or (str,))[0])
         values[f.name] = value
     return cls(**values)
+
+
+def _split_list(name: str, text: str, item: type) -> list:
+    """Comma-separated text as a list field's items (``list[int]``: whole numbers, or one clear error)."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if item is str:
+        return parts
+    try:
+        return [item(part) for part in parts]
+    except ValueError:
+        from sarft_core.errors import SarftError
+
+        option = "--" + name.replace("_", "-")
+        raise SarftError(f"{option} must be comma-separated {'integers' if item is int else item.__name__ + ' values'}, got {text!r}",
+                         f"pass e.g. {option} 0,1,2") from None

@@ -2,33 +2,38 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
+from sarft_core.cli._config_args import Option, add_config_options, config_from_args as typed_config
 
-def _names(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+
+# the grid's characters, methods, seeds, model and data: defaults and types come from ReproduceConfig
+OPTIONS = {
+    "villains": Option("comma-separated RoleBench characters counted as villains"),
+    "benevolent": Option("comma-separated RoleBench characters counted as benevolent"),
+    "methods": Option("comma-separated training methods (each trained from the same base)"),
+    "seeds": Option("comma-separated seeds"),
+    "model": Option("the base model every method starts from"),
+    "data": Option("RoleBench JSONL file(s), comma-separated; empty: the role-specific test set and its RoleGPT answers"),
+    "profiles": Option("role prompts; empty: SaRFT's role_prompts.json in the data dir"),
+    "data_dir": Option("reference data folder; empty: $SARFT_DATA_DIR or ../shared/data"),
+}
 
 
 def register(subparsers) -> None:
-    from sarft_core.reproduce import BENEVOLENT, DEFAULT_TRAIN, METHODS, VILLAINS
+    from sarft_core.reproduce import DEFAULT_TRAIN, ReproduceConfig
 
     p = subparsers.add_parser(
         "reproduce", help="the paper's main experiment in miniature: villains and heroes x SFT/SaRFT/Random/Flip x seeds",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", required=True, help="grid directory (rerun the same command to resume)")
-    p.add_argument("--villains", default=",".join(VILLAINS))
-    p.add_argument("--benevolent", default=",".join(BENEVOLENT))
-    p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--model", default="embedded-aligned", help="the base model every method starts from")
-    p.add_argument("--data", default=None, help="RoleBench JSONL file(s), comma-separated (default: role-specific test + RoleGPT answers)")
-    p.add_argument("--profiles", default=None, help="role prompts (default: SaRFT's role_prompts.json in the data dir)")
-    p.add_argument("--data-dir", default=None, help="reference data folder (default: $SARFT_DATA_DIR or ../shared/data)")
+    add_config_options(p, ReproduceConfig, OPTIONS)
     p.add_argument("--train-json", default=None, help=f"JSON object overriding the training protocol (default {json.dumps(DEFAULT_TRAIN)})")
     p.add_argument("--panel-json", default=None, help="JSON object overriding the evaluation panel (sarft_core.evaluation.panel.PanelConfig)")
     p.add_argument("--workers", type=int, default=1, help="local processes working on the grid (one CPU thread each)")
@@ -58,10 +63,6 @@ def config_from_args(args):
     from sarft_core.reproduce import DEFAULT_PANEL, DEFAULT_TRAIN, ReproduceConfig
     from sarft_core.training import TrainConfig
 
-    try:
-        seeds = [int(s) for s in _names(args.seeds)]
-    except ValueError:
-        raise SarftError(f"--seeds must be comma-separated integers, got {args.seeds!r}", "pass e.g. --seeds 0,1,2") from None
     train = dict(DEFAULT_TRAIN, **_json_object(args.train_json, "--train-json"))
     known = set(TrainConfig.__dataclass_fields__) - {"method", "role", "data", "profiles", "model", "seed", "dtype", "device"}
     bad = sorted(set(train) - known)
@@ -71,9 +72,7 @@ def config_from_args(args):
     bad = sorted(set(panel) - set(PanelConfig.__dataclass_fields__) - {"data_dir"})
     if bad:
         raise SarftError(f"--panel-json has unknown key(s) {', '.join(bad)}", f"use keys of {', '.join(PanelConfig.__dataclass_fields__)}")
-    return ReproduceConfig(villains=_names(args.villains), benevolent=_names(args.benevolent), methods=_names(args.methods),
-                           seeds=seeds, model=args.model, data=_names(args.data) if args.data else [], profiles=args.profiles or "",
-                           data_dir=args.data_dir or "", train=train, panel=panel)
+    return dataclasses.replace(typed_config(ReproduceConfig, args), train=train, panel=panel)
 
 
 def run(args) -> int:
