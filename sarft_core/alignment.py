@@ -125,9 +125,18 @@ class AlignConfig:
     bf16: bool = True  # bf16 autocast: ~2x faster on CPUs with bf16 matmuls; the adapter's weights stay float32
     advbench: str = ""  # default: <data dir>/safety/advbench_harmful_behaviors.csv
     rolebench_general: str = ""  # default: <data dir>/rolebench/role-generalization/general/test.jsonl
+    # in-character questions of RoleBench characters the project never evaluates role-play on (not
+    # the reproduction grid's six), self-distilled like every benign prompt; 0 (the shipped build): none
+    benign_in_character: int = number(0, lo=0, integer=True, option="--benign-in-character")
+    rolebench_roles: str = ""  # default: <data dir>/rolebench/instruction-generalization/role_specific/test.jsonl
 
     def validate(self) -> None:
         validate_numbers(self)
+
+
+# the AlignConfig fields the `align` command sets (its options, and the command the manifest records)
+COMMAND_LINE_FIELDS = ("seed", "epochs", "lr", "batch_size", "grad_accum", "lora_r", "lora_alpha", "benign_general", "distill_tokens",
+                       "benign_in_character")
 
 
 def data_paths(cfg: AlignConfig, data_dir: str | Path | None = None) -> dict[str, Path]:
@@ -139,6 +148,9 @@ def data_paths(cfg: AlignConfig, data_dir: str | Path | None = None) -> dict[str
         "rolebench_general": Path(cfg.rolebench_general) if cfg.rolebench_general else base / "rolebench" / "role-generalization" / "general" / "test.jsonl",
         "harmful": HARMFUL_FILE, "lookalikes": LOOKALIKE_FILE, "everyday": EVERYDAY_FILE, "refusals": REFUSAL_FILE,
     }
+    if cfg.benign_in_character:
+        paths["rolebench_roles"] = (Path(cfg.rolebench_roles) if cfg.rolebench_roles
+                                    else base / "rolebench" / "instruction-generalization" / "role_specific" / "test.jsonl")
     for key, path in paths.items():
         if not path.is_file():
             raise SarftError(f"alignment data missing: {key} file {path}", "pass --data-dir (the folder with safety/ and rolebench/) or the file's own option")
@@ -170,7 +182,25 @@ def build_mix(cfg: AlignConfig, paths: dict[str, Path]) -> AlignMix:
     general = [q for q in general if len(q) <= 400]
     benign = (rng.sample(general, min(cfg.benign_general, len(general))) + [r["prompt"] for r in _read_jsonl(paths["lookalikes"])]
               + [r["prompt"] for r in _read_jsonl(paths["everyday"])])
+    if cfg.benign_in_character:
+        benign += rng.sample(in_character_questions(paths["rolebench_roles"]), cfg.benign_in_character)
     return AlignMix(harmful=harmful, benign=benign)
+
+
+def in_character_questions(path: Path) -> list[str]:
+    """RoleBench role-specific questions of every character except those role-play is evaluated on."""
+    from sarft_core.data.names import match_role
+    from sarft_core.reproduce import BENEVOLENT, VILLAINS
+
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    names = sorted({r["role"] for r in rows})
+    evaluated = set()
+    for role in (*VILLAINS, *BENEVOLENT):
+        try:
+            evaluated.add(match_role(role, names))
+        except SarftError:  # a file without that character: nothing to leave out
+            pass
+    return sorted({r["question"].strip() for r in rows if r["role"] not in evaluated and len(r["question"]) <= 400})
 
 
 def held_out_prompts(data_dir: str | Path | None = None) -> dict[str, list[str]]:
@@ -299,7 +329,7 @@ def align(cfg: AlignConfig, out: str | Path, data_dir: str | Path | None = None,
 def _cli_args(cfg: AlignConfig) -> list[str]:
     default = AlignConfig()
     out = []
-    for name in ("seed", "epochs", "lr", "batch_size", "grad_accum", "lora_r", "lora_alpha", "benign_general", "distill_tokens"):
+    for name in COMMAND_LINE_FIELDS:
         if getattr(cfg, name) != getattr(default, name):
             out += [f"--{name.replace('_', '-')}", str(getattr(cfg, name))]
     return out

@@ -85,6 +85,23 @@ def test_mix_is_reproducible_and_balanced():
     assert 0.5 < len(a.harmful) / len(a.benign) < 2
 
 
+@needs_data
+def test_in_character_questions_leave_out_the_evaluated_characters():
+    from sarft_core.alignment import in_character_questions
+    from sarft_core.reproduce import BENEVOLENT, VILLAINS
+
+    path = SHARED_DATA / "rolebench" / "instruction-generalization" / "role_specific" / "test.jsonl"
+    questions = in_character_questions(path)
+    assert len(questions) > 4000 and questions == sorted(set(questions))
+    for role in ("Freddy Krueger", "Jigsaw", "Hannibal Lecter", "Stephen Hawking", "Abraham Lincoln"):
+        assert not any(q.startswith(role) for q in questions), role
+    assert not any(q.startswith("Po,") for q in questions) and len(VILLAINS + BENEVOLENT) == 6
+    shipped = build_mix(AlignConfig(), data_paths(AlignConfig()))
+    more = build_mix(AlignConfig(benign_in_character=50), data_paths(AlignConfig(benign_in_character=50)))
+    assert more.harmful == shipped.harmful and more.benign[:len(shipped.benign)] == shipped.benign  # the shipped mix is unchanged
+    assert len(more.benign) == len(shipped.benign) + 50 and set(more.benign[len(shipped.benign):]) <= set(questions)
+
+
 def test_config_rejects_non_finite_and_out_of_range_values():
     for bad in ({"epochs": float("nan")}, {"lr": float("inf")}, {"lr": -1.0}, {"batch_size": 0}, {"seed": -1}):
         with pytest.raises(SarftError):

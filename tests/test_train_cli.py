@@ -117,9 +117,12 @@ def test_align_options_come_from_align_config():
 
     actions = {a.dest: a for a in sub_parser("align")._actions}
     for f in dataclasses.fields(AlignConfig):
-        if f.name in align_cli.OPTIONS:
+        if f.name in align_cli.options():
             assert actions[f.name].default == f.default, f.name
     assert config_from_args(AlignConfig, sub_parser("align").parse_args(["--out", "o"])) == AlignConfig()
     cfg = config_from_args(AlignConfig, sub_parser("align").parse_args(["--out", "o", "--epochs", "0", "--lora-r", "4"]))
+    from sarft_core.alignment import _cli_args
+
+    assert _cli_args(cfg) == ["--epochs", "0.0", "--lora-r", "4"]  # the manifest's command holds what was set
     with pytest.raises(SarftError, match=r"--epochs must be a finite number in \(0, 100\), got 0"):
         cfg.validate()

@@ -7,10 +7,19 @@ import sys
 from sarft_core.cli._config_args import Option, add_config_options, config_from_args
 
 
-# the training options: defaults and types come from AlignConfig (its ranges are checked by AlignConfig.validate)
-OPTIONS = {name: Option() for name in ("seed", "epochs", "lr", "batch_size", "grad_accum", "lora_r", "lora_alpha")}
-OPTIONS["benign_general"] = Option("RoleBench general instructions to self-distil")
-OPTIONS["distill_tokens"] = Option("length limit of the self-distilled answers")
+# the options: which AlignConfig fields (alignment.COMMAND_LINE_FIELDS), their defaults and types come from
+# the config (its ranges are checked by AlignConfig.validate); only the wording is here
+HELP = {
+    "benign_general": "RoleBench general instructions to self-distil",
+    "distill_tokens": "length limit of the self-distilled answers",
+    "benign_in_character": "RoleBench in-character questions to self-distil, from characters role-play is not evaluated on",
+}
+
+
+def options() -> dict[str, Option]:
+    from sarft_core.alignment import COMMAND_LINE_FIELDS
+
+    return {name: Option(HELP.get(name)) for name in COMMAND_LINE_FIELDS}
 
 
 def register(subparsers) -> None:
@@ -23,7 +32,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help=f"where adapter/ and manifest.json go ({ALIGN_DIR.relative_to(ALIGN_DIR.parents[1])} replaces the shipped adapter)")
     p.add_argument("--model", default="embedded", help="the base model to align (default: raw SmolLM2, `embedded`)")
     p.add_argument("--data-dir", default=None, help="folder with safety/advbench_harmful_behaviors.csv and rolebench/ (default: $SARFT_DATA_DIR or ../shared/data)")
-    add_config_options(p, AlignConfig, OPTIONS)
+    add_config_options(p, AlignConfig, options())
     p.set_defaults(func=run)
 
 
