@@ -133,22 +133,29 @@ class Job:
         if meta.get("damaged"):
             return "failed"
         ended = self.exit_info()
-        cancelled = self.cancel_requested
         if ended is not None:
-            code = ended.get("exit_code")
-            if cancelled:
-                return "cancelled"
-            if code == 0:
-                run = self.run_dir
-                run_state = run.status().get("state") if run and run.status_path.exists() else None
-                return run_state if run_state in ("failed", "cancelled") else "completed"
-            return "failed"
+            return self._ended_state(ended)
+        cancelled = self.cancel_requested
         pid = meta.get("pid")
         if pid is None:
             return "starting" if time.time() - meta.get("created", 0) < STARTUP_GRACE_S else "failed"
         if _alive(pid):
             return "cancelling" if cancelled else "running"
-        return "cancelled" if cancelled else "failed"
+        # the supervisor is gone: it may have written exit.json and exited after the first look
+        ended = self.exit_info()
+        if ended is not None:
+            return self._ended_state(ended)
+        return "cancelled" if self.cancel_requested else "failed"
+
+    def _ended_state(self, ended: dict) -> str:
+        """The state of a job whose supervisor recorded the command's end."""
+        if self.cancel_requested:
+            return "cancelled"
+        if ended.get("exit_code") == 0:
+            run = self.run_dir
+            run_state = run.status().get("state") if run and run.status_path.exists() else None
+            return run_state if run_state in ("failed", "cancelled") else "completed"
+        return "failed"
 
     @property
     def is_active(self) -> bool:

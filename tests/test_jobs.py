@@ -183,3 +183,24 @@ def test_reattach_after_restart_and_dead_process_without_status(workspace):
     # a pid reused by another program is not mistaken for the job
     (job_dir / "job.json").write_text(json.dumps({"id": "orphan", "pid": os.getpid(), "created": time.time()}))
     assert job.state() == "failed"
+
+
+def test_a_job_that_ends_between_the_two_looks_is_completed_not_failed(workspace, monkeypatch):
+    """Regression (seen once in the crash test, under load): state() read 'no exit.json yet', then
+    found the supervisor gone because it had just written exit.json (code 0) and exited, and
+    called the job failed. A job whose supervisor is gone is looked at again before it is failed."""
+    job_dir = jobs.jobs_root() / "racing"
+    job_dir.mkdir(parents=True)
+    (job_dir / "job.json").write_text(json.dumps({"id": "racing", "kind": "score", "command": "python -m sarft_core score",
+                                                  "pid": 999_999_999, "pgid": 999_999_999, "created": time.time()}))
+    job = jobs.Job(job_dir)
+
+    def supervisor_finishes_now(pid):  # what the supervisor does between state()'s two reads
+        (job_dir / "exit.json").write_text(json.dumps({"exit_code": 0, "ended": time.time()}))
+        return False
+
+    monkeypatch.setattr(jobs, "_alive", supervisor_finishes_now)
+    assert job.state() == "completed"
+    (job_dir / "exit.json").unlink()
+    monkeypatch.setattr(jobs, "_alive", lambda pid: False)  # gone without a word: failed, as before
+    assert job.state() == "failed"
