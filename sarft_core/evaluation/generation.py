@@ -17,7 +17,7 @@ import torch
 from sarft_core.chat import encode
 from sarft_core.errors import SarftError
 from sarft_core.validation import choice, number, validate_choices, validate_numbers
-from sarft_core.vllm_backend import BACKENDS
+from sarft_core.vllm_backend import BACKENDS, check_backend
 
 ProgressFn = Callable[[int, int], None]
 BatchFn = Callable[[list[int], list[str]], None]
@@ -55,8 +55,6 @@ class GenerationConfig:
 
     def __post_init__(self):
         validate_choices(self)  # decoding, backend
-        from sarft_core.vllm_backend import check_backend
-
         check_backend(self.backend)
         if self.backend == "vllm" and self.decoding != "greedy":
             raise SarftError("ROSE decoding runs on the torch backend only", "use --backend torch with --decoding rose")

@@ -12,7 +12,7 @@ from sarft_core.chat import MAX_ANSWER_TOKENS, MAX_PROMPT_TOKENS
 from sarft_core.models import LoadedModel
 from sarft_core.scoring.machine import MachineDecision, machine_decision
 from sarft_core.validation import choice, validate_choices
-from sarft_core.vllm_backend import BACKENDS
+from sarft_core.vllm_backend import BACKENDS, check_backend
 
 SCORE_COLUMNS = [
     "id", "role", "input", "output", "logp_ref", "logp_role", "logp_unsafe",
@@ -76,8 +76,6 @@ class ScoreOptions:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise SarftError(f"{option} must be a whole number >= {low} (got {value!r})",
                                  f"give {option} an integer of at least {low}" + (" (or leave it out for the device's default)" if name == "max_batch_tokens" else ""))
-        from sarft_core.vllm_backend import check_backend
-
         check_backend(self.backend)
         if self.backend == "vllm" and (self.fast or self.recheck_band is not None):
             raise SarftError("fast mode and --recheck-band are this engine's, not vLLM's",
