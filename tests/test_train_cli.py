@@ -1,5 +1,6 @@
-"""The `train`, `eval` and `score` command lines are derived from their typed configs (TrainConfig,
-GenerationConfig, ScoreOptions): same defaults, same allowed values."""
+"""The `train`, `eval`, `score`, `align`, `reproduce` and `survey` command lines are derived from
+their typed configs (TrainConfig, GenerationConfig, ScoreOptions, AlignConfig, ReproduceConfig,
+SurveyConfig): same defaults, same allowed values."""
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
@@ -126,3 +127,40 @@ def test_align_options_come_from_align_config():
     assert _cli_args(cfg) == ["--epochs", "0.0", "--lora-r", "4"]  # the manifest's command holds what was set
     with pytest.raises(SarftError, match=r"--epochs must be a finite number in \(0, 100\), got 0"):
         cfg.validate()
+
+
+def test_survey_options_come_from_survey_config_and_reach_its_workers(tmp_path):
+    """Every SurveyConfig field but the roles and the mode is an option with the field's default;
+    a worker's command line (rebuilt from the parsed options) gives the same config back."""
+    from sarft_core.cli import survey as survey_cli
+    from sarft_core.errors import SarftError
+    from sarft_core.survey import FULL, SCREEN, SurveyConfig
+    from sarft_core.traits import SOURCES
+
+    fields = {f.name: f for f in dataclasses.fields(SurveyConfig)}
+    assert set(fields) - set(survey_cli.SURVEY_OPTIONS) == {"roles", "mode"}
+    actions = {a.dest: a for a in sub_parser("survey")._actions}
+    for name in survey_cli.SURVEY_OPTIONS:
+        f = fields[name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        assert actions[name].default == (",".join(default) if isinstance(default, list) else default), name
+    assert actions["trait_source"].option_strings == ["--traits"] and actions["trait_source"].choices == SOURCES
+    base = ["--roles", "John Doe", "--out", str(tmp_path / "s")]
+    assert survey_cli.config_from_args(sub_parser("survey").parse_args(base), ["John Doe"]) == SurveyConfig(roles=["John Doe"], mode=FULL)
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("{}\n")
+    given = base + ["--screen", "--methods", "sft,seal", "--limit", "3", "--exact", "--data", str(data), "--traits", "csv",
+                    "--traits-csv", "t.csv", "--eval-args", "--suite probes", "--batch-tokens", "512"]
+    args = sub_parser("survey").parse_args(given)
+    cfg = survey_cli.config_from_args(args, ["John Doe"])
+    assert cfg.mode == SCREEN and cfg.methods == ["sft", "seal"] and cfg.limit == 3 and cfg.exact and cfg.batch_tokens == 512
+    assert cfg.data == [str(data.resolve())] and cfg.eval_args == "--suite probes"
+    child = survey_cli._child_argv(args)
+    assert child[0] == "survey" and child[-2:] == ["--worker", "--no-progress"]
+    again = sub_parser("survey").parse_args(child[1:])
+    assert survey_cli.config_from_args(again, ["John Doe"]) == cfg
+    with pytest.raises(SarftError, match="data file does not exist"):
+        survey_cli.config_from_args(sub_parser("survey").parse_args(base + ["--data", str(tmp_path / "missing.jsonl")]), ["x"])
+    with pytest.raises(SarftError, match=r"unknown --traits 'llm'"):
+        SurveyConfig(roles=["x"], trait_source="llm").validate()

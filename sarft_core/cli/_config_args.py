@@ -102,6 +102,19 @@ def config_from_args(cls, args: argparse.Namespace, convert: dict[str, Callable]
     return cls(**values)
 
 
+def config_argv(args: argparse.Namespace, options: dict[str, Option]) -> list[str]:
+    """The command-line arguments that give ``options`` their parsed values again (for a child
+    process): a set flag as itself, any other value that is not None or empty as ``--flag value``."""
+    out: list[str] = []
+    for name, opt in options.items():
+        flag, value = (opt.flags or ("--" + name.replace("_", "-"),))[0], getattr(args, name)
+        if value is True:
+            out.append(flag)
+        elif value not in (None, "", False):
+            out += [flag, str(value)]
+    return out
+
+
 def _split_list(name: str, text: str, item: type) -> list:
     """Comma-separated text as a list field's items (``list[int]``: whole numbers, or one clear error)."""
     parts = [part.strip() for part in text.split(",") if part.strip()]

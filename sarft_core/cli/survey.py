@@ -3,33 +3,46 @@ correlated with the roles' traits. Resumable: rerun the same command to continue
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
 from pathlib import Path
 
+from sarft_core.cli._config_args import Option, add_config_options, config_argv
+from sarft_core.cli._config_args import config_from_args as derive_config
 from sarft_core.errors import SarftError
 
 
+# the survey's settings: defaults, types and allowed values come from SurveyConfig; --roles and
+# --screen (the mode) are read by hand, --data and --profiles are resolved to absolute paths
+SURVEY_OPTIONS = {
+    "methods": Option("full mode: training methods to compare"),
+    "peft": Option("full mode: lora or full"),
+    "data": Option("sample file(s), comma-separated (e.g. RoleBench test.jsonl,rolegpt_baseline.jsonl); default: the demo samples"),
+    "profiles": Option("role profiles JSON (default: the demo profiles)"),
+    "limit": Option("at most N samples per role"),
+    "answer_index": Option("which RoleBench answer to use"),
+    "model": Option("base model: hub id, local directory or .gguf (default: the embedded SmolLM2-135M-Instruct)"),
+    "device": Option("auto, cpu, cuda, cuda:1 ..."),
+    "exact": Option("score in IEEE fp32 everywhere (default: the fast mode; on the CPU, Llama-family models score exactly anyway, "
+                    "elsewhere a bf16 copy is re-checked in fp32 near the boundary)"),
+    "batch_tokens": Option("token budget of one scoring batch (default: 1024 on the CPU, 16384 on a GPU)"),
+    "trait_source": Option("trait source (see `traits`)", flags=("--traits",)),
+    "trait_csv": Option("annotations for --traits csv", flags=("--traits-csv",)),
+    "train_args": Option("full mode: extra arguments for `train`, e.g. \"--max-steps 20\""),
+    "eval_args": Option("full mode: arguments for `eval` (roles get --role when rolebench is asked for)"),
+}
+
+
 def register(subparsers) -> None:
+    from sarft_core.survey import SurveyConfig
+
     p = subparsers.add_parser("survey", help="many roles: flagged fraction (--screen) or safety loss after fine-tuning, vs traits",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--roles", required=True, help="comma-separated role names, or 'all' (every role of --profiles)")
     p.add_argument("--screen", action="store_true", help="screening mode: RDS flagged fraction only, no training")
-    p.add_argument("--methods", default="sft,sarft", help="full mode: training methods to compare")
-    p.add_argument("--peft", default="lora", help="full mode: lora or full")
-    p.add_argument("--data", default=None, help="sample file(s), comma-separated (e.g. RoleBench test.jsonl,rolegpt_baseline.jsonl); default: the demo samples")
-    p.add_argument("--profiles", default=None, help="role profiles JSON (default: the demo profiles)")
-    p.add_argument("--limit", type=int, default=None, help="at most N samples per role")
-    p.add_argument("--answer-index", type=int, default=0, help="which RoleBench answer to use")
-    p.add_argument("--model", default="", help="base model: hub id, local directory or .gguf (default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--exact", action="store_true", help="score in IEEE fp32 everywhere (default: the fast mode; on the CPU, Llama-family models score exactly anyway, elsewhere a bf16 copy is re-checked in fp32 near the boundary)")
-    p.add_argument("--batch-tokens", type=int, default=None, help="token budget of one scoring batch (default: 1024 on the CPU, 16384 on a GPU)")
-    p.add_argument("--traits", dest="trait_source", default="default", choices=["default", "openai", "csv"], help="trait source (see `traits`)")
-    p.add_argument("--traits-csv", default="", help="annotations for --traits csv")
-    p.add_argument("--train-args", default="", help="full mode: extra arguments for `train`, e.g. \"--max-steps 20\"")
-    p.add_argument("--eval-args", default=None, help="full mode: arguments for `eval` (default: --suite margin --judge keyword; roles get --role when rolebench is asked for)")
+    add_config_options(p, SurveyConfig, SURVEY_OPTIONS)
     p.add_argument("--workers", type=int, default=1, help="local processes working on roles in parallel")
     p.add_argument("--slurm", action="store_true", help="submit one SLURM job per pending role with submitit, then return")
     p.add_argument("--slurm-partition", default=None)
@@ -56,25 +69,24 @@ def resolve_roles(text: str, profiles_path: str | None) -> list[str]:
     return list(dict.fromkeys(get_profile(profiles, n).name for n in names))
 
 
+def _data_files(text: str) -> list[str]:
+    files = [d.strip() for d in text.split(",") if d.strip()]
+    for d in files:
+        if not Path(d).is_file():
+            raise SarftError(f"data file does not exist: {d}", "check --data")
+    return [str(Path(d).resolve()) for d in files]
+
+
 def config_from_args(args, roles: list[str]):
     from sarft_core.survey import FULL, SCREEN, SurveyConfig
 
-    data = [d.strip() for d in (args.data or "").split(",") if d.strip()]
-    for d in data:
-        if not Path(d).is_file():
-            raise SarftError(f"data file does not exist: {d}", "check --data")
-    if args.trait_source == "csv" and not args.traits_csv:
+    if args.trait_source == "csv" and not args.trait_csv:
         raise SarftError("--traits csv needs --traits-csv FILE", "give your annotations file with --traits-csv")
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if not args.screen and not methods:
+    config = derive_config(SurveyConfig, args, convert={
+        "roles": lambda _: roles, "data": _data_files, "profiles": lambda p: str(Path(p).resolve()) if p else ""})
+    if not args.screen and not config.methods:
         raise SarftError("--methods is empty", "give e.g. --methods sft,sarft, or use --screen")
-    extra = {"eval_args": args.eval_args} if args.eval_args is not None else {}
-    return SurveyConfig(
-        roles=roles, mode=SCREEN if args.screen else FULL, methods=methods, peft=args.peft, model=args.model or "",
-        data=[str(Path(d).resolve()) for d in data], profiles=str(Path(args.profiles).resolve()) if args.profiles else "",
-        limit=args.limit, answer_index=args.answer_index, exact=args.exact, device=args.device, batch_tokens=args.batch_tokens,
-        trait_source=args.trait_source, trait_csv=args.traits_csv, train_args=args.train_args, **extra,
-    )
+    return dataclasses.replace(config, mode=SCREEN if args.screen else FULL)
 
 
 def _child_argv(args, roles: str | None = None) -> list[str]:
@@ -141,16 +153,11 @@ def run(args) -> int:
 
 
 def _rebuild_argv(args, roles: str | None = None) -> list[str]:
-    """The survey's arguments, from the parsed ones (``roles`` replaces --roles)."""
+    """The survey's arguments, from the parsed ones (``roles`` replaces --roles): every option of
+    SURVEY_OPTIONS that has a value, so a new option reaches the workers without an edit here."""
     out = ["--roles", roles if roles is not None else args.roles, "--out", args.out]
-    for flag, value in (("--methods", args.methods), ("--peft", args.peft), ("--data", args.data), ("--profiles", args.profiles),
-                        ("--limit", args.limit), ("--answer-index", args.answer_index), ("--model", args.model), ("--device", args.device),
-                        ("--batch-tokens", args.batch_tokens), ("--traits", args.trait_source), ("--traits-csv", args.traits_csv),
-                        ("--train-args", args.train_args), ("--eval-args", args.eval_args)):
-        if value not in (None, ""):
-            out += [flag, str(value)]
-    out += [f for f, on in (("--screen", args.screen), ("--exact", args.exact)) if on]
-    return out
+    out += config_argv(args, SURVEY_OPTIONS)
+    return out + (["--screen"] if args.screen else [])
 
 
 def _finish(survey, write_aggregate) -> int:

@@ -3,7 +3,6 @@ screen with its fp32 re-check, or vLLM)."""
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -11,7 +10,7 @@ import torch
 from sarft_core.chat import MAX_ANSWER_TOKENS, MAX_PROMPT_TOKENS
 from sarft_core.models import LoadedModel
 from sarft_core.scoring.machine import MachineDecision, machine_decision
-from sarft_core.validation import choice, validate_choices
+from sarft_core.validation import choice, number, validate_choices, validate_numbers
 from sarft_core.vllm_backend import BACKENDS, check_backend
 
 SCORE_COLUMNS = [
@@ -49,14 +48,20 @@ SCREEN_PROBE_SAMPLES = 16
 class ScoreOptions:
     passes: tuple[str, ...] = PASSES
     normalise: str = choice("mean", NORMALISATIONS)
-    max_prompt_tokens: int = MAX_PROMPT_TOKENS
-    max_answer_tokens: int = MAX_ANSWER_TOKENS
-    max_batch_tokens: int | None = None  # None: 1024 on the CPU, 16384 on a GPU
+    max_prompt_tokens: int = number(MAX_PROMPT_TOKENS, lo=1, integer=True, option="--max-prompt-tokens")
+    max_answer_tokens: int = number(MAX_ANSWER_TOKENS, lo=1, integer=True, option="--max-answer-tokens")
+    # None: 1024 on the CPU, 16384 on a GPU
+    max_batch_tokens: int | None = number(None, lo=1, integer=True, optional=True, option="--batch-tokens",
+                                          hint="give --batch-tokens an integer of at least 1, or leave it out for the device's default")
     fast: bool = False  # the fastest path to the exact flags (fast_plan): a bf16 screen + fp32 re-check, or the exact path
-    recheck_band: float | None = None  # None: the band measured for the fast path in use
-    chunk_size: int = 64  # samples planned (sorted into batches) together; each is cached as soon as it is finished
+    # None: the band measured for the fast path in use
+    recheck_band: float | None = number(None, lo=0, optional=True, option="--recheck-band",
+                                        hint="give a band in [0, inf): 0 re-checks nothing, 0.03 is the measured safe band of the CPU screen; or leave it out")
+    # samples planned (sorted into batches) together; each is cached as soon as it is finished
+    chunk_size: int = number(64, lo=1, integer=True, option="chunk_size")
     backend: str = choice("torch", BACKENDS, option="backend")  # vllm (sarft_core.vllm_backend), where vLLM is installed
-    tensor_parallel: int = 1  # vLLM only: GPUs per model
+    tensor_parallel: int = number(1, lo=1, integer=True, option="--tensor-parallel",
+                                  hint="give the number of GPUs per model, e.g. 1")  # vLLM only: GPUs per model
 
     def validate(self) -> None:
         from sarft_core.errors import SarftError
@@ -65,28 +70,11 @@ class ScoreOptions:
         bad = [p for p in self.passes if p not in PASSES]
         if bad or not set(FLAG_PASSES) <= set(self.passes):
             raise SarftError(f"passes must include role and unsafe (got {self.passes})", "use ref,role,unsafe or role,unsafe")
-        for name, value, low, option in (
-            ("max_prompt_tokens", self.max_prompt_tokens, 1, "--max-prompt-tokens"),
-            ("max_answer_tokens", self.max_answer_tokens, 1, "--max-answer-tokens"),
-            ("max_batch_tokens", self.max_batch_tokens, 1, "--batch-tokens"),
-            ("chunk_size", self.chunk_size, 1, "chunk_size"),
-        ):
-            if value is None and name == "max_batch_tokens":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise SarftError(f"{option} must be a whole number >= {low} (got {value!r})",
-                                 f"give {option} an integer of at least {low}" + (" (or leave it out for the device's default)" if name == "max_batch_tokens" else ""))
+        validate_numbers(self)  # token limits, batch tokens, chunk size, re-check band, tensor parallel
         check_backend(self.backend)
         if self.backend == "vllm" and (self.fast or self.recheck_band is not None):
             raise SarftError("fast mode and --recheck-band are this engine's, not vLLM's",
                              "with --backend vllm give the precision with --dtype (bfloat16: approximate flags), or use --backend torch")
-        if isinstance(self.tensor_parallel, bool) or not isinstance(self.tensor_parallel, int) or self.tensor_parallel < 1:
-            raise SarftError(f"--tensor-parallel must be a whole number >= 1 (got {self.tensor_parallel!r})", "give the number of GPUs per model, e.g. 1")
-        band = self.recheck_band
-        if band is not None:
-            if isinstance(band, bool) or not isinstance(band, (int, float)) or not math.isfinite(band) or band < 0:
-                raise SarftError(f"--recheck-band must be a finite number >= 0 (got {band!r})",
-                                 "give a band in [0, inf): 0 re-checks nothing, 0.03 is the measured safe band of the CPU screen; or leave it out")
 
 
 @dataclass

@@ -6,7 +6,8 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from sarft_core.errors import SarftError
-from sarft_core.validation import number, validate_numbers
+from sarft_core.traits import SOURCES as TRAIT_SOURCES
+from sarft_core.validation import choice, number, validate_choices, validate_numbers
 from sarft_core.store import RunDir, create_run, ensure_dir, file_lock, read_json_object, slug
 
 
@@ -30,7 +31,7 @@ class SurveyConfig:
     exact: bool = False  # score in IEEE fp32 instead of the fast mode
     device: str = "auto"
     batch_tokens: int | None = None  # None: the scorer's default for the device
-    trait_source: str = "default"
+    trait_source: str = choice("default", TRAIT_SOURCES, option="--traits")
     trait_csv: str = ""
     train_args: str = ""  # extra arguments for `train`, e.g. "--max-steps 20"
     eval_args: str = "--suite margin --judge keyword"  # generation-free; add rolebench,probes for more
@@ -40,6 +41,7 @@ class SurveyConfig:
 
     def validate(self) -> None:
         validate_numbers(self)
+        validate_choices(self)
         from sarft_core.models import check_device
 
         check_device(self.device)
