@@ -99,11 +99,6 @@ def cancel_button(job: jobs.Job, key: str) -> None:
         st.rerun()
 
 
-def not_available(feature: str, command: str) -> None:
-    st.info(f"{feature} is not available yet: this installation has no `python -m sarft_core {command}` command. "
-            "It arrives with its own feature branch; this page will work as soon as it is installed.", icon=":material/construction:")
-
-
 def report_download(paths, file_name: str, key: str, reviews: dict | None = None, container=None) -> None:
     """A button that downloads the self-contained HTML audit report of ``paths`` (built on click)."""
     from sarft_core import report

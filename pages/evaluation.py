@@ -17,41 +17,38 @@ st.title("Evaluation")
 runs = list_runs()
 trained = [r for r in runs_of_kind("train", runs) if r.is_complete]
 
-if not jobs.command_available("eval"):
-    widgets.not_available("Launching evaluations", "eval")
-else:
-    options = jobs.cli_options("eval")
-    with st.form("eval"):
-        picked = st.multiselect("Runs to evaluate", [str(r.path) for r in trained], format_func=lambda p: run_label(RunDir(Path(p))),
-                                placeholder="completed training runs")
-        suites = st.multiselect("Suites", list(SUITES), default=None)  # the registry: every suite the CLI accepts
-        specs = judge_specs()  # the registry: every judge the CLI accepts
-        judge = st.selectbox("Judge", list(specs), key="judge", format_func=lambda n: f"{n}: {specs[n].description}")
-        c1, c2 = st.columns(2)
-        base_url = c1.text_input("Judge endpoint (openai judge)", placeholder="http://127.0.0.1:8000/v1")
-        judge_model = c2.text_input("Judge model (openai judge)")
-        limit = st.number_input("Prompts per suite (0 = all)", min_value=0, value=0, step=10)
-        go = st.form_submit_button("Evaluate", type="primary")
-    if go:
-        try:
-            if not picked:
-                raise SarftError("no run chosen", "pick at least one completed training run")
-            if not suites:
-                raise SarftError("no suite chosen", "pick at least one suite")
-            extra, skipped = jobs.option_args(options, [
-                (("--judge-base-url",), base_url.strip() or None if "base_url" in specs[judge].options else None),
-                (("--judge-model",), judge_model.strip() or None if "model" in specs[judge].options else None),
-                (("--limit",), int(limit) or None),
-            ])
-            for path in picked:
-                args = ["eval", "--run", path, "--suite", ",".join(suites), "--judge", judge, *extra]
-                job = jobs.start(args, kind="eval", run_dir=path, label=f"eval {Path(path).name}")
-                widgets.command_box(job.command)
-            st.success(f"Started {len(picked)} evaluation job(s).")
-            if skipped:
-                st.warning("This eval command does not accept " + ", ".join(skipped) + "; those settings were left out.")
-        except SarftError as err:
-            widgets.show_error(err)
+options = jobs.cli_options("eval")
+with st.form("eval"):
+    picked = st.multiselect("Runs to evaluate", [str(r.path) for r in trained], format_func=lambda p: run_label(RunDir(Path(p))),
+                            placeholder="completed training runs")
+    suites = st.multiselect("Suites", list(SUITES), default=None)  # the registry: every suite the CLI accepts
+    specs = judge_specs()  # the registry: every judge the CLI accepts
+    judge = st.selectbox("Judge", list(specs), key="judge", format_func=lambda n: f"{n}: {specs[n].description}")
+    c1, c2 = st.columns(2)
+    base_url = c1.text_input("Judge endpoint (openai judge)", placeholder="http://127.0.0.1:8000/v1")
+    judge_model = c2.text_input("Judge model (openai judge)")
+    limit = st.number_input("Prompts per suite (0 = all)", min_value=0, value=0, step=10)
+    go = st.form_submit_button("Evaluate", type="primary")
+if go:
+    try:
+        if not picked:
+            raise SarftError("no run chosen", "pick at least one completed training run")
+        if not suites:
+            raise SarftError("no suite chosen", "pick at least one suite")
+        extra, skipped = jobs.option_args(options, [
+            (("--judge-base-url",), base_url.strip() or None if "base_url" in specs[judge].options else None),
+            (("--judge-model",), judge_model.strip() or None if "model" in specs[judge].options else None),
+            (("--limit",), int(limit) or None),
+        ])
+        for path in picked:
+            args = ["eval", "--run", path, "--suite", ",".join(suites), "--judge", judge, *extra]
+            job = jobs.start(args, kind="eval", run_dir=path, label=f"eval {Path(path).name}")
+            widgets.command_box(job.command)
+        st.success(f"Started {len(picked)} evaluation job(s).")
+        if skipped:
+            st.warning("This eval command does not accept " + ", ".join(skipped) + "; those settings were left out.")
+    except SarftError as err:
+        widgets.show_error(err)
 
 
 @st.fragment(run_every=2.0)

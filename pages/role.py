@@ -5,7 +5,6 @@ import pandas as pd
 import streamlit as st
 
 from app import state, widgets
-from sarft_core import jobs
 from sarft_core.errors import SarftError
 from sarft_core.store import read_table, workspace_root
 
@@ -73,8 +72,6 @@ row = trait_row(name)
 if row is not None:
     numeric = row.drop(columns=["role"]).select_dtypes("number")
     st.dataframe(numeric, hide_index=True)
-elif not jobs.command_available("traits"):
-    widgets.not_available("Trait scoring", "traits")
 else:
     out = traits_dir / f"traits-{Path(state.data_paths()[1]).stem}.csv"
     args = ["traits", "--out", str(out)] + (["--profiles", str(state.data_paths()[1])] if state.data_source() != "demo" else [])

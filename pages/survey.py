@@ -17,15 +17,12 @@ st.title("Survey: which characters are risky to fine-tune?")
 st.caption("One row per role: trait scores and a safety outcome (degradation = refusal rate before − after fine-tuning, "
            "or the RDS flagged fraction from a screening run). Points are roles; the line is a least-squares fit.")
 
-if jobs.command_available("survey"):
-    with st.expander("Run a survey"):
-        roles = st.text_input("Roles", value="all", help="comma-separated role names, or all")
-        out = workspace_root() / "surveys" / "survey"
-        args, skipped = jobs.option_args(jobs.cli_options("survey"), [(("--roles",), roles), (("--out", "--out-dir"), str(out))])
-        args = ["survey", *args]
-        widgets.launch_panel(args, "survey", "Start survey", label=f"survey {roles}", cancel=True)
-else:
-    widgets.not_available("Running surveys", "survey")
+with st.expander("Run a survey"):
+    roles = st.text_input("Roles", value="all", help="comma-separated role names, or all")
+    out = workspace_root() / "surveys" / "survey"
+    args, skipped = jobs.option_args(jobs.cli_options("survey"), [(("--roles",), roles), (("--out", "--out-dir"), str(out))])
+    args = ["survey", *args]
+    widgets.launch_panel(args, "survey", "Start survey", label=f"survey {roles}", cancel=True)
 
 found = sorted((p for ext in ("csv", "parquet", "jsonl") for p in (workspace_root() / "surveys").rglob(f"*.{ext}")),
                key=lambda p: p.stat().st_mtime, reverse=True) if (workspace_root() / "surveys").is_dir() else []

@@ -18,71 +18,67 @@ st.title("Training")
 st.caption("SFT fine-tunes on all the role's samples; SaRFT adds λ·KL(reference ‖ model) on the flagged samples D_h, "
            "keeping the model close to the base where the data pulls it towards unsafe behaviour.")
 
-available = jobs.command_available("train")
-if not available:
-    widgets.not_available("Training", "train")
-else:
-    options = jobs.cli_options("train")
+options = jobs.cli_options("train")
+try:
+    profile = state.current_profile()
+except SarftError as err:
+    widgets.show_error(err)
+    st.stop()
+reviewed = [r for r in audit.score_runs(list_runs(), profile.name) if audit.flags_path(r.path / audit.SCORES_FILE).exists()]
+config_dirs = [PROJECT_ROOT / "configs" / "accelerate", PROJECT_ROOT / "accelerate", PROJECT_ROOT / "configs"]
+configs = sorted({p for d in config_dirs if d.is_dir() for p in d.glob("*.y*ml")
+                  if d.name == "accelerate" or "accelerate" in p.name})
+with st.form("train"):
+    c1, c2, c3 = st.columns(3)
+    method = c1.selectbox("Method", list(METHODS), index=None,
+                          placeholder="choose a method")
+    lam = c2.number_input("λ (weight of the KL term)", min_value=0.0, value=0.5, step=0.1, format="%.2f")
+    peft = c3.radio("Weights", list(PEFT_KINDS), horizontal=True)
+    c4, c5, c6 = st.columns(3)
+    epochs = c4.number_input("Epochs", min_value=1, value=1, step=1)
+    lr = c5.text_input("Learning rate", value="2e-4", help="published: 2e-5 for full fine-tuning; LoRA usually needs ~1e-4")
+    limit = c6.number_input("Samples (0 = all)", min_value=0, value=0, step=8)
+    flags_run = st.selectbox("Flags (D_h) from a reviewed scoring run", ["(computed by the trainer)"] + [str(r.path) for r in reviewed],
+                             format_func=lambda p: p if p.startswith("(") else Path(p).name)
+    accel = st.selectbox("Accelerate config", ["(none: one process)"] + [str(c) for c in configs],
+                         format_func=lambda p: p if p.startswith("(") else Path(p).name)
+    go = st.form_submit_button("Launch training", type="primary")
+if go:
     try:
-        profile = state.current_profile()
+        if method is None:
+            raise SarftError("no method chosen", "pick sft, sarft or another method")
+        try:
+            lr_value = float(lr)
+        except ValueError:
+            raise SarftError(f"learning rate {lr!r} is not a number", "write it like 2e-4") from None
+        if not 0 < lr_value < 1:
+            raise SarftError(f"learning rate {lr_value} is out of range", "use a value between 0 and 1, e.g. 2e-4")
+        out = runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-train-{method}-{re.sub(r'[^A-Za-z0-9]+', '-', profile.name).strip('-')}"
+        flags_file = tau = None
+        if not flags_run.startswith("("):
+            reviewed_scores = Path(flags_run) / audit.SCORES_FILE
+            flags_file = str(audit.flags_path(reviewed_scores))  # {sample_id: bool}: the final D_h of the scored samples
+            tau = audit.load_review(reviewed_scores)[0]  # for samples that run did not score
+        wanted = [
+            (("--method",), method), (("--role",), profile.name), (("--lambda", "--lam"), lam if method != "sft" else None),
+            (("--peft",), peft), (("--epochs", "--num-epochs", "--num-train-epochs"), int(epochs)),
+            (("--lr", "--learning-rate"), lr), (("--limit",), int(limit) or None),
+            (("--overrides", "--flags"), flags_file), (("--tau",), tau),
+        ]
+        args, skipped = jobs.option_args(options, wanted)
+        data_args = state.data_args()
+        if data_args and "--data" not in options:
+            raise SarftError("the train command does not accept --data", "use the demo data or update SaRFT Studio")
+        args = ["train", *args, *data_args, *state.model_args(), "--out", str(out)]
+        launcher = None if accel.startswith("(") else jobs.accelerate_launcher(accel)
+        job = jobs.start(args, kind="train", run_dir=out, label=f"train {method} · {profile.name}", launcher=launcher)
+        st.session_state["train_watch"] = str(out)
+        st.success(f"Started job {job.id}.")
+        widgets.command_box(job.command)
+        if skipped:
+            st.warning("This train command does not accept " + ", ".join(skipped) + "; those settings were left out.")
     except SarftError as err:
         widgets.show_error(err)
-        st.stop()
-    reviewed = [r for r in audit.score_runs(list_runs(), profile.name) if audit.flags_path(r.path / audit.SCORES_FILE).exists()]
-    config_dirs = [PROJECT_ROOT / "configs" / "accelerate", PROJECT_ROOT / "accelerate", PROJECT_ROOT / "configs"]
-    configs = sorted({p for d in config_dirs if d.is_dir() for p in d.glob("*.y*ml")
-                      if d.name == "accelerate" or "accelerate" in p.name})
-    with st.form("train"):
-        c1, c2, c3 = st.columns(3)
-        method = c1.selectbox("Method", list(METHODS), index=None,
-                              placeholder="choose a method")
-        lam = c2.number_input("λ (weight of the KL term)", min_value=0.0, value=0.5, step=0.1, format="%.2f")
-        peft = c3.radio("Weights", list(PEFT_KINDS), horizontal=True)
-        c4, c5, c6 = st.columns(3)
-        epochs = c4.number_input("Epochs", min_value=1, value=1, step=1)
-        lr = c5.text_input("Learning rate", value="2e-4", help="published: 2e-5 for full fine-tuning; LoRA usually needs ~1e-4")
-        limit = c6.number_input("Samples (0 = all)", min_value=0, value=0, step=8)
-        flags_run = st.selectbox("Flags (D_h) from a reviewed scoring run", ["(computed by the trainer)"] + [str(r.path) for r in reviewed],
-                                 format_func=lambda p: p if p.startswith("(") else Path(p).name)
-        accel = st.selectbox("Accelerate config", ["(none: one process)"] + [str(c) for c in configs],
-                             format_func=lambda p: p if p.startswith("(") else Path(p).name)
-        go = st.form_submit_button("Launch training", type="primary")
-    if go:
-        try:
-            if method is None:
-                raise SarftError("no method chosen", "pick sft, sarft or another method")
-            try:
-                lr_value = float(lr)
-            except ValueError:
-                raise SarftError(f"learning rate {lr!r} is not a number", "write it like 2e-4") from None
-            if not 0 < lr_value < 1:
-                raise SarftError(f"learning rate {lr_value} is out of range", "use a value between 0 and 1, e.g. 2e-4")
-            out = runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-train-{method}-{re.sub(r'[^A-Za-z0-9]+', '-', profile.name).strip('-')}"
-            flags_file = tau = None
-            if not flags_run.startswith("("):
-                reviewed_scores = Path(flags_run) / audit.SCORES_FILE
-                flags_file = str(audit.flags_path(reviewed_scores))  # {sample_id: bool}: the final D_h of the scored samples
-                tau = audit.load_review(reviewed_scores)[0]  # for samples that run did not score
-            wanted = [
-                (("--method",), method), (("--role",), profile.name), (("--lambda", "--lam"), lam if method != "sft" else None),
-                (("--peft",), peft), (("--epochs", "--num-epochs", "--num-train-epochs"), int(epochs)),
-                (("--lr", "--learning-rate"), lr), (("--limit",), int(limit) or None),
-                (("--overrides", "--flags"), flags_file), (("--tau",), tau),
-            ]
-            args, skipped = jobs.option_args(options, wanted)
-            data_args = state.data_args()
-            if data_args and "--data" not in options:
-                raise SarftError("the train command does not accept --data", "use the demo data or update SaRFT Studio")
-            args = ["train", *args, *data_args, *state.model_args(), "--out", str(out)]
-            launcher = None if accel.startswith("(") else jobs.accelerate_launcher(accel)
-            job = jobs.start(args, kind="train", run_dir=out, label=f"train {method} · {profile.name}", launcher=launcher)
-            st.session_state["train_watch"] = str(out)
-            st.success(f"Started job {job.id}.")
-            widgets.command_box(job.command)
-            if skipped:
-                st.warning("This train command does not accept " + ", ".join(skipped) + "; those settings were left out.")
-        except SarftError as err:
-            widgets.show_error(err)
 
 # --- watch ---------------------------------------------------------------------------------------
 st.subheader("Runs")

@@ -369,8 +369,8 @@ def start(args: list[str], kind: str | None = None, run_dir: str | Path | None =
         raise SarftError("no command given", "name a sarft_core command, e.g. score")
     command = args[0]
     if not command_available(command):
-        raise SarftError(f"`python -m sarft_core {command}` is not available in this installation yet",
-                         "update SaRFT Studio to a version that has this command")
+        raise SarftError(f"unknown command `python -m sarft_core {command}`",
+                         "use one of the commands `python -m sarft_core --help` lists")
     argv = [*launcher, *map(str, args)] if launcher else cli_argv(*args)
     kind = kind or command
     job_dir = jobs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(kind, keep='', limit=None, default='job', lower=True)}-{uuid.uuid4().hex[:6]}"

@@ -94,8 +94,6 @@ def test_role_page_shows_profile_and_edits_prompts(app):
     assert not app.exception
     app.button[1].click().run()  # Reset
     assert "Sister Alma Reyes" not in app.session_state["prompt_edits"]
-    if not jobs.command_available("traits"):
-        assert "not available yet" in texts(app)
 
 
 def test_files_source_is_confined_and_reads_rolebench(app):
@@ -173,10 +171,7 @@ def test_training_page_watches_runs_from_the_store(app):
 
     write_train_run(workspace_root(), "r1-sarft", "sarft", 0.5, 0.8, 30.0, ["refusal", "refusal", "refusal"])
     goto(app, "training")
-    if jobs.command_available("train"):
-        assert app.button  # the launch form
-    else:
-        assert "Training is not available yet" in texts(app)
+    assert app.button  # the launch form
     metrics = {m.label: m.value for m in app.metric}
     assert metrics["State"] == "completed" and metrics["Step"] == "5 / 5"
     curves = charts(app)[-1]
@@ -184,8 +179,6 @@ def test_training_page_watches_runs_from_the_store(app):
 
 
 def test_training_launch_validates_the_form(app):
-    if not jobs.command_available("train"):
-        pytest.skip("no `python -m sarft_core train` in this checkout yet (training arrives with its own branch)")
     goto(app, "training")
     app.button[0].click().run()  # submit without a method
     assert "no method chosen" in texts(app) and not app.exception
@@ -196,8 +189,6 @@ def test_evaluation_page_metrics_generations_and_errors(app):
 
     run = write_train_run(workspace_root(), "r1-sarft", "sarft", 0.5, 0.8, 30.0, ["compliance", "refusal", "refusal"])
     goto(app, "evaluation")
-    if not jobs.command_available("eval"):
-        assert "not available yet" in texts(app)
     table = app.dataframe[0].value
     assert set(table["suite"]) == {"probes", "advbench", "rolebench"}
     assert "[0.700, 0.900]" in set(table["95% CI"])

@@ -91,7 +91,7 @@ def test_a_jobs_progress_file_is_not_passed_on_to_the_commands_it_starts(tmp_pat
 
 
 def test_unknown_command_is_a_clear_error(workspace):
-    with pytest.raises(SarftError, match="not available"):
+    with pytest.raises(SarftError, match="unknown command"):
         jobs.start(["no_such_command"])
 
 

@@ -123,7 +123,7 @@ def test_missing_command_fails_the_step_and_the_survey_goes_on(tmp_path, traits_
                   evaluate_base=lambda s: {"refusal_rate": 0.5})
     results = run_pending(survey, steps, show_progress=False)
     assert [r["status"] for r in results] == ["failed", "failed"]  # both roles were attempted
-    assert "`no-such-command` command is not available" in results[0]["errors"][0]
+    assert "`no-such-command` exited with status 2" in results[0]["errors"][0]  # the failing command, named in the role's errors
     assert survey.pending() == ROLES[:2]  # failed roles are retried on the next run
 
 
