@@ -78,15 +78,13 @@ def config_from_args(args):
 def run(args) -> int:
     import torch
 
-    from sarft_core.errors import SarftError
     from sarft_core.reproduce import aggregate, open_grid, plan_cells, run_pending, spawn_workers
     from sarft_core.store import Progress
+    from sarft_core.validation import Range, check_number
 
-    if args.workers < 1:
-        raise SarftError(f"--workers must be at least 1, got {args.workers}", "give a positive number of processes")
+    check_number(args.workers, Range(lo=1, hi=1024, integer=True, option="--workers", hint="give a positive number of processes"))
+    check_number(args.threads, Range(lo=1, hi=4096, integer=True, optional=True, option="--threads", hint="give a positive number of CPU threads"))
     if args.threads is not None:
-        if args.threads < 1:
-            raise SarftError(f"--threads must be at least 1, got {args.threads}", "give a positive number of CPU threads")
         torch.set_num_threads(args.threads)
     cfg = config_from_args(args)
     grid = open_grid(args.out, cfg)
