@@ -126,8 +126,9 @@ class AlignConfig:
     advbench: str = ""  # default: <data dir>/safety/advbench_harmful_behaviors.csv
     rolebench_general: str = ""  # default: <data dir>/rolebench/role-generalization/general/test.jsonl
     # in-character questions of RoleBench characters the project never evaluates role-play on (not
-    # the reproduction grid's six), self-distilled like every benign prompt; 0 (the shipped build): none
-    benign_in_character: int = number(0, lo=0, integer=True, option="--benign-in-character")
+    # the reproduction grid's six), self-distilled like every benign prompt (250: the shipped build;
+    # without them the aligned model refuses villains' dark in-character questions)
+    benign_in_character: int = number(250, lo=0, integer=True, option="--benign-in-character")
     rolebench_roles: str = ""  # default: <data dir>/rolebench/instruction-generalization/role_specific/test.jsonl
 
     def validate(self) -> None:

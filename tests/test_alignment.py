@@ -96,10 +96,11 @@ def test_in_character_questions_leave_out_the_evaluated_characters():
     for role in ("Freddy Krueger", "Jigsaw", "Hannibal Lecter", "Stephen Hawking", "Abraham Lincoln"):
         assert not any(q.startswith(role) for q in questions), role
     assert not any(q.startswith("Po,") for q in questions) and len(VILLAINS + BENEVOLENT) == 6
+    none = build_mix(AlignConfig(benign_in_character=0), data_paths(AlignConfig(benign_in_character=0)))
     shipped = build_mix(AlignConfig(), data_paths(AlignConfig()))
-    more = build_mix(AlignConfig(benign_in_character=50), data_paths(AlignConfig(benign_in_character=50)))
-    assert more.harmful == shipped.harmful and more.benign[:len(shipped.benign)] == shipped.benign  # the shipped mix is unchanged
-    assert len(more.benign) == len(shipped.benign) + 50 and set(more.benign[len(shipped.benign):]) <= set(questions)
+    assert AlignConfig().benign_in_character == 250
+    assert shipped.harmful == none.harmful and shipped.benign[:len(none.benign)] == none.benign  # added after the rest of the mix
+    assert len(shipped.benign) == len(none.benign) + 250 and set(shipped.benign[len(none.benign):]) <= set(questions)
 
 
 def test_config_rejects_non_finite_and_out_of_range_values():
