@@ -464,6 +464,16 @@ def grid_view(path: Path) -> dict:
     lines = [f"- SaRFT − {k.split('/')[0].split('-', 1)[1].upper()} on {k.split('/')[1]}: {v['mean']:+.3f} "
              f"[{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] ({v['pairs']} pairs)" for k, v in contrasts.items()]
     total = len(plan_cells(cfg))
+    made_on = cfg_data.get("model_fingerprint")
+    try:
+        from sarft_core.models import model_fingerprint
+
+        now = model_fingerprint(cfg.model or None)
+    except SarftError:
+        now = None
+    model_note = f" · model {cfg.model or 'embedded default'}" + (
+        f" (measured on other weights than today's {cfg.model!r}: {made_on})" if made_on and now and made_on != now else "")
     return {"table": df, "side_by_side": pd.DataFrame(side), "columns": {m: i.title for m, i in info.items()},
             "contrasts": "\n".join(lines) or "(contrasts appear once the grid is aggregated)",
-            "caption": f"{len(results)} of {total} cells finished · {len(cfg.roles)} characters · methods {', '.join(cfg.methods)} · seeds {cfg.seeds}"}
+            "caption": f"{len(results)} of {total} cells finished · {len(cfg.roles)} characters · methods {', '.join(cfg.methods)} · seeds {cfg.seeds}"
+                       + model_note}

@@ -79,6 +79,7 @@ def test_a_tiny_grid_runs_resumes_and_reports(tiny_model_dir, tmp_path, score_ca
     assert len(sarft["values"]["margin"]) == 4 and set(sarft["values"]["advbench"]) <= {0.0, 1.0}
     view = grid_view(out)
     assert list(view["side_by_side"].columns) == ["metric", "Base", "SFT", "SaRFT"]
+    assert "other weights" not in view["caption"]
     assert main(argv[:-1] + [json.dumps({"advbench": 5})]) == 2  # other settings: refused, nothing touched
     made_on = json.loads((out / "config.json").read_text())["model_fingerprint"]
     assert made_on and all(json.loads(p.read_text())["model_fingerprint"] == made_on for p in cells)
@@ -87,6 +88,7 @@ def test_a_tiny_grid_runs_resumes_and_reports(tiny_model_dir, tmp_path, score_ca
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     assert main(argv) == 2
     assert {p.name: p.stat().st_mtime for p in (out / "cells").glob("*.json")} == stamp
+    assert "measured on other weights" in grid_view(out)["caption"]  # still shown, but not as today's model's
     assert json.loads((out / "config.json").read_text())["model_fingerprint"] == made_on
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns - 10**9))
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app" / "main.py"), default_timeout=120)

@@ -44,4 +44,7 @@ def test_overview_shows_the_aligned_models_measured_figures(tmp_path, monkeypatc
     tables = [df.value for df in at.dataframe]
     figures = next(t for t in tables if "embedded-aligned" in t.columns)
     assert "refusal, AdvBench held-out" in set(figures["metric"])
-    assert 0.0 <= figures["embedded-aligned"].min() and figures.shape[0] >= 6
+    values = figures.set_index("metric")["embedded-aligned"].astype(float)
+    rates = [m for m in values.index if m.startswith(("refusal,", "compliance,"))]  # the margin and ROUGE-L are no rates
+    assert len(rates) >= 4 and all(0.0 <= values[m] <= 1.0 for m in rates) and figures.shape[0] >= 6
+    assert values.notna().all() and (values.abs() < float("inf")).all()
