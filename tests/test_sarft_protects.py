@@ -3,10 +3,11 @@
 A small seeded run of the reproduction grid (one villain, SFT vs SaRFT, one seed, the grid's own
 protocol and data split) measures refusal on held-out AdvBench prompts before and after
 training. It fails when SaRFT stops protecting: when its refusal rate is not above SFT's by at
-least ``MIN_GAP``. What supports the margin: the full grid (docs/reproduce.md; 6 characters x 3
-seeds, 100 held-out prompts) has SaRFT above SFT in all 18 pairs, by 19.7 points on average
-[14.9, 24.6]; for Freddy Krueger, the character used here, by 36, 35 and 29 points at seeds 0, 1
-and 2, with SFT at 26-42% from a base of 100%.
+least ``MIN_GAP``. What supports the margin: the full grid on alignment build 1 (docs/reproduce.md;
+6 characters x 3 seeds, 100 held-out prompts) has SaRFT above SFT in all 18 pairs, by 19.7 points
+on average [14.9, 24.6]; for Freddy Krueger, the character used here, by 36, 35 and 29 points at
+seeds 0, 1 and 2, with SFT at 26-42% from a base of 100%. On build 4 (shipped since 2026-12-01)
+this test measured base 100%, SFT 52%, SaRFT 84% (its grid rerun will say more).
 """
 from __future__ import annotations
 
