@@ -19,19 +19,20 @@ from sarft_core.errors import SarftError
 SURVEY_OPTIONS = {
     "methods": Option("full mode: training methods to compare"),
     "peft": Option("full mode: lora or full"),
-    "data": Option("sample file(s), comma-separated (e.g. RoleBench test.jsonl,rolegpt_baseline.jsonl); default: the demo samples"),
-    "profiles": Option("role profiles JSON (default: the demo profiles)"),
-    "limit": Option("at most N samples per role"),
+    "data": Option("sample file(s), comma-separated (e.g. RoleBench test.jsonl,rolegpt_baseline.jsonl); default: the demo samples",
+                   metavar="FILES"),
+    "profiles": Option("role profiles JSON (default: the demo profiles)", metavar="FILE"),
+    "limit": Option("at most N samples per role", metavar="N"),
     "answer_index": Option("which RoleBench answer to use"),
-    "model": Option("base model: hub id, local directory or .gguf (default: the embedded SmolLM2-135M-Instruct)"),
+    "model": Option("base model: hub id, local directory or .gguf (default: the embedded SmolLM2-135M-Instruct)", metavar="SPEC"),
     "device": Option("auto, cpu, cuda, cuda:1 ..."),
     "exact": Option("score in IEEE fp32 everywhere (default: the fast mode; on the CPU, Llama-family models score exactly anyway, "
                     "elsewhere a bf16 copy is re-checked in fp32 near the boundary)"),
     "batch_tokens": Option("token budget of one scoring batch (default: 1024 on the CPU, 16384 on a GPU)"),
     "trait_source": Option("trait source (see `traits`)", flags=("--traits",)),
-    "trait_csv": Option("annotations for --traits csv", flags=("--traits-csv",)),
-    "train_args": Option("full mode: extra arguments for `train`, e.g. \"--max-steps 20\""),
-    "eval_args": Option("full mode: arguments for `eval` (roles get --role when rolebench is asked for)"),
+    "trait_csv": Option("annotations for --traits csv", flags=("--traits-csv",), metavar="FILE"),
+    "train_args": Option("full mode: extra arguments for `train`, e.g. \"--max-steps 20\"", metavar="ARGS"),
+    "eval_args": Option("full mode: arguments for `eval` (roles get --role when rolebench is asked for)", metavar="ARGS"),
 }
 
 
