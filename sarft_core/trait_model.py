@@ -101,8 +101,10 @@ class FeatureReader:
         return self._lm
 
     def identity(self) -> tuple:
-        """Which readers these are (the embedding model's folder, the language model object)."""
-        return (str(self.rater.model_dir), id(self.lm))
+        """Which readers these are: the embedding model's folder and the language model's weights
+        and precision (its fingerprint, not the object's id, which a new object may reuse)."""
+        lm = self.lm
+        return (str(self.rater.model_dir), getattr(lm, "fingerprint", None) or f"object-{id(lm)}", str(lm.dtype), str(lm.device))
 
     def hidden(self, text: str):
         import numpy as np

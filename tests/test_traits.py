@@ -259,3 +259,21 @@ def test_trait_model_refuses_features_of_another_recipe():
         MalevolenceModel.from_json({**model.to_json(), "version": "old"})
     with pytest.raises(SarftError, match="unknown malevolence scale"):
         rate_default({"x": "a kind man"}, malevolence="vibes")
+
+
+def test_feature_cache_keys_on_the_readers_weights_not_the_objects_id():
+    """Regression: the profile-feature memo keyed on id(language model); a freed model's id can be
+    reused by a new one with other weights, whose features would then be served from the memo."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from sarft_core.models import LoadedModel
+    from sarft_core.trait_model import FeatureReader
+
+    rater = SimpleNamespace(model_dir="minilm")
+    lm = lambda fp, dtype=torch.float32: LoadedModel(torch.nn.Linear(2, 2).to(dtype), None, "x", "/x", fp)  # noqa: E731
+    a, b = FeatureReader(rater, lm("dir-aaaa")), FeatureReader(rater, lm("dir-bbbb"))
+    assert a.identity() != b.identity()  # other weights: other features
+    assert a.identity() == FeatureReader(rater, lm("dir-aaaa")).identity()  # another object, the same weights: shared
+    assert a.identity() != FeatureReader(rater, lm("dir-aaaa", torch.bfloat16)).identity()  # another precision
