@@ -17,7 +17,6 @@ st.title("Evaluation")
 runs = list_runs()
 trained = [r for r in runs_of_kind("train", runs) if r.is_complete]
 
-options = jobs.cli_options("eval")
 with st.form("eval"):
     picked = st.multiselect("Runs to evaluate", [str(r.path) for r in trained], format_func=lambda p: run_label(RunDir(Path(p))),
                             placeholder="completed training runs")
@@ -35,18 +34,16 @@ if go:
             raise SarftError("no run chosen", "pick at least one completed training run")
         if not suites:
             raise SarftError("no suite chosen", "pick at least one suite")
-        extra, skipped = jobs.option_args(options, [
-            (("--judge-base-url",), base_url.strip() or None if "base_url" in specs[judge].options else None),
-            (("--judge-model",), judge_model.strip() or None if "model" in specs[judge].options else None),
-            (("--limit",), int(limit) or None),
+        extra = jobs.cli_args([
+            ("--judge-base-url", base_url.strip() or None if "base_url" in specs[judge].options else None),
+            ("--judge-model", judge_model.strip() or None if "model" in specs[judge].options else None),
+            ("--limit", int(limit) or None),
         ])
         for path in picked:
             args = ["eval", "--run", path, "--suite", ",".join(suites), "--judge", judge, *extra]
             job = jobs.start(args, kind="eval", run_dir=path, label=f"eval {Path(path).name}")
             widgets.command_box(job.command)
         st.success(f"Started {len(picked)} evaluation job(s).")
-        if skipped:
-            st.warning("This eval command does not accept " + ", ".join(skipped) + "; those settings were left out.")
     except SarftError as err:
         widgets.show_error(err)
 

@@ -20,8 +20,7 @@ st.caption("One row per role: trait scores and a safety outcome (degradation = r
 with st.expander("Run a survey"):
     roles = st.text_input("Roles", value="all", help="comma-separated role names, or all")
     out = workspace_root() / "surveys" / "survey"
-    args, skipped = jobs.option_args(jobs.cli_options("survey"), [(("--roles",), roles), (("--out", "--out-dir"), str(out))])
-    args = ["survey", *args]
+    args = ["survey", *jobs.cli_args([("--roles", roles), ("--out", str(out))])]
     widgets.launch_panel(args, "survey", "Start survey", label=f"survey {roles}", cancel=True)
 
 found = sorted((p for ext in ("csv", "parquet", "jsonl") for p in (workspace_root() / "surveys").rglob(f"*.{ext}")),

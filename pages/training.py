@@ -18,7 +18,6 @@ st.title("Training")
 st.caption("SFT fine-tunes on all the role's samples; SaRFT adds λ·KL(reference ‖ model) on the flagged samples D_h, "
            "keeping the model close to the base where the data pulls it towards unsafe behaviour.")
 
-options = jobs.cli_options("train")
 try:
     profile = state.current_profile()
 except SarftError as err:
@@ -59,24 +58,15 @@ if go:
             reviewed_scores = Path(flags_run) / audit.SCORES_FILE
             flags_file = str(audit.flags_path(reviewed_scores))  # {sample_id: bool}: the final D_h of the scored samples
             tau = audit.load_review(reviewed_scores)[0]  # for samples that run did not score
-        wanted = [
-            (("--method",), method), (("--role",), profile.name), (("--lambda", "--lam"), lam if method != "sft" else None),
-            (("--peft",), peft), (("--epochs", "--num-epochs", "--num-train-epochs"), int(epochs)),
-            (("--lr", "--learning-rate"), lr), (("--limit",), int(limit) or None),
-            (("--overrides", "--flags"), flags_file), (("--tau",), tau),
-        ]
-        args, skipped = jobs.option_args(options, wanted)
-        data_args = state.data_args()
-        if data_args and "--data" not in options:
-            raise SarftError("the train command does not accept --data", "use the demo data or update SaRFT Studio")
-        args = ["train", *args, *data_args, *state.model_args(), "--out", str(out)]
+        args = ["train", *jobs.cli_args([
+            ("--method", method), ("--role", profile.name), ("--lambda", lam if method != "sft" else None), ("--peft", peft),
+            ("--epochs", int(epochs)), ("--lr", lr), ("--limit", int(limit) or None), ("--overrides", flags_file), ("--tau", tau),
+        ]), *state.data_args(), *state.model_args(), "--out", str(out)]
         launcher = None if accel.startswith("(") else jobs.accelerate_launcher(accel)
         job = jobs.start(args, kind="train", run_dir=out, label=f"train {method} · {profile.name}", launcher=launcher)
         st.session_state["train_watch"] = str(out)
         st.success(f"Started job {job.id}.")
         widgets.command_box(job.command)
-        if skipped:
-            st.warning("This train command does not accept " + ", ".join(skipped) + "; those settings were left out.")
     except SarftError as err:
         widgets.show_error(err)
 

@@ -40,6 +40,9 @@ from sarft_core.store import (FINAL_STATES, PROGRESS_ENV, PROGRESS_FILE, RunDir,
 JOB_STATES = ("starting", "running", "cancelling", "completed", "failed", "cancelled")
 JOB_FINAL = ("completed", "failed", "cancelled")
 STARTUP_GRACE_S = 30.0
+# a live process created this close to a job's start is its supervisor even before it has exec'd
+# (a pid recycled within two seconds of the job's start does not happen in practice)
+PID_START_SLACK_S = 2.0
 _CHILDREN: dict[int, subprocess.Popen] = {}  # supervisors started by this process, reaped on poll
 
 
@@ -139,7 +142,7 @@ class Job:
         pid = meta.get("pid")
         if pid is None:
             return "starting" if time.time() - meta.get("created", 0) < STARTUP_GRACE_S else "failed"
-        if _alive(pid):
+        if _alive(pid, meta.get("started")):
             return "cancelling" if cancelled else "running"
         # the supervisor is gone: it may have written exit.json and exited after the first look
         ended = self.exit_info()
@@ -260,17 +263,26 @@ def _running(proc: psutil.Process) -> bool:
         return True
 
 
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` is still a running job supervisor (a recycled pid is some other program)."""
+def _alive(pid: int, started: float | None = None) -> bool:
+    """Whether ``pid`` is still a running job supervisor (a recycled pid is some other program).
+
+    A supervisor that has just been forked shows its parent's command line until it has exec'd
+    (long enough to be seen on a busy machine), so it is recognised by being our own unfinished
+    child, or by having been created when the job was started (``started``), not only by its
+    command line."""
     proc = _CHILDREN.get(pid)
-    if proc is not None and proc.poll() is not None:  # our own child: reap it, no zombie
-        _CHILDREN.pop(pid, None)
-        return False
+    if proc is not None:
+        if proc.poll() is not None:  # our own child: reap it, no zombie
+            _CHILDREN.pop(pid, None)
+            return False
+        return True
     try:
         process = psutil.Process(pid)
         if not _running(process):
             return False
-        return "sarft_core.jobs" in process.cmdline()
+        if "sarft_core.jobs" in process.cmdline():
+            return True
+        return started is not None and abs(process.create_time() - started) < PID_START_SLACK_S
     except psutil.NoSuchProcess:
         return False
     except psutil.AccessDenied:
@@ -331,23 +343,38 @@ def cli_choices(command: str, option: str) -> list[str] | None:
     return None
 
 
-def option_args(available: set[str], wanted: list[tuple[tuple[str, ...], object]]) -> tuple[list[str], list[str]]:
-    """Turn settings into CLI arguments using the first alias the command accepts.
-
-    ``wanted`` holds ``((alias, ...), value)``; a value of None is left out, True is a bare flag.
-    Returns (arguments, settings the command does not accept), so a caller can say what it skipped.
-    """
+def cli_args(wanted: list[tuple[str, object]]) -> list[str]:
+    """Settings as command-line arguments: ``(flag, value)`` pairs; None and False are left out,
+    True is a bare flag. A flag the command does not know is not dropped here: :func:`start`
+    refuses the whole command line with argparse's own words."""
     args: list[str] = []
-    skipped: list[str] = []
-    for aliases, value in wanted:
+    for flag, value in wanted:
         if value is None or value is False:
             continue
-        option = next((a for a in aliases if a in available), None)
-        if option is None:
-            skipped.append(aliases[0])
-            continue
-        args += [option] if value is True else [option, str(value)]
-    return args, skipped
+        args += [flag] if value is True else [flag, str(value)]
+    return args
+
+
+def check_command_line(args: list[str]) -> None:
+    """Parse ``python -m sarft_core ARGS`` without running it; one SarftError with argparse's
+    message if the command would refuse its arguments (an unknown option, a bad choice, a missing
+    required option), so a job never starts only to fail on its first line."""
+    import contextlib
+    import io
+
+    from sarft_core.cli import build_parser
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            build_parser().parse_args([str(a) for a in args])
+    except SystemExit as exc:
+        if exc.code in (0, None):  # --help / --version: nothing wrong
+            return
+        lines = [line for line in err.getvalue().splitlines() if "error:" in line]
+        why = lines[-1].split("error:", 1)[1].strip() if lines else "its arguments were refused"
+        raise SarftError(f"`python -m sarft_core {args[0]}` would refuse this command line: {why}",
+                         f"see `python -m sarft_core {args[0]} --help` for the options it takes") from None
 
 
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
@@ -371,6 +398,7 @@ def start(args: list[str], kind: str | None = None, run_dir: str | Path | None =
     if not command_available(command):
         raise SarftError(f"unknown command `python -m sarft_core {command}`",
                          "use one of the commands `python -m sarft_core --help` lists")
+    check_command_line(args)
     argv = [*launcher, *map(str, args)] if launcher else cli_argv(*args)
     kind = kind or command
     job_dir = jobs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(kind, keep='', limit=None, default='job', lower=True)}-{uuid.uuid4().hex[:6]}"
