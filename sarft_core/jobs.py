@@ -312,23 +312,9 @@ def _group_alive(pgid: int) -> bool:
     return bool(_tree(pgid))
 
 
-def cli_options(command: str) -> set[str]:
-    """Option strings (``--lambda`` ...) that ``python -m sarft_core COMMAND`` accepts; empty if absent."""
-    if not command_available(command):
-        return set()
-    import argparse
-
-    from sarft_core.cli import build_parser
-
-    parser = build_parser()
-    for action in parser._actions:  # argparse keeps subparsers here; there is no public accessor
-        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
-            return {opt for a in action.choices[command]._actions for opt in a.option_strings}
-    return set()
-
-
 def cli_choices(command: str, option: str) -> list[str] | None:
-    """The allowed values of one option of a command (None when free-form or unknown)."""
+    """The allowed values of one option of a command (None when free-form or unknown): what the
+    command line really accepts, for checking it against the registries."""
     if not command_available(command):
         return None
     import argparse

@@ -47,7 +47,7 @@ def test_pure_helpers():
     assert jobs.log_tail("a\nbar 10%\rbar 50%\rbar 90%\n\nz\n", 2) == "bar 90%\nz"
     assert jobs.progress_text({"phase": "RDS x", "done": 6, "total": 10, "unit": "sample", "fraction": 0.6, "eta_s": 30}) \
         == "RDS x · 6/10 sample · 60% · about 30 s left"
-    assert "--with-tokens" in jobs.cli_options("score") and jobs.cli_options("no_such_command") == set()
+    assert jobs.cli_choices("no_such_command", "--x") is None
     assert jobs.cli_choices("score", "--normalise") == ["mean", "sum"]
 
 
