@@ -330,15 +330,12 @@ def cli_choices(command: str, option: str) -> list[str] | None:
 
 
 def cli_args(wanted: list[tuple[str, object]]) -> list[str]:
-    """Settings as command-line arguments: ``(flag, value)`` pairs; None and False are left out,
-    True is a bare flag. A flag the command does not know is not dropped here: :func:`start`
-    refuses the whole command line with argparse's own words."""
-    args: list[str] = []
-    for flag, value in wanted:
-        if value is None or value is False:
-            continue
-        args += [flag] if value is True else [flag, str(value)]
-    return args
+    """Settings as command-line arguments (``(flag, value)`` pairs, as the CLI's own
+    :func:`sarft_core.cli._config_args.flag_args` writes them). A flag the command does not know
+    is not dropped here: :func:`start` refuses the whole command line with argparse's own words."""
+    from sarft_core.cli._config_args import flag_args
+
+    return flag_args(wanted)
 
 
 def check_command_line(args: list[str]) -> None:

@@ -102,17 +102,22 @@ def config_from_args(cls, args: argparse.Namespace, convert: dict[str, Callable]
     return cls(**values)
 
 
-def config_argv(args: argparse.Namespace, options: dict[str, Option]) -> list[str]:
-    """The command-line arguments that give ``options`` their parsed values again (for a child
-    process): a set flag as itself, any other value that is not None or empty as ``--flag value``."""
+def flag_args(pairs) -> list[str]:
+    """``(flag, value)`` pairs as command-line arguments: True is the bare flag, None, False and
+    empty text are left out, any other value is ``flag str(value)``."""
     out: list[str] = []
-    for name, opt in options.items():
-        flag, value = (opt.flags or ("--" + name.replace("_", "-"),))[0], getattr(args, name)
+    for flag, value in pairs:
         if value is True:
             out.append(flag)
         elif value not in (None, "", False):
             out += [flag, str(value)]
     return out
+
+
+def config_argv(args: argparse.Namespace, options: dict[str, Option]) -> list[str]:
+    """The command-line arguments that give ``options`` their parsed values again (for a child
+    process), by :func:`flag_args`."""
+    return flag_args(((opt.flags or ("--" + name.replace("_", "-"),))[0], getattr(args, name)) for name, opt in options.items())
 
 
 def _split_list(name: str, text: str, item: type) -> list:
