@@ -25,7 +25,7 @@ def in_process_max() -> int:
 
 
 def model_spec() -> str:
-    """The model the dashboard uses: the sidebar's choice, else $SARFT_MODEL, else the embedded one."""
+    """The model the dashboard uses: the sidebar's choice, else $SARFT_MODEL, else the default (empty: embedded-aligned)."""
     return st.session_state.get("model_spec", os.environ.get("SARFT_MODEL", "")).strip()
 
 

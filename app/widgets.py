@@ -34,8 +34,9 @@ def sidebar() -> None:
         st.markdown("### SaRFT Studio")
         st.session_state.setdefault("model_spec", state.model_spec())
         st.session_state.setdefault("data_source", "demo")
-        st.text_input("Model", key="model_spec", placeholder="embedded SmolLM2-135M-Instruct",
-                      help="hub id, local directory or .gguf file; empty = the embedded SmolLM2-135M-Instruct")
+        st.text_input("Model", key="model_spec", placeholder="embedded-aligned (default)",
+                      help="embedded-aligned (the default: SmolLM2-135M-Instruct with the project's safety adapter), "
+                           "embedded (raw SmolLM2), a training run's folder, a local model directory, a .gguf file or a hub id")
         st.radio("Data", ["demo", "files"], key="data_source", horizontal=True,
                  format_func=lambda s: {"demo": "Demo data", "files": "Files (RoleBench…)"}[s])
         if state.data_source() == "files":

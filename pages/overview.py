@@ -3,7 +3,7 @@ import streamlit as st
 
 from app import state, widgets
 from sarft_core import jobs
-from sarft_core.alignment import shipped_figures
+from sarft_core.alignment import figures_table
 from sarft_core.data import PROJECT_ROOT
 from sarft_core.paths import allowed_roots
 from sarft_core.runview import runs_table
@@ -23,11 +23,6 @@ with col1:
     st.subheader("Model")
     st.markdown(f"`{state.model_label()}`")
     st.caption("Change it in the sidebar. It is loaded once per app process, when a page first needs it.")
-    figures = shipped_figures()
-    if figures:
-        st.markdown("**The default model, `embedded-aligned`**, is SmolLM2 with the project's safety adapter "
-                    "(`python -m sarft_core align`); measured on prompts it never trained on (`bench/bench_aligned.py`):")
-        st.dataframe(figures, hide_index=True, width="stretch")
 with col2:
     st.subheader("Data")
     with widgets.guard():
@@ -35,6 +30,14 @@ with col2:
         shown = lambda p: p.relative_to(PROJECT_ROOT) if p.is_relative_to(PROJECT_ROOT) else p  # noqa: E731
         st.markdown(f"Samples: `{shown(samples)}`  \nProfiles: `{shown(profiles)}`  \nRoles: {len(state.profiles())}")
     st.caption("Files are read only from: " + ", ".join(f"`{r}`" for r in allowed_roots()))
+
+figures = figures_table()
+if figures:
+    st.subheader("The default model, `embedded-aligned`")
+    st.markdown("SmolLM2-135M-Instruct with the project's safety adapter (`python -m sarft_core align`, docs/alignment.md), "
+                "against raw SmolLM2 (`--model embedded`), measured on prompts the alignment never trained on (`bench/bench_aligned.py`, "
+                "keyword judge, greedy):")
+    st.dataframe(figures, hide_index=True, width="stretch")
 
 active = [j for j in jobs.list_jobs() if j.is_active]
 st.subheader(f"Background jobs ({len(active)} running)")

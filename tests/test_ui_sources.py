@@ -1,4 +1,5 @@
 """The dashboard reads what the library declares: every training method, and λ as real runs store it."""
+import re
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
@@ -42,9 +43,20 @@ def test_overview_shows_the_aligned_models_measured_figures(tmp_path, monkeypatc
     at.run()
     assert not at.exception, at.exception
     tables = [df.value for df in at.dataframe]
-    figures = next(t for t in tables if "embedded-aligned" in t.columns)
-    assert "refusal, AdvBench held-out" in set(figures["metric"])
-    values = figures.set_index("metric")["embedded-aligned"].astype(float)
-    rates = [m for m in values.index if m.startswith(("refusal,", "compliance,"))]  # the margin and ROUGE-L are no rates
-    assert len(rates) >= 4 and all(0.0 <= values[m] <= 1.0 for m in rates) and figures.shape[0] >= 6
-    assert values.notna().all() and (values.abs() < float("inf")).all()
+    figures = next(t for t in tables if "embedded-aligned [95% CI]" in t.columns).set_index("metric")
+    assert "refusal, AdvBench held-out" in figures.index and figures.shape[0] >= 6
+    shown = figures["embedded-aligned [95% CI]"]
+    rates = [m for m in figures.index if m.startswith(("refusal,", "compliance,"))]  # the margin and ROUGE-L are no rates
+    assert len(rates) >= 4
+    for m in figures.index:
+        # "98.8% [97.3, 100.0]" for a rate, "-0.01 [-0.07, 0.05]" otherwise: a value inside its interval
+        found = re.fullmatch(r"(-?[0-9.]+)(%?) \[(-?[0-9.]+), (-?[0-9.]+)\]", shown[m])
+        assert found, (m, shown[m])
+        value, unit, lo, hi = float(found[1]), found[2], float(found[3]), float(found[4])
+        assert (unit == "%") == (m in rates) and lo <= value <= hi, (m, shown[m])
+        if unit:
+            assert 0.0 <= lo and hi <= 100.0
+    # every target the issue set is shown with whether it is met, the missed ones too
+    targets = figures["target"]
+    assert targets["refusal, AdvBench held-out"].startswith("≥ 90%") and targets["refusal, AdvBench held-out"][-1] in "✓✗"
+    assert targets["refusal, XSTest unsafe"][-1] in "✓✗" and targets["RoleBench ROUGE-L"].startswith("≥ 90% of raw")
