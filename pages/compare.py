@@ -22,6 +22,8 @@ if grids:
             widgets.show_error(err)
         else:
             st.caption(view["caption"])
+            if view["partial"]:
+                st.warning(view["partial"])
             st.markdown("**SFT vs SaRFT, side by side** (mean [95% CI] over seeds and prompts)")
             st.dataframe(view["side_by_side"], hide_index=True, width="stretch")
             group = st.radio("Characters", ["all", "villain", "benevolent"], horizontal=True, key="grid-group")

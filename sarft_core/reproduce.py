@@ -405,6 +405,38 @@ def paired_differences(results: list[dict], a: str, b: str, metric: str) -> list
     return out
 
 
+CONTRAST_METRICS = ("advbench", "margin", "xstest_unsafe", "jailbreak", "rouge_l")
+
+
+def paired_contrasts(results: list[dict], methods, n_boot: int = 2000) -> dict:
+    """SaRFT minus each other method, paired by character and seed: ``"sarft-OTHER/METRIC"`` ->
+    mean, 95% interval and the number of pairs (only pairs where both cells are finished)."""
+    from sarft_core.stats import two_level_bootstrap
+
+    contrasts = {}
+    for metric in CONTRAST_METRICS:
+        for other in [m for m in methods if m != "sarft"]:
+            d = paired_differences(results, "sarft", other, metric)
+            if d:
+                mean, lo, hi = two_level_bootstrap([[x] for x in d], n_boot=n_boot)
+                contrasts[f"sarft-{other}/{metric}"] = {"mean": mean, "ci_low": lo, "ci_high": hi, "pairs": len(d)}
+    return contrasts
+
+
+def contrast_lines(contrasts: dict) -> list[str]:
+    """One markdown bullet per contrast, in the metric's own words: rates as percentage points."""
+    lines = []
+    for key, v in contrasts.items():
+        pair, metric = key.split("/", 1)
+        other = METHOD_LABELS.get(pair.split("-", 1)[1], pair.split("-", 1)[1])
+        info = metric_info(metric)
+        scale, unit = (100, " pts") if info.percent else (1, "")
+        digits = 1 if info.percent else 2
+        lines.append(f"- SaRFT − {other} on {info.title}: {scale * v['mean']:+.{digits}f}{unit} "
+                     f"[{scale * v['ci_low']:+.{digits}f}, {scale * v['ci_high']:+.{digits}f}] ({v['pairs']} pair{'' if v['pairs'] == 1 else 's'})")
+    return lines
+
+
 def aggregate(grid: Grid) -> dict:
     """table.csv, table.md, cells.csv and report.html from the finished cells."""
     import pandas as pd
@@ -415,20 +447,12 @@ def aggregate(grid: Grid) -> dict:
     cells = pd.DataFrame([{"role": r["role"], "group": r["group"], "method": r["method"], "seed": r["seed"], **r["summary"],
                            "dh": r.get("dh"), "steps": r.get("steps"), "seconds": r["seconds"]} for r in results])
     cells.to_csv(grid.path / "cells.csv", index=False)
-    from sarft_core.stats import two_level_bootstrap
-
-    contrasts = {}
-    for metric in ("advbench", "margin", "xstest_unsafe", "jailbreak", "rouge_l"):
-        for other in [m for m in grid.cfg.methods if m != "sarft"]:
-            d = paired_differences(results, "sarft", other, metric)
-            if d:
-                mean, lo, hi = two_level_bootstrap([[x] for x in d])
-                contrasts[f"sarft-{other}/{metric}"] = {"mean": mean, "ci_low": lo, "ci_high": hi, "pairs": len(d)}
+    contrasts = paired_contrasts(results, grid.cfg.methods)
     md = ["# SaRFT in miniature", "", f"{len(results)} of {len(plan_cells(grid.cfg))} cells finished.", ""]
     for group in ("all", "villain", "benevolent"):
         md += [f"## {group}", "", markdown_table(df, group), ""]
     md += ["## SaRFT minus each other method, paired by character and seed (mean [95% CI])", ""]
-    md += [f"- {k}: {v['mean']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] over {v['pairs']} pairs" for k, v in contrasts.items()]
+    md += contrast_lines(contrasts)
     text = "\n".join(md) + "\n"
     atomic_write_text(grid.path / "table.md", text)
     atomic_write_json(grid.path / "contrasts.json", contrasts)
@@ -452,17 +476,13 @@ def grid_view(path: Path) -> dict:
     if not results:
         raise SarftError(f"no finished cell in {path} yet", "wait for the grid, or run `python -m sarft_core reproduce --out ...`")
     df = table(results, cfg, n_boot=500)
-    side = []
     info = column_info()
-    for metric, i in info.items():
-        row = {"metric": i.title}
-        for method in ("Base", "SFT", "SaRFT"):
-            r = df[(df.group == "all") & (df.method == method)]
-            row[method] = "–" if r.empty else format_ci(*(r.iloc[0][metric + s] for s in ("", "_lo", "_hi")), i.percent)
-        side.append(row)
-    contrasts = read_json(path / "contrasts.json") or {}
-    lines = [f"- SaRFT − {k.split('/')[0].split('-', 1)[1].upper()} on {k.split('/')[1]}: {v['mean']:+.3f} "
-             f"[{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] ({v['pairs']} pairs)" for k, v in contrasts.items()]
+    shown = {m: df[(df.group == "all") & (df.method == m)] for m in ("Base", "SFT", "SaRFT")}
+    side = [{"metric": i.title, **{m: "–" if r.empty else format_ci(*(r.iloc[0][metric + s] for s in ("", "_lo", "_hi")), i.percent)
+                                   for m, r in shown.items()}} for metric, i in info.items()]
+    side.append({"metric": "cells finished", **{m: "–" if r.empty else str(int(r.iloc[0]["cells"])) for m, r in shown.items()}})
+    # computed from the finished cells, like the table (a grid still running has no contrasts.json yet)
+    lines = contrast_lines(paired_contrasts(results, cfg.methods, n_boot=500))
     total = len(plan_cells(cfg))
     made_on = cfg_data.get("model_fingerprint")
     try:
@@ -471,9 +491,15 @@ def grid_view(path: Path) -> dict:
         now = model_fingerprint(cfg.model or None)
     except SarftError:
         now = None
+    partial = None
+    if len(results) < total:
+        partial = (f"The grid is not finished ({len(results)} of {total} cells): each method's row covers only the characters "
+                   "and seeds it has finished (the 'cells finished' row), so rows may not compare like with like; the paired "
+                   "contrasts below match character and seed.")
     model_note = f" · model {cfg.model or 'embedded default'}" + (
         f" (measured on other weights than today's {cfg.model!r}: {made_on})" if made_on and now and made_on != now else "")
     return {"table": df, "side_by_side": pd.DataFrame(side), "columns": {m: i.title for m, i in info.items()},
-            "contrasts": "\n".join(lines) or "(contrasts appear once the grid is aggregated)",
+            "contrasts": "\n".join(lines) or "(the paired contrasts appear once SaRFT and another method have finished the same character and seed)",
+            "partial": partial,
             "caption": f"{len(results)} of {total} cells finished · {len(cfg.roles)} characters · methods {', '.join(cfg.methods)} · seeds {cfg.seeds}"
                        + model_note}

@@ -79,7 +79,16 @@ def test_a_tiny_grid_runs_resumes_and_reports(tiny_model_dir, tmp_path, score_ca
     assert len(sarft["values"]["margin"]) == 4 and set(sarft["values"]["advbench"]) <= {0.0, 1.0}
     view = grid_view(out)
     assert list(view["side_by_side"].columns) == ["metric", "Base", "SFT", "SaRFT"]
-    assert "other weights" not in view["caption"]
+    assert "other weights" not in view["caption"] and view["partial"] is None
+    assert view["side_by_side"].set_index("metric").loc["cells finished", "SaRFT"] == "2"
+    assert "- SaRFT − SFT on refusal, AdvBench held-out: " in view["contrasts"] and "(2 pairs)" in view["contrasts"]
+    # a grid still running: the page computes the contrasts itself and says the rows may cover different cells
+    hidden = next(p for p in cells if p.name.startswith("po-") and "--sft-" in p.name)
+    aside = hidden.rename(tmp_path / hidden.name)  # a rename keeps the file as it was (its mtime too)
+    running = grid_view(out)
+    assert "6 of 7 cells" in running["partial"] and "(1 pair)" in running["contrasts"]
+    assert running["side_by_side"].set_index("metric").loc["cells finished", "SFT"] == "1"
+    aside.rename(hidden)
     assert main(argv[:-1] + [json.dumps({"advbench": 5})]) == 2  # other settings: refused, nothing touched
     made_on = json.loads((out / "config.json").read_text())["model_fingerprint"]
     assert made_on and all(json.loads(p.read_text())["model_fingerprint"] == made_on for p in cells)
@@ -114,3 +123,12 @@ def test_aggregating_an_unfinished_grid_keeps_its_state(tmp_path):
     status = RunDir(out).status()
     assert status["state"] == "created" and status["pending"] == 3
     assert (out / "table.md").is_file()
+
+
+def test_contrast_lines_speak_in_points_for_rates_and_in_units_otherwise():
+    from sarft_core.reproduce import contrast_lines
+
+    lines = contrast_lines({"sarft-sft/advbench": {"mean": 0.197, "ci_low": 0.149, "ci_high": 0.246, "pairs": 18},
+                            "sarft-random/margin": {"mean": 0.004, "ci_low": -0.01, "ci_high": 0.012, "pairs": 18}})
+    assert lines == ["- SaRFT − SFT on refusal, AdvBench held-out: +19.7 pts [+14.9, +24.6] (18 pairs)",
+                     "- SaRFT − Random on refusal margin (nats/token): +0.00 [-0.01, +0.01] (18 pairs)"]
