@@ -12,6 +12,8 @@ from sarft_core.data import PROJECT_ROOT
 from sarft_core.errors import SarftError
 from sarft_core.runview import runs_of_kind, runs_table
 from sarft_core.store import RunDir, list_runs, runs_root
+from sarft_core.cli.train import recipe_args
+from sarft_core.reproduce import TRAIN_RECIPES as RECIPES
 from sarft_core.training.run import METHODS, PEFT_KINDS
 
 st.title("Training")
@@ -27,15 +29,22 @@ reviewed = [r for r in audit.score_runs(list_runs(), profile.name) if audit.flag
 config_dirs = [PROJECT_ROOT / "configs" / "accelerate", PROJECT_ROOT / "accelerate", PROJECT_ROOT / "configs"]
 configs = sorted({p for d in config_dirs if d.is_dir() for p in d.glob("*.y*ml")
                   if d.name == "accelerate" or "accelerate" in p.name})
+recipe = st.radio("Recipe", list(RECIPES), horizontal=True, format_func=lambda r: RECIPES[r]["label"],
+                  help="The experiment's recipe is the one docs/reproduce.md measured: under it plain SFT visibly erodes the "
+                       "aligned model's refusals, so SFT and SaRFT differ. The quick one is a short smoke test. Its LoRA "
+                       "settings do not apply to full fine-tuning: there, lower the learning rate (published: 2e-5).")
+chosen = RECIPES[recipe]
+st.caption(chosen["about"])
 with st.form("train"):
     c1, c2, c3 = st.columns(3)
     method = c1.selectbox("Method", list(METHODS), index=None,
                           placeholder="choose a method")
-    lam = c2.number_input("λ (weight of the KL term)", min_value=0.0, value=0.5, step=0.1, format="%.2f")
+    lam = c2.number_input("λ (weight of the KL term)", min_value=0.0, value=float(chosen["lam"]), step=0.1, format="%.2f", key=f"lam-{recipe}")
     peft = c3.radio("Weights", list(PEFT_KINDS), horizontal=True)
     c4, c5, c6 = st.columns(3)
-    epochs = c4.number_input("Epochs", min_value=1, value=1, step=1)
-    lr = c5.text_input("Learning rate", value="2e-4", help="published: 2e-5 for full fine-tuning; LoRA usually needs ~1e-4")
+    epochs = c4.number_input("Epochs", min_value=1, value=int(chosen["epochs"]), step=1, key=f"epochs-{recipe}")
+    lr = c5.text_input("Learning rate", value=chosen["lr"], key=f"lr-{recipe}",
+                       help="published: 2e-5 for full fine-tuning; LoRA usually needs ~1e-4")
     limit = c6.number_input("Samples (0 = all)", min_value=0, value=0, step=8)
     flags_run = st.selectbox("Flags (D_h) from a reviewed scoring run", ["(computed by the trainer)"] + [str(r.path) for r in reviewed],
                              format_func=lambda p: p if p.startswith("(") else Path(p).name)
@@ -61,7 +70,7 @@ if go:
         args = ["train", *jobs.cli_args([
             ("--method", method), ("--role", profile.name), ("--lambda", lam if method != "sft" else None), ("--peft", peft),
             ("--epochs", int(epochs)), ("--lr", lr), ("--limit", int(limit) or None), ("--overrides", flags_file), ("--tau", tau),
-        ]), *state.data_args(), *state.model_args(), "--out", str(out)]
+        ]), *(recipe_args(chosen["settings"]) if peft == "lora" else []), *state.data_args(), *state.model_args(), "--out", str(out)]
         launcher = None if accel.startswith("(") else jobs.accelerate_launcher(accel)
         job = jobs.start(args, kind="train", run_dir=out, label=f"train {method} · {profile.name}", launcher=launcher)
         st.session_state["train_watch"] = str(out)

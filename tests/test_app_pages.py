@@ -184,6 +184,35 @@ def test_training_launch_validates_the_form(app):
     assert "no method chosen" in texts(app) and not app.exception
 
 
+def test_training_launches_the_experiments_recipe_by_default(app):
+    """The default recipe is the grid's protocol (a new user's SFT run then erodes safety visibly), and the
+    job runs with every one of its settings; the quick recipe is the train command's defaults."""
+    from sarft_core.reproduce import DEFAULT_TRAIN, TRAIN_RECIPES
+
+    goto(app, "training")
+    recipe = next(r for r in app.radio if r.label == "Recipe")
+    assert recipe.value == "experiment"
+    assert next(n for n in app.number_input if n.label == "Epochs").value == DEFAULT_TRAIN["epochs"]
+    assert float(next(t for t in app.text_input if t.label == "Learning rate").value) == DEFAULT_TRAIN["lr"]
+    next(s for s in app.selectbox if s.label == "Method").set_value("sft")
+    next(n for n in app.number_input if n.label == "Epochs").set_value(1)  # a short run of the same recipe
+    next(n for n in app.number_input if n.label == "Samples (0 = all)").set_value(8)
+    next(b for b in app.button if b.label == "Launch training").click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    job = jobs.jobs_for_run(app.session_state["train_watch"])[0]
+    command = job.command
+    for flag, value in (("--lora-r", "16"), ("--lora-alpha", "32"), ("--batch-size", "8"), ("--grad-accum", "1"),
+                        ("--autocast", "bf16"), ("--sampling", "group_by_length"), ("--epochs", "1"),
+                        ("--lora-targets", ",".join(DEFAULT_TRAIN["lora_targets"]))):
+        assert f"{flag} {value}" in command, (flag, command)
+    assert jobs.wait(job, timeout_s=300) == "completed", job.log_tail()
+    stored = json.loads((Path(app.session_state["train_watch"]) / "config.json").read_text())
+    trained = stored.get("train", stored)
+    assert trained["lora_r"] == 16 and trained["lora_targets"] == DEFAULT_TRAIN["lora_targets"], stored
+    recipe.set_value("quick").run()
+    assert next(n for n in app.number_input if n.label == "Epochs").value == TRAIN_RECIPES["quick"]["epochs"]
+
+
 def test_evaluation_page_metrics_generations_and_errors(app):
     from sarft_core.store import workspace_root
 

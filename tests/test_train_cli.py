@@ -164,3 +164,21 @@ def test_survey_options_come_from_survey_config_and_reach_its_workers(tmp_path):
         survey_cli.config_from_args(sub_parser("survey").parse_args(base + ["--data", str(tmp_path / "missing.jsonl")]), ["x"])
     with pytest.raises(SarftError, match=r"unknown --traits 'llm'"):
         SurveyConfig(roles=["x"], trait_source="llm").validate()
+
+
+def test_a_recipe_becomes_train_arguments_that_parse_back_to_its_settings():
+    import pytest
+
+    from sarft_core.cli import build_parser
+    from sarft_core.cli.train import config_from_args, recipe_args
+    from sarft_core.reproduce import TRAIN_RECIPES
+
+    settings = TRAIN_RECIPES["experiment"]["settings"]
+    args = build_parser().parse_args(["train", "--role", "x", "--out", "/tmp/unused", *recipe_args(settings)])
+    cfg = config_from_args(args)
+    assert {k: getattr(cfg, k) for k in settings} == settings
+    from sarft_core.reproduce import DEFAULT_TRAIN
+
+    assert float(TRAIN_RECIPES["experiment"]["lr"]) == DEFAULT_TRAIN["lr"]  # the text the form shows reads back exactly
+    with pytest.raises(KeyError, match="lora_rank"):  # a misspelt setting is an error, not dropped
+        recipe_args({"lora_rank": 16})

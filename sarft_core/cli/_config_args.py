@@ -114,6 +114,17 @@ def flag_args(pairs) -> list[str]:
     return out
 
 
+def settings_argv(settings: dict, options: dict[str, Option]) -> list[str]:
+    """Config fields given by name (``{"lora_r": 16, "lora_targets": [...]}``) as the command-line
+    arguments of ``options`` (lists comma-separated), by :func:`flag_args`; a name that is not an
+    option of the command is an error, not silently dropped."""
+    unknown = sorted(set(settings) - set(options))
+    if unknown:
+        raise KeyError(f"not command-line options: {', '.join(unknown)}")
+    return flag_args(((options[name].flags or ("--" + name.replace("_", "-"),))[0], ",".join(map(str, value)) if isinstance(value, list) else value)
+                     for name, value in settings.items())
+
+
 def config_argv(args: argparse.Namespace, options: dict[str, Option]) -> list[str]:
     """The command-line arguments that give ``options`` their parsed values again (for a child
     process), by :func:`flag_args`."""

@@ -51,6 +51,14 @@ OPTIONS = {
 CONFIG_ONLY = ("max_prompt_tokens", "max_answer_tokens")
 
 
+def recipe_args(settings: dict) -> list[str]:
+    """TrainConfig settings given by field name (a recipe such as reproduce.DEFAULT_TRAIN) as
+    `train` command-line arguments."""
+    from sarft_core.cli._config_args import settings_argv
+
+    return settings_argv(settings, {**FIRST_OPTIONS, **OPTIONS})
+
+
 def register(subparsers) -> None:
     from sarft_core.training.run import TrainConfig
 
