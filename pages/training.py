@@ -13,7 +13,7 @@ from sarft_core.errors import SarftError
 from sarft_core.runview import runs_of_kind, runs_table
 from sarft_core.store import RunDir, list_runs, runs_root
 from sarft_core.cli.train import recipe_args
-from sarft_core.reproduce import TRAIN_RECIPES as RECIPES
+from sarft_core.reproduce import TRAIN_RECIPES as RECIPES, recipe_settings
 from sarft_core.training.run import METHODS, PEFT_KINDS
 
 st.title("Training")
@@ -31,8 +31,8 @@ configs = sorted({p for d in config_dirs if d.is_dir() for p in d.glob("*.y*ml")
                   if d.name == "accelerate" or "accelerate" in p.name})
 recipe = st.radio("Recipe", list(RECIPES), horizontal=True, format_func=lambda r: RECIPES[r]["label"],
                   help="The experiment's recipe is the one docs/reproduce.md measured: under it plain SFT visibly erodes the "
-                       "aligned model's refusals, so SFT and SaRFT differ. The quick one is a short smoke test. Its LoRA "
-                       "settings do not apply to full fine-tuning: there, lower the learning rate (published: 2e-5).")
+                       "aligned model's refusals, so SFT and SaRFT differ. The quick one is a short smoke test. With full "
+                       "weights the recipe's LoRA settings do not apply; lower the learning rate there (published: 2e-5).")
 chosen = RECIPES[recipe]
 st.caption(chosen["about"])
 with st.form("train"):
@@ -70,7 +70,7 @@ if go:
         args = ["train", *jobs.cli_args([
             ("--method", method), ("--role", profile.name), ("--lambda", lam if method != "sft" else None), ("--peft", peft),
             ("--epochs", int(epochs)), ("--lr", lr), ("--limit", int(limit) or None), ("--overrides", flags_file), ("--tau", tau),
-        ]), *(recipe_args(chosen["settings"]) if peft == "lora" else []), *state.data_args(), *state.model_args(), "--out", str(out)]
+        ]), *recipe_args(recipe_settings(recipe, peft)), *state.data_args(), *state.model_args(), "--out", str(out)]
         launcher = None if accel.startswith("(") else jobs.accelerate_launcher(accel)
         job = jobs.start(args, kind="train", run_dir=out, label=f"train {method} · {profile.name}", launcher=launcher)
         st.session_state["train_watch"] = str(out)

@@ -43,8 +43,8 @@ COLUMNS = ("rouge_l", "advbench", "xstest_unsafe", "xstest_safe", "jailbreak", "
 DEFAULT_TRAIN = {"peft": "lora", "epochs": 3.0, "lr": 3e-4, "batch_size": 8, "grad_accum": 1, "lora_r": 16, "lora_alpha": 32,
                  "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "lam": 0.5,
                  "autocast": "bf16", "sampling": "group_by_length"}
-# the Training page's recipes: the form sets method, λ, epochs and the learning rate; "settings" are
-# the other TrainConfig fields the recipe passes (LoRA runs only)
+
+
 def _number_text(x: float) -> str:
     """The shortest of "3e-4" and repr(x) that reads back as exactly x."""
     short = f"{x:.0e}".replace("e-0", "e-")
@@ -52,6 +52,9 @@ def _number_text(x: float) -> str:
 
 
 _LR_TEXT = _number_text(DEFAULT_TRAIN["lr"])
+# the Training page's recipes: the form sets method, λ, epochs and the learning rate; "settings" are
+# the other TrainConfig fields the recipe passes (its LORA_SETTINGS only to LoRA runs)
+LORA_SETTINGS = ("lora_r", "lora_alpha", "lora_targets", "lora_dropout")
 TRAIN_RECIPES = {
     "experiment": {"label": "the experiment's (docs/reproduce.md)", "epochs": DEFAULT_TRAIN["epochs"], "lr": _LR_TEXT,
                    "lam": DEFAULT_TRAIN["lam"],
@@ -61,9 +64,16 @@ TRAIN_RECIPES = {
                              f"{DEFAULT_TRAIN['autocast']} autocast: the reproduction grid's protocol, under which plain SFT measurably "
                              "erodes the aligned model's refusals (docs/reproduce.md).")},
     "quick": {"label": "quick (smoke test)", "epochs": 1, "lr": "2e-4", "lam": 0.5, "settings": {},
-              "about": "the train command's defaults: one epoch at an effective batch of 32 (a couple of steps on the demo "
-                       "data); too short to change the model's safety."},
+              "about": "one epoch at lr 2e-4 with the train command's other defaults (`python -m sarft_core train --help`): a "
+                       "couple of optimizer steps on the demo data, too short to change the model's safety."},
 }
+
+
+def recipe_settings(recipe: str, peft: str) -> dict:
+    """The TrainConfig settings a Training-page recipe passes for ``peft`` (full fine-tuning: all but the LoRA ones)."""
+    return {k: v for k, v in TRAIN_RECIPES[recipe]["settings"].items() if peft == "lora" or k not in LORA_SETTINGS}
+
+
 # the grid's evaluation: bf16 weights (1.9x faster here; 248 of 250 judged labels equal to fp32's on the
 # aligned model) and 32 new tokens (the keyword judge gave the same label on 32 as on 48 tokens for all
 # 250 of those answers); generations are saved, so other judges can re-read them

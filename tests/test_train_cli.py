@@ -180,5 +180,10 @@ def test_a_recipe_becomes_train_arguments_that_parse_back_to_its_settings():
     from sarft_core.reproduce import DEFAULT_TRAIN
 
     assert float(TRAIN_RECIPES["experiment"]["lr"]) == DEFAULT_TRAIN["lr"]  # the text the form shows reads back exactly
+    from sarft_core.reproduce import LORA_SETTINGS, recipe_settings
+
+    full = recipe_settings("experiment", "full")  # full fine-tuning keeps the batch, precision and order, not LoRA's shape
+    assert full["batch_size"] == settings["batch_size"] and not set(full) & set(LORA_SETTINGS)
+    assert recipe_settings("experiment", "lora") == settings and recipe_settings("quick", "lora") == {}
     with pytest.raises(KeyError, match="lora_rank"):  # a misspelt setting is an error, not dropped
         recipe_args({"lora_rank": 16})
