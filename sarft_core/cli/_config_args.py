@@ -34,6 +34,11 @@ class Option:
     enforce_choices: bool = True
 
 
+def option_flags(name: str, opt: Option) -> tuple[str, ...]:
+    """The option strings of config field ``name``: its declared ``flags``, else ``--field-name``."""
+    return opt.flags or ("--" + name.replace("_", "-"),)
+
+
 def _base_type(hint) -> type:
     """int / float / str / bool / list from a field's annotation (``X | None`` is X)."""
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
@@ -63,7 +68,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls, options: dict[str, 
     for name, opt in options.items():
         f = fields[name]
         base, default = _base_type(hints[name]), _default(f)
-        flags = opt.flags or ("--" + name.replace("_", "-"),)
+        flags = option_flags(name, opt)
         text = opt.help.replace("{allowed}", ", ".join(allowed.get(name, ()))) if opt.help else opt.help
         kw: dict[str, Any] = {"dest": name, "help": text}
         if base is bool:
@@ -121,14 +126,14 @@ def settings_argv(settings: dict, options: dict[str, Option]) -> list[str]:
     unknown = sorted(set(settings) - set(options))
     if unknown:
         raise KeyError(f"not command-line options: {', '.join(unknown)}")
-    return flag_args(((options[name].flags or ("--" + name.replace("_", "-"),))[0], ",".join(map(str, value)) if isinstance(value, list) else value)
+    return flag_args((option_flags(name, options[name])[0], ",".join(map(str, value)) if isinstance(value, list) else value)
                      for name, value in settings.items())
 
 
 def config_argv(args: argparse.Namespace, options: dict[str, Option]) -> list[str]:
     """The command-line arguments that give ``options`` their parsed values again (for a child
-    process), by :func:`flag_args`."""
-    return flag_args(((opt.flags or ("--" + name.replace("_", "-"),))[0], getattr(args, name)) for name, opt in options.items())
+    process), by :func:`settings_argv`."""
+    return settings_argv({name: getattr(args, name) for name in options}, options)
 
 
 def _split_list(name: str, text: str, item: type) -> list:
