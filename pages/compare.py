@@ -3,12 +3,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import widgets
+from app import state, widgets
 from sarft_core import plots
 from sarft_core.errors import SarftError
 from sarft_core.runview import (compare_metrics, disagreements, has_eval, kind_tables, pareto_points, read_generations, run_label,
                                 runs_of_kind, suite_axis)
-from sarft_core.reproduce import grid_view
 from sarft_core.store import RunDir, list_runs
 
 st.title("Compare runs")
@@ -17,7 +16,7 @@ if grids:
     with st.expander("The paper's experiment in miniature (reproduce grids)", expanded=True):
         grid_path = st.selectbox("Grid", [str(g.path) for g in grids], format_func=lambda p: Path(p).name)
         try:
-            view = grid_view(Path(grid_path))
+            view = state.grid_view(grid_path)
         except SarftError as err:
             widgets.show_error(err)
         else:

@@ -493,6 +493,23 @@ def aggregate(grid: Grid) -> dict:
     return {"table": df, "cells": cells, "contrasts": contrasts, "markdown": text}
 
 
+def grid_signature(path: Path) -> tuple:
+    """What :func:`grid_view`'s result depends on: the grid's config and finished cells (name,
+    modification time and size of each) and today's fingerprint of its model (for the caption), so
+    a cached view is reused only while none of them has changed."""
+    path = Path(path)
+    files = [path / "config.json", *sorted((path / "cells").glob("*.json"))]
+    stamps = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.is_file())
+    cfg_data = read_json(path / "config.json")
+    try:
+        from sarft_core.models import model_fingerprint
+
+        now = model_fingerprint((cfg_data.get("model") if isinstance(cfg_data, dict) else None) or None)
+    except SarftError:
+        now = None
+    return str(path), stamps, now
+
+
 def grid_view(path: Path) -> dict:
     """What the Compare page shows of a grid: the table, SFT vs SaRFT side by side, the contrasts."""
     import pandas as pd

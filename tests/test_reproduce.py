@@ -83,12 +83,17 @@ def test_a_tiny_grid_runs_resumes_and_reports(tiny_model_dir, tmp_path, score_ca
     assert view["side_by_side"].set_index("metric").loc["cells finished", "SaRFT"] == "2"
     assert "- SaRFT − SFT on refusal, AdvBench held-out: " in view["contrasts"] and "(2 pairs)" in view["contrasts"]
     # a grid still running: the page computes the contrasts itself and says the rows may cover different cells
+    from sarft_core.reproduce import grid_signature
+
+    finished = grid_signature(out)
     hidden = next(p for p in cells if p.name.startswith("po-") and "--sft-" in p.name)
     aside = hidden.rename(tmp_path / hidden.name)  # a rename keeps the file as it was (its mtime too)
     running = grid_view(out)
     assert "6 of 7 cells" in running["partial"] and "(1 pair)" in running["contrasts"]
     assert running["side_by_side"].set_index("metric").loc["cells finished", "SFT"] == "1"
+    assert grid_signature(out) != finished  # the page's cached view of the grid is recomputed
     aside.rename(hidden)
+    assert grid_signature(out) == finished
     assert main(argv[:-1] + [json.dumps({"advbench": 5})]) == 2  # other settings: refused, nothing touched
     made_on = json.loads((out / "config.json").read_text())["model_fingerprint"]
     assert made_on and all(json.loads(p.read_text())["model_fingerprint"] == made_on for p in cells)
