@@ -9,7 +9,7 @@ import pytest
 
 from sarft_core.alignment import (
     ADAPTER_DIR, ALIGN_DIR, MANIFEST_NAME, REFUSAL_FILE, AlignConfig, adapter_hash, advbench_split, build_mix, compose_refusal,
-    data_paths, file_hash, harm_category, held_out_prompts, normalise_prompt, shipped_figures, trim_to_sentence, _check_no_leak,
+    data_paths, file_hash, harm_category, held_out_prompts, normalise_prompt, figures_table, trim_to_sentence, _check_no_leak,
 )
 from sarft_core.errors import SarftError
 from tests.conftest import SHARED_DATA
@@ -118,7 +118,7 @@ def test_shipped_adapter_matches_its_manifest_and_the_data_in_the_repo():
     assert manifest["command"].startswith("python -m sarft_core align")
     size = (ADAPTER_DIR / "adapter_model.safetensors").stat().st_size
     assert size < 16 * 2**20
-    figures = shipped_figures()
+    figures = figures_table()
     assert {row["metric"] for row in figures} >= {"refusal, AdvBench held-out", "compliance, XSTest safe (over-refusal = 1 - this)"}
 
 

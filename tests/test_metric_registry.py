@@ -145,7 +145,7 @@ def test_the_grid_table_and_the_overview_figures_take_their_titles_from_the_regi
     manifest = tmp_path / "manifest.json"
     figures = {f"{model}/{m}": {"value": 0.5, "n": 10} for model in ("embedded", "embedded-aligned") for m in alignment.FIGURE_METRICS}
     manifest.write_text(json.dumps({"metrics": figures}))
-    shown = [r["metric"] for r in alignment.shipped_figures(manifest)]
+    shown = [r["metric"] for r in alignment.figures_table(manifest)]
     assert shown == [registry.metric_info(m).title for m in alignment.FIGURE_METRICS]
     assert shown[2] == "refusal, project probes" and shown[4] == "compliance, XSTest safe (over-refusal = 1 - this)"
     assert registry.metric_kind("probes_harmless") == "compliance" and "probes_harmful" not in registry.survey_columns()
