@@ -317,10 +317,14 @@ def run_cell(grid: Grid, cell: Cell, log: Callable[[str], None]) -> dict:
         info = {"steps": status.get("step"), "train_loss": status.get("train_loss"), "dh": dh.get("dh"), "samples": status.get("samples"),
                 "train_seconds": status.get("seconds")}
         lm = load_model(str(out), dtype=panel.dtype, device="cpu")
+    t_eval = time.time()
     res = run_panel(lm, panel, role=cell.role, rouge_items=held)
     values = _panel_values(res)
+    # seconds: this call's wall time, which leaves out a training finished by an earlier, interrupted call;
+    # train_seconds (the training's own clock) and eval_seconds (the panel) are the cell's cost either way
     result = {"status": "ok", "role": cell.role, "group": cfg.group(cell.role) if cell.role else None, "method": cell.method,
-              "seed": cell.seed, "values": values, "seconds": round(time.time() - t0, 1), "model_fingerprint": grid.fingerprint, **info,
+              "seed": cell.seed, "values": values, "seconds": round(time.time() - t0, 1),
+              "eval_seconds": round(time.time() - t_eval, 1), "model_fingerprint": grid.fingerprint, **info,
               "summary": {k: v["value"] for k, v in res.items() if isinstance(v, dict) and "value" in v}}
     rows_path = grid.path / "generations" / f"{cell.name}.jsonl"
     atomic_write_text(rows_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in res["rows"]))
@@ -468,6 +472,24 @@ def contrast_lines(contrasts: dict) -> list[str]:
     return lines
 
 
+def time_line(results: list[dict]) -> str:
+    """What the finished cells cost, from each one's own clocks: the training's (recorded even when an
+    interrupted cell reused a finished training) and the evaluation panel's (cells written since
+    eval_seconds was recorded)."""
+    import statistics
+
+    train = [r["train_seconds"] for r in results if isinstance(r.get("train_seconds"), (int, float))]
+    evals = [r["eval_seconds"] for r in results if isinstance(r.get("eval_seconds"), (int, float))]
+    parts = []
+    if train:
+        parts.append(f"training a median {statistics.median(train):.0f} s per trained cell ({len(train)} cells, {sum(train) / 3600:.2f} h in all)")
+    if evals:
+        parts.append(f"evaluation a median {statistics.median(evals):.0f} s per cell ({len(evals)} cells, {sum(evals) / 3600:.2f} h in all)")
+    if not parts:
+        return "No finished cell records its time."
+    return "Cell time, on each worker's clock: " + "; ".join(parts) + "."
+
+
 def aggregate(grid: Grid) -> dict:
     """table.csv, table.md, cells.csv and report.html from the finished cells."""
     import pandas as pd
@@ -476,7 +498,8 @@ def aggregate(grid: Grid) -> dict:
     df = table(results, grid.cfg)
     df.to_csv(grid.path / "table.csv", index=False)
     cells = pd.DataFrame([{"role": r["role"], "group": r["group"], "method": r["method"], "seed": r["seed"], **r["summary"],
-                           "dh": r.get("dh"), "steps": r.get("steps"), "seconds": r["seconds"]} for r in results])
+                           "dh": r.get("dh"), "steps": r.get("steps"), "seconds": r["seconds"], "train_seconds": r.get("train_seconds"),
+                           "eval_seconds": r.get("eval_seconds")} for r in results])
     cells.to_csv(grid.path / "cells.csv", index=False)
     contrasts = paired_contrasts(results, grid.cfg.methods)
     md = ["# SaRFT in miniature", "", f"{len(results)} of {len(plan_cells(grid.cfg))} cells finished.", ""]
@@ -484,6 +507,7 @@ def aggregate(grid: Grid) -> dict:
         md += [f"## {group}", "", markdown_table(df, group), ""]
     md += ["## SaRFT minus each other method, paired by character and seed (mean [95% CI])", ""]
     md += contrast_lines(contrasts)
+    md += ["", "## Time", "", time_line(results)]
     text = "\n".join(md) + "\n"
     atomic_write_text(grid.path / "table.md", text)
     atomic_write_json(grid.path / "contrasts.json", contrasts)

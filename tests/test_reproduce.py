@@ -76,6 +76,8 @@ def test_a_tiny_grid_runs_resumes_and_reports(tiny_model_dir, tmp_path, score_ca
     assert {p.name: p.stat().st_mtime for p in (out / "cells").glob("*.json")} == stamp
     sarft = json.loads(next(p for p in cells if p.name.startswith("freddy") and "--sarft-" in p.name).read_text())
     assert sarft["dh"] is not None and sarft["steps"] == 2
+    assert sarft["train_seconds"] > 0 and 0 < sarft["eval_seconds"] <= sarft["seconds"]
+    assert "training a median" in table and "evaluation a median" in table
     assert len(sarft["values"]["margin"]) == 4 and set(sarft["values"]["advbench"]) <= {0.0, 1.0}
     view = grid_view(out)
     assert list(view["side_by_side"].columns) == ["metric", "Base", "SFT", "SaRFT"]
@@ -137,3 +139,18 @@ def test_contrast_lines_speak_in_points_for_rates_and_in_units_otherwise():
                             "sarft-random/margin": {"mean": 0.004, "ci_low": -0.01, "ci_high": 0.012, "pairs": 18}})
     assert lines == ["- SaRFT − SFT on refusal, AdvBench held-out: +19.7 pts [+14.9, +24.6] (18 pairs)",
                      "- SaRFT − Random on refusal margin (nats/token): +0.00 [-0.01, +0.01] (18 pairs)"]
+
+
+def test_the_time_line_counts_each_cells_own_clocks():
+    """A cell resumed after its training finished has a short wall time; its cost still counts the
+    training's own seconds, and cells from before eval_seconds was recorded leave that part out."""
+    from sarft_core.reproduce import time_line
+
+    resumed = {"seconds": 150.0, "train_seconds": 1400.0, "eval_seconds": 149.0}
+    whole = {"seconds": 400.0, "train_seconds": 200.0, "eval_seconds": 190.0}
+    older = {"seconds": 380.0, "train_seconds": 210.0}
+    base = {"seconds": 12.0, "eval_seconds": 11.0}
+    line = time_line([resumed, whole, older, base])
+    assert "training a median 210 s per trained cell (3 cells, 0.50 h in all)" in line
+    assert "evaluation a median 149 s per cell (3 cells, 0.10 h in all)" in line
+    assert time_line([]) == "No finished cell records its time."
