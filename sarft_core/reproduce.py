@@ -392,7 +392,9 @@ def table(results: list[dict], cfg: ReproduceConfig, n_boot: int = 2000):
     for group, roles in (("all", cfg.roles), ("villain", cfg.villains), ("benevolent", cfg.benevolent)):
         for method in ["base"] + cfg.methods:
             cells = [r for r in results if r["method"] == method and r["role"] in roles]
-            row = {"group": group, "method": METHOD_LABELS.get(method, method), "cells": len(cells)}
+            # the base row's safety columns come from the one character-free cell: it is counted too
+            counted = len(cells) + (1 if method == "base" and base_safety is not None else 0)
+            row = {"group": group, "method": METHOD_LABELS.get(method, method), "cells": counted}
             for metric in COLUMNS:
                 if method == "base" and metric != "rouge_l":
                     units = [base_safety["values"][metric]] if base_safety and metric in base_safety["values"] else []

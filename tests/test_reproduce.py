@@ -83,6 +83,7 @@ def test_a_tiny_grid_runs_resumes_and_reports(tiny_model_dir, tmp_path, score_ca
     assert list(view["side_by_side"].columns) == ["metric", "Base", "SFT", "SaRFT"]
     assert "other weights" not in view["caption"] and view["partial"] is None
     assert view["side_by_side"].set_index("metric").loc["cells finished", "SaRFT"] == "2"
+    assert view["side_by_side"].set_index("metric").loc["cells finished", "Base"] == "3"  # safety + 2 ROUGE cells
     assert "- SaRFT − SFT on refusal, AdvBench held-out: " in view["contrasts"] and "(2 pairs)" in view["contrasts"]
     # a grid still running: the page computes the contrasts itself and says the rows may cover different cells
     from sarft_core.reproduce import grid_signature
