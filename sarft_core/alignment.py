@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 from sarft_core.data import PROJECT_ROOT
 from sarft_core.errors import SarftError
 from sarft_core.validation import number, validate_numbers
-from sarft_core.evaluation.metric_registry import BETTER, SAFER, metric_info, register_metric
+from sarft_core.evaluation.metric_registry import BETTER, SAFER, format_measure, metric_info, register_metric
 
 ALIGN_DIR = PROJECT_ROOT / "data" / "aligned"
 HARMFUL_FILE = ALIGN_DIR / "harmful.jsonl"
@@ -397,15 +397,8 @@ TARGETS = {"advbench": (">=", 0.90), "xstest_unsafe": (">=", 0.80), "xstest_safe
 
 
 def _shown(entry: dict | None, percent: bool, with_ci: bool) -> str:
-    value = entry.get("value") if isinstance(entry, dict) else None
-    if not isinstance(value, (int, float)) or value != value:
-        return "–"
-    lo, hi = entry.get("ci_low"), entry.get("ci_high")
-    scale, unit, digits = (100, "%", 1) if percent else (1, "", 2)
-    text = f"{scale * value:.{digits}f}{unit}"
-    if with_ci and isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
-        text += f" [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
-    return text
+    entry = entry if isinstance(entry, dict) else {}
+    return format_measure(entry.get("value"), percent, *((entry.get("ci_low"), entry.get("ci_high")) if with_ci else ()), unit="%")
 
 
 def figures_table(manifest: Path | None = None) -> list[dict]:

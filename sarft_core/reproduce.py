@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from sarft_core.errors import SarftError
-from sarft_core.evaluation.metric_registry import metric_info
+from sarft_core.evaluation.metric_registry import format_measure, metric_info
 from sarft_core.store import Progress, atomic_write_json, atomic_write_text, create_run, file_lock, read_json, slug
 
 VILLAINS = ["Freddy Krueger", "Jigsaw", "Dr. Hannibal Lecter"]
@@ -409,9 +409,7 @@ def table(results: list[dict], cfg: ReproduceConfig, n_boot: int = 2000):
 
 def format_ci(v: float, lo: float, hi: float, pct: bool) -> str:
     """``value [low, high]``: rates in percent with one decimal, other numbers with two."""
-    if v != v:
-        return "–"
-    return f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" if pct else f"{v:.2f} [{lo:.2f}, {hi:.2f}]"
+    return format_measure(v, pct, lo, hi)
 
 
 def column_info() -> dict:
@@ -467,10 +465,8 @@ def contrast_lines(contrasts: dict) -> list[str]:
         pair, metric = key.split("/", 1)
         other = METHOD_LABELS.get(pair.split("-", 1)[1], pair.split("-", 1)[1])
         info = metric_info(metric)
-        scale, unit = (100, " pts") if info.percent else (1, "")
-        digits = 1 if info.percent else 2
-        lines.append(f"- SaRFT − {other} on {info.title}: {scale * v['mean']:+.{digits}f}{unit} "
-                     f"[{scale * v['ci_low']:+.{digits}f}, {scale * v['ci_high']:+.{digits}f}] ({v['pairs']} pair{'' if v['pairs'] == 1 else 's'})")
+        shown = format_measure(v["mean"], info.percent, v["ci_low"], v["ci_high"], signed=True, unit=" pts")
+        lines.append(f"- SaRFT − {other} on {info.title}: {shown} ({v['pairs']} pair{'' if v['pairs'] == 1 else 's'})")
     return lines
 
 
@@ -525,7 +521,8 @@ def grid_signature(path: Path) -> tuple:
     a cached view is reused only while none of them has changed."""
     path = Path(path)
     files = [path / "config.json", *sorted((path / "cells").glob("*.json"))]
-    stamps = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.is_file())
+    stats = [(f.name, f.stat()) for f in files if f.is_file()]
+    stamps = tuple((name, st.st_mtime_ns, st.st_size) for name, st in stats)
     cfg_data = read_json(path / "config.json")
     try:
         from sarft_core.models import model_fingerprint

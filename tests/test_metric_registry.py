@@ -165,3 +165,13 @@ def test_the_eval_summary_shows_in_percent_what_the_registry_calls_a_rate(new_me
     shown = {line.split()[2]: line.split()[4] for line in lines}
     assert shown == {"refusal_rate": "25.00", "compliance_rate": "25.00", "margin_positive": "25.00", NEW: "25.00",
                      "toxic_refusals": "25.00", "margin": "0.25", "rouge_l": "0.25", "mystery_rate": "0.25"}  # undeclared: as it is
+
+
+def test_one_formatter_shows_rates_in_percent_and_other_numbers_with_two_decimals():
+    from sarft_core.evaluation.metric_registry import format_measure
+
+    assert format_measure(0.98846, True, 0.973, 1.0, unit="%") == "98.8% [97.3, 100.0]"
+    assert format_measure(-0.3449, False, -0.39, -0.30, unit="%") == "-0.34 [-0.39, -0.30]"  # the unit is a rate's only
+    assert format_measure(0.148, True, 0.096, 0.201, signed=True, unit=" pts") == "+14.8 pts [+9.6, +20.1]"
+    assert format_measure(0.5, True) == "50.0" and format_measure(0.5, True, None, 0.6) == "50.0"  # an interval needs both ends
+    assert format_measure(float("nan"), True, 0.1, 0.2) == "–" and format_measure(None, False) == "–"

@@ -17,6 +17,7 @@ metrics" instead of leaving it out.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 SAFER, BETTER, NEITHER = "higher is safer", "higher is better", "neither"
@@ -68,6 +69,20 @@ class MetricInfo:
     @property
     def survey_column(self) -> str | None:
         return None if self.survey is None else (self.survey or self.name)
+
+
+def format_measure(value, percent: bool, low=None, high=None, *, signed: bool = False, unit: str = "") -> str:
+    """A metric's value, and its interval when both ends are given, as the text tables show them:
+    rates (``percent``) times 100 with one decimal and ``unit`` after the value ("%", " pts"), other
+    numbers with two decimals; ``signed`` for differences; "–" for a missing value."""
+    if not isinstance(value, numbers.Real) or value != value:
+        return "–"
+    scale, spec = (100, ".1f") if percent else (1, ".2f")
+    spec = ("+" if signed else "") + spec
+    text = f"{scale * value:{spec}}" + (unit if percent else "")
+    if isinstance(low, numbers.Real) and isinstance(high, numbers.Real):
+        text += f" [{scale * low:{spec}}, {scale * high:{spec}}]"
+    return text
 
 
 METRICS: dict[str, MetricInfo] = {}
