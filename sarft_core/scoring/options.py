@@ -15,7 +15,7 @@ from sarft_core.vllm_backend import BACKENDS, check_backend
 
 SCORE_COLUMNS = [
     "id", "role", "input", "output", "logp_ref", "logp_role", "logp_unsafe",
-    "s_role", "s_unsafe", "harmful", "n_tokens",
+    "s_role", "s_unsafe", "harmful", "n_tokens", "margin_se", "verdict",
 ]
 PASSES = ("ref", "role", "unsafe")
 NORMALISATIONS = ("mean", "sum")  # per-token mean of the answer's log-probs (as published), or their sum

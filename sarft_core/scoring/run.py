@@ -13,7 +13,7 @@ from sarft_core.models import LoadedModel
 from sarft_core.resources import check_scoring_batch
 from sarft_core.scoring.engine import Cancelled, encode_passes, reduce_logps, score_passes
 from sarft_core.scoring.machine import screen_still_pays
-from sarft_core.flags import is_flagged
+from sarft_core.flags import flag_margin, is_flagged, margin_se, verdict, verdict_counts
 from sarft_core.store import append_jsonl, read_jsonl
 from sarft_core.scoring.cache import _cache_dir, _sample_key
 from sarft_core.scoring.options import (
@@ -216,9 +216,14 @@ def _assemble(samples, done, systems, options, stats) -> ScoreResult:
             "n_tokens": len(rec["answer_ids"]),
         })
         rows[-1]["harmful"] = bool(is_flagged(rows[-1]))  # never needs the reference pass (sarft_core.flags)
+        # how sure the flag is: the margin's block-bootstrap error over the answer's per-token ratios
+        se = margin_se([u - r for u, r in zip(rec["unsafe"], rec["role"])], options.normalise)
+        rows[-1]["margin_se"] = se
+        rows[-1]["verdict"] = verdict(flag_margin(rows[-1]), se)
         tokens[s.id] = {p: rec[p] for p in systems}
         answers[s.id] = rec["answer_ids"]
     n = len(rows)
-    stats = dict(stats, flagged=sum(r["harmful"] for r in rows), flagged_fraction=(sum(r["harmful"] for r in rows) / n) if n else 0.0)
+    stats = dict(stats, flagged=sum(r["harmful"] for r in rows), flagged_fraction=(sum(r["harmful"] for r in rows) / n) if n else 0.0,
+                 verdicts=verdict_counts(r["verdict"] for r in rows))
     stats["samples_per_s"] = stats["scored"] / stats["seconds"] if stats["seconds"] > 0 and stats["scored"] else None
     return ScoreResult(rows=rows, token_logps=tokens, answer_ids=answers, stats=stats)
