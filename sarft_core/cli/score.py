@@ -26,8 +26,17 @@ SCORE_OPTIONS = {
 }
 
 
+# the validation's options (score --validate): defaults and ranges come from ValidateOptions
+VALIDATE_OPTIONS = {
+    "validate_prompts": Option("held-out harmful prompts whose refusal the influence measures: {allowed}"),
+    "validate_n": Option("how many of them"),
+    "validate_top": Option("precision of the flags among this top fraction of samples by measured erosion"),
+}
+
+
 def register(subparsers) -> None:
     from sarft_core.scoring import ScoreOptions
+    from sarft_core.scoring.validate import ValidateOptions
 
     p = subparsers.add_parser("score", help="RDS: score samples under ref / role / unsafe prompts", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_data_args(p)
@@ -36,6 +45,10 @@ def register(subparsers) -> None:
     add_config_options(p, ScoreOptions, SCORE_OPTIONS)
     p.add_argument("--no-cache", action="store_true", help="ignore cached scores and compute afresh")
     p.add_argument("--with-tokens", action="store_true", help="also write OUT.tokens.jsonl with per-token log-ratios (unsafe - role)")
+    p.add_argument("--validate", action="store_true",
+                   help="also measure each sample's influence on refusal of held-out harmful prompts (an `influence` column) and "
+                        "how far the flags agree with it (OUT.validation.json)")
+    add_config_options(p, ValidateOptions, VALIDATE_OPTIONS)
     p.set_defaults(func=run)
 
 
@@ -55,7 +68,8 @@ def run(args) -> int:
 
     from sarft_core.models import load_model
     from sarft_core.scoring import ScoreOptions, score_role
-    from sarft_core.store import Progress, atomic_write_text, write_table
+    from sarft_core.scoring.validate import ValidateOptions, validate_flags
+    from sarft_core.store import Progress, atomic_write_json, atomic_write_text, write_table
 
     from sarft_core.models import check_device
 
@@ -65,17 +79,26 @@ def run(args) -> int:
     inputs = {"--data": args.data, "--profiles": args.profiles}
     check_output(out, inputs, writable=False)
     tokens_out = out.with_name(out.stem + ".tokens.jsonl")
+    validation_out = validation_path(out)
     if args.with_tokens:
         check_output(tokens_out, inputs, writable=False)
+    if args.validate:
+        check_output(validation_out, inputs, writable=False)
     check_device(args.device)
     samples, profile = load_role_inputs(args)
     # the output location is checked before the long work, not after it
     check_output(out, inputs)
     if args.with_tokens:
         check_output(tokens_out, inputs)
+    if args.validate:
+        check_output(validation_out, inputs)
     fast = args.dtype == "bfloat16" and args.backend == "torch"  # vLLM takes the precision as given
     options = dataclasses.replace(config_from_args(ScoreOptions, args), fast=fast)
     options.validate()  # before the model loads
+    validate_options = config_from_args(ValidateOptions, args)
+    validate_options.validate()
+    if args.validate and args.backend != "torch":
+        raise SarftError("--validate needs gradients, which only this engine gives", "use --backend torch with --validate")
     lm = load_model(args.model, dtype="float32" if fast else args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
     # under `accelerate launch` / torchrun every process scores its share; the first one reports
     main_process = int(os.environ.get("RANK", "0")) == 0
@@ -94,7 +117,17 @@ def run(args) -> int:
         bar.close()
     if not main_process:
         return 0
-    write_table(result.frame(), out)
+    frame = result.frame()
+    validation = None
+    if args.validate:
+        if fast:  # the influence needs the exact float32 weights
+            lm = load_model(args.model, dtype="float32", device=args.device, trust_remote_code=args.trust_remote_code)
+        validation = validate_flags(lm, samples, result.rows, validate_options, use_cache=not args.no_cache,
+                                    progress=lambda phase: print(f"validation: {phase}", file=sys.stderr, flush=True))
+        frame["influence"] = [validation["influence"][sid] for sid in frame["id"]]
+    write_table(frame, out)
+    if validation is not None:
+        atomic_write_json(validation_out, validation["summary"])
     if args.with_tokens:
         lines = []
         for sid, ids in result.answer_ids.items():
@@ -104,11 +137,24 @@ def run(args) -> int:
     st = result.stats
     speed = f"{st['samples_per_s']:.2f} samples/s" if st.get("samples_per_s") else "all from cache"
     print(
-        f"{profile.name}: {st['samples']} samples, {st['flagged']} flagged ({100 * st['flagged_fraction']:.1f}%), "
+        f"{profile.name}: {st['samples']} samples, {st['flagged']} flagged ({100 * st['flagged_fraction']:.1f}%; "
+        f"with 95% confidence: {st['verdicts']['flagged']} flagged, {st['verdicts']['uncertain']} uncertain, {st['verdicts']['kept']} kept), "
         f"{st['seconds']:.1f} s, {speed}; from cache {st['from_cache']}, "
         + (f"fast path {st['path']}, re-checked in fp32 {st['rechecked']}, " if fast else "")
         + f"prompts truncated {st['prompt_truncated']}, answers truncated {st['answer_truncated']} -> {out}"
     )
     if fast:
         print(f"fast-mode plan: {st['plan']}")
+    if validation is not None:
+        v = validation["summary"]
+        print(f"validation ({v['settings']['prompts']} held-out harmful prompts, {v['settings']['validate_prompts']}): "
+              f"Spearman(margin, measured erosion) {v['spearman']:+.2f} [{v['spearman_ci'][0]:+.2f}, {v['spearman_ci'][1]:+.2f}]; "
+              f"flags among the top {v['top_k']} by erosion {100 * v['precision_at_k']:.0f}% (flagged overall "
+              f"{100 * v['flagged_fraction']:.0f}%) -> {validation_out}")
+        print(v["reading"])
     return 0
+
+
+def validation_path(out: Path) -> Path:
+    """Where ``score --validate`` writes the agreement summary of the table ``out``."""
+    return out.with_name(out.stem + ".validation.json")

@@ -196,6 +196,12 @@ def packed_runner(model, precision: str = "float32"):
     return per_model[precision]
 
 
+def forget_weights(model) -> None:
+    """Drop the packed forward's copies of ``model``'s weights (after the weights were changed in
+    place, e.g. shifted along a gradient), so that the next pass reads the weights as they are."""
+    _PACKED.pop(model, None)
+
+
 # set SARFT_PACKED=0 to force the generic Hugging Face path (for comparisons and debugging)
 _PACKED_DISABLED = os.environ.get("SARFT_PACKED", "1") == "0"
 
