@@ -29,6 +29,11 @@ OPTIONS = {
     "normalisation": Option("answer (answer tokens only) or published (the released code's)", enforce_choices=False),
     "tau": Option("flag threshold on s_unsafe - s_role"),
     "overrides": Option("JSON {sample_id: true/false}; default: overrides.json beside the cached scores, if any"),
+    "dh_fraction": Option("sarft/random/flip: a D_h of exactly ceil(F x n) samples: the top of the ranking (sarft), its bottom (flip) or "
+                          "drawn at random (random), instead of RDS's flags"),
+    "train_subset": Option("train on only the top, bottom or a random --subset-fraction of the samples by the ranking (the causal check)"),
+    "subset_fraction": Option("--train-subset: the fraction kept"),
+    "rank_by": Option("the ranking --dh-fraction and --train-subset use: RDS's margin, or the measured erosion of refusal (score --validate)"),
     "seed": Option("seed for data order, LoRA init and the random ablation"),
     "epochs": Option(),
     "lr": Option("learning rate (default 1e-4 for LoRA, 2e-5 for full as published); constant schedule"),

@@ -29,6 +29,7 @@ from sarft_core.validation import choice, number, validate_choices, validate_num
 METHODS = ("sft", "sarft", "random", "flip", "sppft", "seal", "biselect")
 KL_METHODS = ("sarft", "random", "flip")
 DROP_METHODS = ("seal", "biselect")
+RANKINGS = ("margin", "influence")  # what --dh-fraction and --train-subset rank by
 AUTOCAST = ("auto", "bf16", "off")
 PEFT_KINDS = ("lora", "full")
 REF_DTYPES = ("same", "bfloat16")  # the reference forward: the policy's own precision, or bf16 autocast
@@ -82,6 +83,14 @@ class TrainConfig:
     attention: str = choice("auto", ATTENTION)
     tau: float = number(0.0, lo=-1e6, hi=1e6, option="--tau", hint="give a threshold on s_unsafe - s_role, e.g. --tau 0 (published)")
     overrides: str | None = None
+    # the selection experiment (docs/reproduce.md): a D_h of exactly ceil(F * n) samples for the KL
+    # methods, and/or training on only one end of the ranking; the ranking is RDS's margin or the
+    # measured erosion of refusal (score --validate's influence)
+    dh_fraction: float | None = number(None, lo=0, hi=1, lo_open=True, optional=True, option="--dh-fraction",
+                                       hint="give a fraction of the samples such as 0.3, or leave it out for RDS's flags (margin > tau)")
+    train_subset: str = choice("all", ("all",) + selection.SUBSETS, option="--train-subset")
+    subset_fraction: float = number(0.3, lo=0, hi=1, lo_open=True, option="--subset-fraction")
+    rank_by: str = choice("margin", RANKINGS, option="--rank-by")
     seed: int = number(0, lo=0, hi=2**32 - 1, integer=True, option="--seed")
     epochs: float = number(1.0, lo=0, lo_open=True, hi=10_000, option="--epochs", hint="give e.g. --epochs 1 (published)")
     lr: float | None = number(None, lo=0, lo_open=True, hi=1.0, optional=True, option="--lr",
@@ -128,8 +137,22 @@ class TrainConfig:
         check_device(self.device)
         validate_choices(self)  # method, peft, kl_direction, ref_dtype, autocast, ... (their declarations above)
         check_report_to(self.report_to)
+        self._check_selection()
         if not self.role:
             raise SarftError("no --role given", "name the character to train, e.g. --role \"John Doe\"")
+
+    def _check_selection(self) -> None:
+        """Selection options that would have no effect, or fight another option, are refused."""
+        if self.dh_fraction is not None and self.method not in KL_METHODS:
+            raise SarftError(f"--dh-fraction sizes D_h, which method {self.method} does not use",
+                             f"use it with one of {', '.join(KL_METHODS)}, or leave it out")
+        if self.dh_fraction is not None and self.overrides:
+            raise SarftError("--overrides and --dh-fraction both choose D_h", "give one of them")
+        if self.train_subset != "all" and self.method in DROP_METHODS:
+            raise SarftError(f"--train-subset and method {self.method} both choose the training samples", "give one of them")
+        if self.rank_by != "margin" and self.dh_fraction is None and self.train_subset in ("all", "random"):
+            raise SarftError(f"--rank-by {self.rank_by} ranks samples for --dh-fraction or --train-subset top/bottom, and neither is given",
+                             "add --dh-fraction F or --train-subset top|bottom, or leave --rank-by out")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -195,20 +218,43 @@ def _load_inputs(cfg: TrainConfig):
     return samples, profile
 
 
+def _erosion_ranking(lm, samples, rows, log=print) -> dict[str, float]:
+    """{id: measured erosion of refusal} (minus the influence of score --validate, its defaults)."""
+    from sarft_core.scoring.validate import validate_flags
+
+    validation = validate_flags(lm, samples, rows, progress=lambda phase: log(f"influence: {phase}"))
+    return {i: -v for i, v in validation["influence"].items()}
+
+
 def choose_samples(cfg: TrainConfig, lm, samples, profile, stop=None, log=print) -> tuple[list, dict[str, bool], dict]:
     """(samples to train on, {id: in D_h}, record for dh_ids.json)."""
     record: dict = {"method": cfg.method, "tau": cfg.tau}
     flags = {s.id: False for s in samples}
-    if cfg.method in KL_METHODS or cfg.method in DROP_METHODS:
+    if cfg.method in KL_METHODS or cfg.method in DROP_METHODS or cfg.train_subset != "all":
         from sarft_core.scoring import ScoreOptions, score_role
 
-        passes = ("role", "unsafe") if cfg.method in KL_METHODS else ("ref", "role", "unsafe")
+        passes = ("ref", "role", "unsafe") if cfg.method in DROP_METHODS else ("role", "unsafe")
         options = ScoreOptions(passes=passes, max_prompt_tokens=cfg.max_prompt_tokens, max_answer_tokens=cfg.max_answer_tokens)
         result = score_role(lm, samples, profile, options, should_stop=(lambda: bool(stop)) if stop is not None else None)
         log(f"RDS scores: {result.stats['samples']} samples ({result.stats['from_cache']} from cache) in {result.stats['seconds']:.1f} s")
         rows = result.rows
         record["scores_dir"] = result.stats["cache_dir"]
-        if cfg.method in KL_METHODS:
+        ranking = None
+        if cfg.rank_by != "margin":
+            ranking = _erosion_ranking(lm, samples, rows, log)
+            record["rank_by"] = cfg.rank_by
+        if cfg.train_subset != "all":
+            kept = selection.ranked_subset(ranking or selection.margins_of(rows), cfg.subset_fraction, cfg.train_subset, cfg.seed)
+            samples = [s for s in samples if s.id in kept]
+            rows = [r for r in rows if str(r["id"]) in kept]
+            flags = {s.id: False for s in samples}
+            ranking = {i: v for i, v in ranking.items() if i in kept} if ranking is not None else None
+            record.update(train_subset=cfg.train_subset, subset_fraction=cfg.subset_fraction, trained_ids=sorted(kept))
+            log(f"training on the {cfg.train_subset} {len(kept)} samples by {cfg.rank_by}")
+        if cfg.method in KL_METHODS and cfg.dh_fraction is not None:
+            flags = selection.select_dh(cfg.method, rows, cfg.tau, None, cfg.seed, dh_fraction=cfg.dh_fraction, ranking=ranking)
+            record.update(dh_fraction=cfg.dh_fraction, rds_ids=selection.ids_where(selection.rds_flags(rows, cfg.tau)), overrides={})
+        elif cfg.method in KL_METHODS:
             opath = Path(cfg.overrides) if cfg.overrides else selection.overrides_path(result.stats["cache_dir"])
             overrides = selection.load_overrides(opath) if (cfg.overrides or opath.is_file()) else {}
             if overrides:

@@ -8,6 +8,10 @@ Everything here is a pure function of RDS score rows (dicts with at least ``id``
   is not needed for the flag.
 - ``random``: as many samples as ``rds`` picks, drawn uniformly with a seed.
 - ``flip``: the complement of the ``rds`` set.
+- with a budget (``dh_fraction`` F): exactly ceil(F * n) samples, the top of a ranking for
+  ``sarft``, the bottom for ``flip``, drawn at random for ``random`` (the selection experiment:
+  the same number of anchored samples, chosen by the ranking or not). The ranking is RDS's margin,
+  or any other harm score (the measured erosion of refusal, sarft_core.scoring.validate).
 
 Overrides file format (written by the dashboard, read by the trainer): a JSON object mapping a
 sample id to ``true`` (force into D_h) or ``false`` (force out of D_h); ids not listed keep
@@ -22,7 +26,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from sarft_core.errors import SarftError
-from sarft_core.flags import is_flagged
+from sarft_core.flags import flag_margin, is_flagged
 
 OVERRIDES_FILE = "overrides.json"
 
@@ -61,8 +65,59 @@ def flip(flags: Mapping[str, bool]) -> dict[str, bool]:
     return {i: not bool(v) for i, v in flags.items()}
 
 
-def select_dh(method: str, rows: Sequence[Mapping], tau: float = 0.0, overrides: Mapping[str, bool] | None = None, seed: int = 0) -> dict[str, bool]:
-    """{id: in D_h} for the KL-based methods (sarft, random, flip); overrides shape the RDS set first."""
+SUBSETS = ("top", "bottom", "random")
+# which end of the ranking each KL method anchors when D_h has a budget
+BUDGET_END = {"sarft": "top", "flip": "bottom", "random": "random"}
+
+
+def budget_count(n: int, fraction: float) -> int:
+    """ceil(fraction * n), the size of a budgeted subset (a float's last bit never adds one)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise SarftError(f"fraction {fraction} is outside [0, 1]", "give a fraction such as 0.3")
+    return min(n, math.ceil(round(fraction * n, 9)))
+
+
+def ranked_subset(scores: Mapping[str, float], fraction: float, which: str, seed: int = 0) -> set[str]:
+    """Ids of ceil(fraction * n) samples: the highest ``scores`` (``top``), the lowest (``bottom``),
+    or drawn uniformly with ``seed`` (``random``); ties are broken by id, so the choice is
+    deterministic, and top and bottom are disjoint whenever they fit (2 * count <= n)."""
+    if which not in SUBSETS:
+        raise ValueError(f"unknown subset {which!r}; one of {SUBSETS}")
+    k = budget_count(len(scores), fraction)
+    ids = sorted(scores)
+    if which == "random":
+        return set(random.Random(seed).sample(ids, k))
+    bad = [i for i in ids if not math.isfinite(float(scores[i]))]
+    if bad:
+        raise SarftError(f"the ranking has no finite score for {len(bad)} sample(s) (first: {bad[0]})", "rescore the samples")
+    ranked = sorted(ids, key=lambda i: (-float(scores[i]), i))  # one order: the bottom is the top's far end
+    return set(ranked[:k] if which == "top" else ranked[len(ranked) - k:])
+
+
+def margins_of(rows: Sequence[Mapping]) -> dict[str, float]:
+    """{id: s_unsafe - s_role}: RDS's ranking of the samples."""
+    return {str(r["id"]): flag_margin(r) for r in rows}
+
+
+def select_dh(method: str, rows: Sequence[Mapping], tau: float = 0.0, overrides: Mapping[str, bool] | None = None, seed: int = 0,
+              dh_fraction: float | None = None, ranking: Mapping[str, float] | None = None) -> dict[str, bool]:
+    """{id: in D_h} for the KL-based methods (sarft, random, flip): the one rule that builds D_h.
+
+    Without a budget: RDS's flags (margin > tau), shaped first by the analyst's overrides, then
+    kept (sarft), matched in number at random (random) or complemented (flip). With
+    ``dh_fraction``: ceil(F * n) samples from ``ranking`` (default: the margin), its top for sarft,
+    its bottom for flip, at random for random; overrides do not combine with a budget."""
+    if dh_fraction is not None:
+        if overrides:
+            raise SarftError("per-sample overrides and a D_h budget (--dh-fraction) both choose D_h",
+                             "use one of them: drop --dh-fraction to apply the reviewed flags, or the overrides to take a fixed fraction")
+        if method not in BUDGET_END:
+            raise ValueError(f"select_dh does not handle method {method!r}")
+        scores = dict(ranking) if ranking is not None else margins_of(rows)
+        if set(scores) != {str(r["id"]) for r in rows}:
+            raise SarftError("the ranking does not cover exactly the scored samples", "rescore the samples and rebuild the ranking")
+        chosen = ranked_subset(scores, dh_fraction, BUDGET_END[method], seed)
+        return {str(r["id"]): str(r["id"]) in chosen for r in rows}
     flags = apply_overrides(rds_flags(rows, tau), overrides)
     if method == "sarft":
         return flags
