@@ -14,7 +14,7 @@ from sarft_core.runview import runs_of_kind, runs_table
 from sarft_core.store import RunDir, list_runs, runs_root
 from sarft_core.cli.train import recipe_args
 from sarft_core.reproduce import TRAIN_RECIPES as RECIPES, recipe_settings
-from sarft_core.training.run import METHODS, PEFT_KINDS
+from sarft_core.training.run import KL_METHODS, METHODS, PEFT_KINDS
 
 st.title("Training")
 st.caption("SFT fine-tunes on all the role's samples; SaRFT adds λ·KL(reference ‖ model) on the flagged samples D_h, "
@@ -63,7 +63,7 @@ if go:
             raise SarftError(f"learning rate {lr_value} is out of range", "use a value between 0 and 1, e.g. 2e-4")
         out = runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-train-{method}-{re.sub(r'[^A-Za-z0-9]+', '-', profile.name).strip('-')}"
         flags_file = tau = None
-        if not flags_run.startswith("("):
+        if not flags_run.startswith("(") and method in KL_METHODS:  # the reviewed flags are a D_h: other methods have none
             reviewed_scores = Path(flags_run) / audit.SCORES_FILE
             flags_file = str(audit.flags_path(reviewed_scores))  # {sample_id: bool}: the final D_h of the scored samples
             tau = audit.load_review(reviewed_scores)[0]  # for samples that run did not score

@@ -45,6 +45,8 @@ class EvalSettings:
     generation: dict = field(default_factory=dict)  # GenerationConfig.identity()
     suites: tuple[str, ...] = ()
     judges: tuple[dict, ...] = ()
+    # dtype/device kind the answers were computed in (None: not recorded, evaluations made before)
+    precision: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict) -> "EvalSettings":
@@ -58,10 +60,13 @@ class EvalSettings:
             generation=dict(data["generation"]) if isinstance(data.get("generation"), dict) else {},
             suites=tuple(s for s in suites if isinstance(s, str)) if isinstance(suites, list) else (),
             judges=tuple(j for j in judges if isinstance(j, dict)) if isinstance(judges, list) else (),
+            precision=data.get("precision") if isinstance(data.get("precision"), str) else None,
         )
 
     def to_dict(self) -> dict:
         out = {"model_fingerprint": self.model_fingerprint} if self.model_fingerprint is not None else {}
+        if self.precision is not None:
+            out["precision"] = self.precision
         return dict(out, source_run=self.source_run, generation=dict(self.generation), suites=list(self.suites),
                     judges=[dict(j) for j in self.judges])
 
@@ -114,8 +119,9 @@ class RunConfig:
 
     @classmethod
     def for_evaluation(cls, model: str, model_fingerprint: str, source_run: str | None, generation: dict,
-                       suites: list[str], judges: list[dict]) -> "RunConfig":
-        return cls(kind="eval", model=model, eval=EvalSettings(source_run, model_fingerprint, dict(generation), tuple(suites), tuple(judges)))
+                       suites: list[str], judges: list[dict], precision: str | None = None) -> "RunConfig":
+        return cls(kind="eval", model=model, eval=EvalSettings(source_run, model_fingerprint, dict(generation), tuple(suites),
+                                                               tuple(judges), precision))
 
     @classmethod
     def for_scoring(cls, role: str, model: str, settings: ScoreSettings) -> "RunConfig":

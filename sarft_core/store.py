@@ -319,6 +319,34 @@ def _json_rows(path: Path, suffix: str, example: str, from_object) -> list[dict]
     return data
 
 
+def file_digest(path: str | Path) -> str:
+    """The sha256 of a file's bytes (16 hex digits): what a cache key or a resume check holds for
+    an input file, so that an edited file is never mistaken for the one a result came from."""
+    import hashlib
+
+    path = Path(path)
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise write_error(exc, path, "read") from None
+    return digest.hexdigest()[:16]
+
+
+def inputs_fingerprint(files: dict[str, str | Path | None]) -> dict[str, str]:
+    """``{name: file_digest}`` of the named input files that are given (None: not used)."""
+    return {name: file_digest(path) for name, path in files.items() if path is not None}
+
+
+def changed_inputs(recorded: dict, current: dict[str, str]) -> list[str]:
+    """The names whose digest differs between a recorded fingerprint and the current one (a name
+    only one side has counts as changed: a file added or dropped changes the result too)."""
+    recorded = recorded if isinstance(recorded, dict) else {}
+    return sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+
+
 def slug(text: str, keep: str = "._-", sep: str = "-", limit: int | None = 60, default: str = "run", lower: bool = False) -> str:
     """``text`` as a file-name part: each run of characters other than ASCII letters, digits and
     ``keep`` becomes ``sep``, which is stripped from the ends; then lower-cased (``lower``) and

@@ -269,8 +269,11 @@ def test_an_old_survey_with_plain_slugs_stays_readable(tmp_path):
     survey = open_survey(tmp_path / "sv", SurveyConfig(roles=[ROLE], mode="screen"))
     old = survey.path / "roles" / f"{legacy_role_slug(ROLE)}.json"
     old.parent.mkdir(parents=True, exist_ok=True)
-    old.write_text(json.dumps({"role": ROLE, "status": "ok", "score": {"flagged_fraction": 0.5}}))
+    old.write_text(json.dumps({"role": ROLE, "status": "ok", "score": {"flagged_fraction": 0.5}, "key": survey.role_key(ROLE)}))
     assert survey.is_done(ROLE) and survey.result(ROLE)["score"]["flagged_fraction"] == 0.5
+    # a result that records no content key (made before keys) is read, but redone on resume
+    old.write_text(json.dumps({"role": ROLE, "status": "ok", "score": {"flagged_fraction": 0.5}}))
+    assert survey.result(ROLE)["score"]["flagged_fraction"] == 0.5 and not survey.is_done(ROLE)
     # an old file that belongs to another role (the collision) is never read as this role's result
     other = "Baron Vex Morrow!"
     assert legacy_role_slug(other) == legacy_role_slug(ROLE)

@@ -236,6 +236,7 @@ def test_a_checkpoint_torn_by_a_crash_is_not_resumed_from(tmp_path):
         ck = tmp_path / f"checkpoint-{step}"
         ck.mkdir()
         (ck / "trainer_state.json").write_text(state)
+    training.write_manifest(tmp_path / "checkpoint-2")  # whole; checkpoint-4 was killed before its manifest
     (tmp_path / "checkpoint-6").mkdir()  # killed before its trainer state was written
     assert training.last_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
 

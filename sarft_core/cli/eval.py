@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
-import json
 import sys
 from pathlib import Path
 
@@ -51,27 +49,31 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def eval_dir(args, generation) -> Path:
-    """Where results go: deterministic, so rerunning the same command resumes."""
+def eval_dir(args, key: dict) -> Path:
+    """Where results go: deterministic, so rerunning the same command resumes; named after the
+    whole evaluation key (weights, precision, generation settings), so two settings never share one."""
+    from sarft_core.evaluation.runner import key_digest
+
     if args.out:
         return Path(args.out).expanduser()
-    setting = hashlib.sha256(json.dumps(generation.identity(), sort_keys=True).encode()).hexdigest()[:8]
-    if args.run:
-        return Path(args.run).expanduser() / "eval" / f"{generation.decoding}-{setting}"
+    decoding = key["generation"].get("decoding", "greedy")
+    if args.run:  # a completed run's weights never change: the run's own folder holds its evaluations
+        setting = key_digest({k: v for k, v in key.items() if k != "model_fingerprint"})
+        return Path(args.run).expanduser() / "eval" / f"{decoding}-{setting}"
     from sarft_core.models import resolve_model_dir
     from sarft_core.store import runs_root, slug
 
-    spec, _, fingerprint = resolve_model_dir(args.model)
-    return runs_root() / f"eval-{slug(spec, limit=-40, default='model')}-{generation.decoding}-{hashlib.sha256((fingerprint + setting).encode()).hexdigest()[:8]}"
+    spec = resolve_model_dir(args.model)[0]
+    return runs_root() / f"eval-{slug(spec, limit=-40, default='model')}-{decoding}-{key_digest(key)}"
 
 
 def run(args) -> int:
     from sarft_core.evaluation.generation import GenerationConfig
-    from sarft_core.evaluation.runner import Evaluator
+    from sarft_core.evaluation.runner import Evaluator, evaluation_key, precision_of
     from sarft_core.evaluation.suites import SuiteContext, get_suite
     from sarft_core.models import check_device, load_model, model_fingerprint
     from sarft_core.runconfig import RunConfig
-    from sarft_core.store import OwnerLock, check_writable, create_run
+    from sarft_core.store import OwnerLock, RunDir, check_writable, create_run
 
     from sarft_core.validation import Range, check_number
 
@@ -102,24 +104,28 @@ def run(args) -> int:
     model_spec = args.run or args.model or ""
     check_device(args.device)
     fingerprint = model_fingerprint(model_spec or None)  # identifies the weights without loading them
-    out = eval_dir(args, generation)
+    key = evaluation_key(fingerprint, generation.identity(), precision_of(args.dtype, args.device))
+    out = eval_dir(args, key)
     check_writable(out, folder=True)  # before any work
     with OwnerLock(out, "evaluation"):  # one writer per evaluation directory
-        check_same_setting(out, model_spec or "embedded", fingerprint, generation.identity())
+        check_same_setting(out, model_spec or "embedded", fingerprint, generation.identity(), key["precision"], given_out=bool(args.out))
         config = RunConfig.for_evaluation(model_spec or "embedded", fingerprint, args.run, generation.identity(),
-                                          [s.name for s in suites], [j.describe() for j in judges])
-        run_dir = create_run("eval", config.to_dict(), path=out)
+                                          [s.name for s in suites], [j.describe() for j in judges], precision=key["precision"])
         evaluator = Evaluator(
-            run_dir,
+            RunDir(out),
             lambda: load_model(model_spec or None, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code),
-            generation, judges, progress=functools.partial(tqdm_progress, run_path=out), log=lambda m: print(m, file=sys.stderr), model_fingerprint=fingerprint,
+            generation, judges, progress=functools.partial(tqdm_progress, run_path=out), log=lambda m: print(m, file=sys.stderr),
+            model_fingerprint=fingerprint, precision=key["precision"],
         )
-        return _evaluate(run_dir, evaluator, suites, ctx)
+        evaluator.check_state(suites)  # a damaged table or metrics.json is named before any work
+        evaluator.run = create_run("eval", config.to_dict(), path=out)
+        return _evaluate(evaluator.run, evaluator, suites, ctx)
 
 
 def check_training_run(path: Path) -> None:
-    """``--run`` must be a training run directory (not an evaluation folder, not a model)."""
+    """``--run`` must be a completed training run directory (not an evaluation folder, not a model)."""
     from sarft_core.runconfig import RunConfig
+    from sarft_core.store import RunDir
 
     if not (path / "config.json").is_file():
         raise SarftError(f"not a run directory: {path}", "give the directory of a completed training run")
@@ -133,15 +139,26 @@ def check_training_run(path: Path) -> None:
             "give --run the directory of a completed training run (the one holding artifacts/adapter or artifacts/model)"
             + ("; an evaluation folder's results are read with `report`" if kind == "eval" else ""),
         )
+    # before anything is created: an evaluation folder stamped with half-trained weights would
+    # refuse the same command for good once the run completes
+    state = RunDir(path).status().get("state")
+    if state != "completed":
+        raise SarftError(f"training run {path} is not complete (state: {state}), so it has no final weights to evaluate",
+                         "wait for it to finish (or resume it with `python -m sarft_core train --resume --out ...`), then rerun this command")
 
 
-def check_same_setting(out: Path, model: str, fingerprint: str, generation: dict) -> None:
-    """An evaluation directory holds the answers of ONE model and generation setting: resuming it
-    with the same ones is free, anything else is refused (it would mix two models' results)."""
+def check_same_setting(out: Path, model: str, fingerprint: str, generation: dict, precision: str | None = None,
+                       given_out: bool = True) -> None:
+    """An evaluation directory holds the answers of ONE evaluation key (weights, precision,
+    generation setting): resuming it with the same one is free, anything else is refused (it
+    would mix two settings' results). A folder made before the precision was recorded is resumed;
+    its answers' keys lack the precision, so they are computed afresh, never reused."""
+    from sarft_core.evaluation.runner import evaluation_key
     from sarft_core.runconfig import RunConfig
 
     if not (out / "config.json").exists():
         return
+    key = evaluation_key(fingerprint, generation, precision or "")
     old = RunConfig.read(out)
     if old is None:
         raise SarftError(f"{out / 'config.json'} is damaged (not a JSON object)",
@@ -150,18 +167,20 @@ def check_same_setting(out: Path, model: str, fingerprint: str, generation: dict
         raise SarftError(f"{out} holds a {old.kind or 'unknown'} run, not an evaluation", "choose another --out for the evaluation")
     changed = []
     recorded = old.eval.model_fingerprint
-    same_model = recorded == fingerprint if recorded is not None else (old.model or "embedded") == model
+    same_model = recorded == key["model_fingerprint"] if recorded is not None else (old.model or "embedded") == model
     if not same_model:
         changed.append(f"model: {old.model!r} -> {model!r}" if old.model != model else f"model {model!r}: its weights changed")
-    before = old.eval.generation
-    for key in sorted(set(before) | set(generation)):
-        if before.get(key) != generation.get(key):
-            changed.append(f"{key}: {before.get(key)!r} -> {generation.get(key)!r}")
+    if precision is not None and old.eval.precision is not None and old.eval.precision != precision:
+        changed.append(f"precision: {old.eval.precision!r} -> {key['precision']!r}")
+    before, generation = old.eval.generation, key["generation"]
+    for name in sorted(set(before) | set(generation)):
+        if before.get(name) != generation.get(name):
+            changed.append(f"{name}: {before.get(name)!r} -> {generation.get(name)!r}")
     if changed:
-        raise SarftError(
-            f"{out} holds an evaluation made with other settings ({'; '.join(changed)[:600]})",
-            "use another --out (or leave --out out: each model and setting gets its own folder), or repeat the original settings to resume",
-        )
+        fix = ("use another --out (or leave --out out: each model, precision and setting gets its own folder), "
+               "or repeat the original settings to resume") if given_out else (
+               f"move {out} aside (it holds answers of other weights or settings), then rerun this command, or give --out")
+        raise SarftError(f"{out} holds an evaluation made with other settings ({'; '.join(changed)[:600]})", fix)
 
 
 def _evaluate(run_dir, evaluator, suites, ctx) -> int:

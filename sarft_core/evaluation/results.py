@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Iterable
 
 from sarft_core.errors import SarftError
-from sarft_core.store import read_json
 
 COLUMNS = ["run", "model", "decoding", "suite", "group", "metric", "judge", "value", "ci_low", "ci_high", "n", "n_unknown"]
 
@@ -27,6 +26,52 @@ def find_eval_runs(path: str | Path) -> list[Path]:
     if (path / "metrics.json").is_file():
         return [path]
     return sorted(p.parent for p in path.glob("**/metrics.json") if p.parent.parent.name != "artifacts")
+
+
+def read_metrics(path: str | Path, default: dict | None = None) -> dict:
+    """An evaluation's metrics.json, checked: a JSON object whose ``suites`` map to objects with a
+    list of records, each an object whose numbers are numbers (NaN allowed: an empty group), never
+    infinite. Absent: ``default``. Anything else is one SarftError naming the file and the fix."""
+    import math
+
+    from sarft_core.store import read_json
+
+    path = Path(path)
+    problem = None
+    try:
+        data = read_json(path, None)
+    except (ValueError, OSError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, a folder
+        data, problem = None, f"is not valid JSON, truncated or damaged ({str(exc)[:120]})"
+    if data is None and problem is None:
+        return default if default is not None else {}
+    if problem:
+        pass
+    elif not isinstance(data, dict):
+        problem = "is not an evaluation result (not a JSON object)"
+    elif not isinstance(data.get("suites", {}), dict):
+        problem = "is not an evaluation result (no table of suites)"
+    else:
+        for name, suite in data.get("suites", {}).items():
+            records = suite.get("records") if isinstance(suite, dict) else None
+            if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+                problem = f"suite {name!r} has no list of records"
+                break
+            bad = [r for r in records for k in ("value", "ci_low", "ci_high") if k in r and not _sound_number(r[k], math)]
+            if bad:
+                problem = f"suite {name!r} holds a value that is not a finite number ({bad[0].get('metric')})"
+                break
+    if problem:
+        raise SarftError(f"{path} {problem}",
+                         f"delete {path} and rerun the evaluation: its answers are cached under artifacts/, so only the numbers are recomputed")
+    return data
+
+
+def _sound_number(value, math) -> bool:
+    if value is None:
+        return True
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    return not math.isinf(value)
 
 
 def load_metrics(paths: str | Path | Iterable[str | Path]):
@@ -40,12 +85,7 @@ def load_metrics(paths: str | Path | Iterable[str | Path]):
         if not runs and not Path(given).exists():
             raise SarftError(f"no such run directory: {given}", "give an evaluation or training run directory")
         for run in runs:
-            try:
-                data = read_json(run / "metrics.json", {}) or {}
-            except ValueError as exc:
-                raise SarftError(f"{run / 'metrics.json'} is not valid JSON ({exc})", "rerun the evaluation") from None
-            if not isinstance(data, dict) or not isinstance(data.get("suites", {}), dict):
-                raise SarftError(f"{run / 'metrics.json'} is not an evaluation result", "rerun the evaluation")
+            data = read_metrics(run / "metrics.json")
             gen = data.get("generation") or {}
             for suite in (data.get("suites") or {}).values():
                 for r in suite.get("records", []):

@@ -7,8 +7,10 @@ Layout of an evaluation run (a :class:`sarft_core.store.RunDir` of kind ``eval``
     artifacts/<suite>.parquet             one row per item: prompt, response, verdict_<judge>...
     metrics.json                          every number with its 95% CI (see results.load_metrics)
 
-Generations are keyed by (item id, prompt, system prompt, model fingerprint, every generation
-setting), margins by (item id, prompt, target, system prompt, model fingerprint): a rerun
+Generations are keyed by (item id, prompt, system prompt, model fingerprint, precision, every
+generation setting), margins by (item id, prompt, target, system prompt, model fingerprint,
+precision): :func:`evaluation_key` is the one value the folder name, config.json and these keys
+come from. A cached row or table read back is checked first (a damaged one is redone or named). A rerun
 generates only what is missing, re-grading with another judge never loads the model, and an
 answer is never reused for another model or setting (``eval`` also refuses to mix them in one
 directory). Non-finite margins are refused, never saved. Verdict columns of earlier
@@ -28,7 +30,7 @@ from sarft_core.evaluation.generation import GenerationConfig, generate
 from sarft_core.evaluation.judges.base import Judge
 from sarft_core.evaluation.metrics import mean_with_ci, rate
 from sarft_core.evaluation.suites import Suite, SuiteContext
-from sarft_core.store import RunDir, append_jsonl, atomic_write_json, read_json, read_jsonl, write_table
+from sarft_core.store import RunDir, append_jsonl, atomic_write_json, read_jsonl, write_table
 
 ProgressFactory = Callable[[str, int], Callable[[int, int], None]]
 MARGIN_CHUNK = 32
@@ -36,6 +38,76 @@ MARGIN_CHUNK = 32
 
 def _key(*parts: str | None) -> str:
     return hashlib.sha256("\x00".join(p or "" for p in parts).encode("utf-8")).hexdigest()[:24]
+
+
+def evaluation_key(model_fingerprint: str, generation: dict, precision: str) -> dict:
+    """Everything besides the prompts that changes an evaluation's numbers: the weights, the
+    precision they run in and every generation setting. The prompts' own text (and target, and
+    system prompt) is part of each answer's key, so an edited prompt file is answered afresh.
+    The folder name, config.json and the answers' keys are all derived from this one value."""
+    return {"model_fingerprint": model_fingerprint or "", "precision": precision or "", "generation": dict(generation)}
+
+
+def key_digest(key: dict, length: int = 8) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:length]
+
+
+def precision_of(dtype: str, device: str) -> str:
+    """The precision a model is run in, as ``dtype/device kind`` (``auto`` resolved the way the
+    loader resolves it): bf16 and fp32 answers differ, and so may a GPU's and a CPU's."""
+    from sarft_core.models import pick_device, pick_dtype
+
+    dev = pick_device(device)
+    return f"{str(pick_dtype(dtype, dev)).replace('torch.', '')}/{dev.split(':')[0]}"
+
+
+def items_digest(items) -> str:
+    """A digest of what a suite read from its prompt files (ids, prompts, targets, groups,
+    references), recorded beside its numbers."""
+    rows = [[it.id, it.prompt, it.target, it.group, list(it.references or [])] for it in items]
+    return hashlib.sha256(json.dumps(rows, default=str).encode("utf-8")).hexdigest()[:16]
+
+
+def _cached_rows(path, fields: dict) -> dict[str, dict]:
+    """The answers cached in ``path`` by key, each checked: a row without its key or fields, or
+    with a number that is not finite (a hand edit, a disk fault), is not an answer and is redone."""
+    have = {}
+    for row in read_jsonl(path):
+        key = row.get("key")
+        if not isinstance(key, str):
+            continue
+        ok = True
+        for name, kind in fields.items():
+            value = row.get(name)
+            if kind is float:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            else:
+                ok = isinstance(value, kind)
+            if not ok:
+                break
+        if ok:
+            have[key] = row
+    return have
+
+
+def read_suite_table(path):
+    """A suite's table (``artifacts/<suite>.parquet``) as written by :meth:`Evaluator.table`,
+    checked: readable, with its id / group / prompt columns and finite margins. A damaged one is
+    one SarftError naming the file and the fix (its answers are cached, so nothing is lost)."""
+    import pandas as pd
+
+    fix = (f"delete {path} and rerun the same command: the answers are cached under artifacts/generations, "
+           "so only the judging is redone (name every judge whose verdicts you want back)")
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises its own error types for a truncated or foreign file
+        raise SarftError(f"{path} is damaged and cannot be read ({type(exc).__name__}: {str(exc)[:160]})", fix) from None
+    missing = [c for c in ("id", "group", "prompt") if c not in df.columns]
+    if missing:
+        raise SarftError(f"{path} is not a suite table (no {', '.join(missing)} column)", fix)
+    if "margin" in df.columns and not pd.to_numeric(df["margin"], errors="coerce").map(math.isfinite).all():
+        raise SarftError(f"{path} holds margins that are not finite numbers", fix)
+    return df
 
 
 def _noop_factory(desc: str, total: int):
@@ -54,17 +126,22 @@ class Evaluator:
         progress: ProgressFactory | None = None,
         log: Callable[[str], None] | None = None,
         model_fingerprint: str | None = None,
+        precision: str = "",
     ):
         self.run = run
-        # part of every cache key: answers of one model / setting are never served for another
+        # part of every cache key: answers of one model / precision / setting are never served for another
         self.model_fingerprint = model_fingerprint or ""
-        self._setting = _key(self.model_fingerprint, json.dumps(generation.identity(), sort_keys=True))
+        self.precision = precision
+        self.key = evaluation_key(self.model_fingerprint, generation.identity(), precision)
+        self._setting = _key(self.model_fingerprint, json.dumps(generation.identity(), sort_keys=True), *([precision] if precision else []))
+        self._margin_setting = (self.model_fingerprint, *([precision] if precision else []))
         self._load_lm = load_lm
         self._lm = None
         self.generation = generation
         self.judges = judges
         self.progress = progress or _noop_factory
         self.log = log or (lambda msg: None)
+        self.inputs: dict[str, str] = {}  # suite -> digest of the items its prompt files gave
 
     @property
     def lm(self):
@@ -78,7 +155,7 @@ class Evaluator:
 
     def generate(self, suite: Suite, items, system: str | None) -> list[dict]:
         path = self._cache_path(suite)
-        have = {row["key"]: row for row in read_jsonl(path)}
+        have = _cached_rows(path, {"response": str})
         keys = [_key(it.id, it.prompt, system, self._setting) for it in items]
         todo = [i for i, k in enumerate(keys) if k not in have]
         if todo:
@@ -99,8 +176,8 @@ class Evaluator:
         from sarft_core.evaluation.margin import refusal_margins
 
         path = self._cache_path(suite)
-        have = {row["key"]: row for row in read_jsonl(path)}
-        keys = [_key(it.id, it.prompt, it.target, system, self.model_fingerprint) for it in items]
+        have = _cached_rows(path, {"logp_refusal": float, "logp_compliance": float, "margin": float})
+        keys = [_key(it.id, it.prompt, it.target, system, *self._margin_setting) for it in items]
         todo = [i for i, k in enumerate(keys) if k not in have]
         if todo:
             bar = self.progress(f"{suite.name}: scoring", len(todo))
@@ -129,6 +206,7 @@ class Evaluator:
         items = suite.dataset(ctx)
         if not items:
             raise SarftError(f"suite {suite.name} has no items", "check its data file and --limit")
+        self.inputs[suite.name] = items_digest(items)
         system = suite.system(ctx) if suite.system else self.generation.system_prompt
         if suite.solver == "margin":
             rows = self.margins(suite, items, system)
@@ -176,9 +254,7 @@ class Evaluator:
         path = self.run.artifacts / f"{suite.name}.parquet"
         if not path.is_file():
             return
-        import pandas as pd
-
-        old = pd.read_parquet(path)
+        old = read_suite_table(path)
         cols = [c for c in old.columns if c.startswith(("verdict_", "confidence_")) and not c.endswith("_missing")]
         if not cols or "response" not in old.columns:
             return
@@ -193,17 +269,31 @@ class Evaluator:
 
         df = self.table(suite, ctx)
         records = suite_metrics(suite, apply_corrections(df, load_corrections(self.run.path).get(suite.name, {})))
-        self._save_metrics(suite, records, len(df))
+        self._save_metrics(suite, records, len(df), self.inputs.get(suite.name, ""))
         return records
 
-    def _save_metrics(self, suite: Suite, records: list[dict], n_items: int) -> None:
+    def check_state(self, suites: list[Suite]) -> None:
+        """Before any work: the files a resume reads back (metrics.json, the suites' tables) are
+        sound, so a damaged one is reported now, not after the answers were computed."""
+        from sarft_core.evaluation.results import read_metrics
+
+        read_metrics(self.run.path / "metrics.json")
+        for suite in suites:
+            path = self.run.path / "artifacts" / f"{suite.name}.parquet"
+            if path.is_file():
+                read_suite_table(path)
+
+    def _save_metrics(self, suite: Suite, records: list[dict], n_items: int, inputs: str = "") -> None:
+        from sarft_core.evaluation.results import read_metrics
+
         path = self.run.path / "metrics.json"
-        data = read_json(path, {}) or {}
+        data = read_metrics(path)
         data.setdefault("suites", {})
         data["model"] = self.run.config().get("model")
         data["generation"] = self.generation.identity()
+        data["precision"] = self.precision
         data["suites"][suite.name] = {
-            "description": suite.description, "items": n_items, "records": records,
+            "description": suite.description, "items": n_items, "records": records, "inputs": inputs,
             "judges": [j.describe() for j in self.judges] if suite.scorer == "judge" else [], "updated": time.time(),
         }
         atomic_write_json(path, data)

@@ -20,8 +20,11 @@ Layout of a survey directory (a run directory of ``sarft_core.store``)::
     table.csv                  one row per role (screening) or per role and method (full)
     correlations.csv           each trait against each risk measure
 
-Resuming: roles with a result file are skipped, so a crash loses at most the role in progress,
-and inside a role the training runs resume from their own checkpoints. Several processes (local
+Resuming: roles with a result file made from the same content (profile text, sample rows,
+settings, model fingerprint: its ``key``) are skipped, so a crash loses at most the role in
+progress, and inside a role the training runs resume from their own checkpoints (a training run
+of other content is set aside as ``train-<m>.stale-<time>``). A role another process holds is
+waited for, so every process that ends reports the same finished roles. Several processes (local
 workers, SLURM jobs) can work on one survey at once: each role is claimed with a file lock.
 
 Steps are plain callables (:class:`Steps`), so training and evaluation can be swapped for other

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 
 import hashlib
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from sarft_core.errors import SarftError
@@ -43,8 +44,13 @@ class SurveyConfig:
         validate_numbers(self)
         validate_choices(self)
         from sarft_core.models import check_device
+        from sarft_core.training.run import METHODS
 
         check_device(self.device)
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:  # before any role is scored: a bad name would otherwise fail only at its first training
+            raise SarftError(f"unknown training method(s) in --methods: {', '.join(map(repr, unknown))}",
+                             f"use a comma-separated subset of {', '.join(METHODS)}")
 
 
 def legacy_role_slug(name: str) -> str:
@@ -59,11 +65,52 @@ def role_slug(name: str) -> str:
     return f"{legacy_role_slug(name)[:80]}-{digest}"
 
 
+def role_key(config: SurveyConfig, profile, samples: list, model_fingerprint: str) -> str:
+    """What one role's result depends on, by content: the profile's text, the sample rows, every
+    result-defining setting and the model's weights. A finished role is reused only under the same
+    key, so an edited profile or data file is surveyed afresh even where the file paths match."""
+    content = {
+        "profile": profile.to_dict(), "samples": [s.to_dict() for s in samples], "model": model_fingerprint,
+        "settings": {k: getattr(config, k) for k in _RESULT_FIELDS if k not in ("data", "profiles")},
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
 # ---------------------------------------------------------------- the survey directory
 @dataclass
 class Survey:
     run: RunDir
     config: SurveyConfig
+    _keys: dict = field(default_factory=dict, repr=False, compare=False)  # role -> its current key (None: no data)
+    _context: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def role_inputs(self, role: str):
+        """(profile, samples) of a role as the survey's files hold them now; raises SarftError
+        when the role has no profile or no samples."""
+        from sarft_core.data import DEMO_PROFILES, get_profile, load_profiles
+        from sarft_core.survey.steps import load_role_samples
+
+        if "profiles" not in self._context:
+            self._context["profiles"] = load_profiles(self.config.profiles or DEMO_PROFILES)
+        profile = get_profile(self._context["profiles"], role)
+        return profile, load_role_samples(self.config.data, profile.name, self.config.limit, self.config.answer_index)
+
+    def model_fingerprint(self) -> str:
+        if "model" not in self._context:
+            from sarft_core.models import model_fingerprint
+
+            self._context["model"] = model_fingerprint(self.config.model or None)
+        return self._context["model"]
+
+    def role_key(self, role: str, inputs=None) -> str | None:
+        """The role's current key (see :func:`role_key`); None when its data cannot be read."""
+        if role not in self._keys:
+            try:
+                profile, samples = inputs or self.role_inputs(role)
+            except SarftError:
+                return None
+            self._keys[role] = role_key(self.config, profile, samples, self.model_fingerprint())
+        return self._keys[role]
 
     @property
     def path(self) -> Path:
@@ -95,8 +142,9 @@ class Survey:
         return data
 
     def is_done(self, role: str) -> bool:
+        """Finished, by anyone, from the role's current content (a result of other content is stale)."""
         r = self.result(role)
-        return bool(r) and r.get("status") == "ok"
+        return bool(r) and r.get("status") == "ok" and r.get("key") is not None and r.get("key") == self.role_key(role)
 
     def pending(self) -> list[str]:
         return [r for r in self.config.roles if not self.is_done(r)]
@@ -135,8 +183,8 @@ class RoleLock:
         self.path = path
         self._lock = None
 
-    def acquire(self) -> bool:
-        self._lock = file_lock(self.path, wait=False)
+    def acquire(self, wait: bool = False) -> bool:
+        self._lock = file_lock(self.path, wait=wait)
         return self._lock is not None
 
     def release(self) -> None:

@@ -12,7 +12,7 @@ from sarft_core.errors import SarftError
 from sarft_core.store import Progress, atomic_write_json
 from sarft_core.survey.aggregate import _obj
 from sarft_core.survey.config import RoleLock, Survey
-from sarft_core.survey.steps import ModelHolder, RoleContext, Steps, load_role_samples, run_role
+from sarft_core.survey.steps import ModelHolder, RoleContext, Steps, run_role
 
 
 
@@ -40,14 +40,12 @@ def run_pending(
 ) -> list[dict]:
     """Work through the survey's unfinished roles in this process; returns the results it wrote.
 
-    Roles finished (by anyone) are skipped; roles claimed by another live process are skipped too.
+    Roles finished (by anyone, from the roles' current content) are skipped; roles claimed by
+    another live process are left to it first, then waited for.
     """
-    from sarft_core.data import DEMO_PROFILES, get_profile, load_profiles
-
     steps = steps or Steps()
     echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
     cfg = survey.config
-    profiles = load_profiles(cfg.profiles or DEMO_PROFILES)
     holder = ModelHolder(cfg.model, cfg.device)
     roles = cfg.roles
     report = Progress(survey.path, unit="role", phase="survey")
@@ -58,46 +56,60 @@ def run_pending(
 
         bar = tqdm(total=len(roles), initial=len(roles) - len(survey.pending()), desc="survey", unit="role", file=sys.stderr)
     written = []
+
+    def work(role: str, wait: bool) -> bool:
+        """Run one role unless it is finished; False when another process holds it (``wait``: wait
+        for that process, then take the role over if it did not finish it)."""
+        if survey.is_done(role):
+            return True
+        lock = RoleLock(survey.lock_path(role))
+        if not lock.acquire(wait=wait):
+            return False
+        try:
+            if survey.is_done(role):  # finished by the holder while we waited
+                return True
+            result = _run_one(survey, role, holder, steps, show_progress)
+            atomic_write_json(survey.result_path(role), result)
+            survey.run.log(event="role", role=role, status=result["status"], seconds=result["seconds"], errors=result["errors"])
+            written.append(result)
+            done = len(roles) - len(survey.pending())
+            line = role_line(result, done, len(roles))
+            report(done, len(roles))
+            if bar is not None:
+                bar.write(line, file=sys.stderr)
+                bar.n = done
+                bar.refresh()
+            else:
+                echo(line)
+            if on_role_done:
+                on_role_done(result)
+            return True
+        finally:
+            lock.release()
+
     try:
-        for role in roles:
-            if survey.is_done(role):
-                continue
-            lock = RoleLock(survey.lock_path(role))
-            if not lock.acquire():
-                continue  # another worker has it
-            try:
-                if survey.is_done(role):  # finished while we waited for the lock
-                    continue
-                try:
-                    profile = get_profile(profiles, role)
-                    samples = load_role_samples(cfg.data, profile.name, cfg.limit, cfg.answer_index)
-                except SarftError as exc:  # e.g. no samples for this role: record it, go on with the others
-                    now = time.time()
-                    result = {"role": role, "mode": cfg.mode, "started": now, "finished": now, "seconds": 0.0,
-                              "errors": [f"data: {exc}"], "status": "failed"}
-                else:
-                    ctx = RoleContext(survey, role, profile, samples, survey.role_dir(role), holder, show_progress)
-                    result = run_role(ctx, steps)
-                atomic_write_json(survey.result_path(role), result)
-                survey.run.log(event="role", role=role, status=result["status"], seconds=result["seconds"], errors=result["errors"])
-                written.append(result)
-                done = len(roles) - len(survey.pending())
-                line = role_line(result, done, len(roles))
-                report(done, len(roles))
-                if bar is not None:
-                    bar.write(line, file=sys.stderr)
-                    bar.n = done
-                    bar.refresh()
-                else:
-                    echo(line)
-                if on_role_done:
-                    on_role_done(result)
-            finally:
-                lock.release()
+        busy = [role for role in roles if not work(role, wait=False)]
+        # roles another process holds: theirs to finish, and finished they are ours to report
+        # (a survey that exits before them would call them "not finished")
+        for role in busy:
+            work(role, wait=True)
     finally:
         if bar is not None:
             bar.close()
     return written
+
+
+def _run_one(survey: Survey, role: str, holder, steps: Steps, show_progress: bool) -> dict:
+    """One role's result, stamped with the key of the content it was computed from."""
+    cfg = survey.config
+    try:
+        profile, samples = survey.role_inputs(role)
+    except SarftError as exc:  # e.g. no samples for this role: record it, go on with the others
+        now = time.time()
+        return {"role": role, "mode": cfg.mode, "started": now, "finished": now, "seconds": 0.0,
+                "errors": [f"data: {exc}"], "status": "failed"}
+    ctx = RoleContext(survey, role, profile, samples, survey.role_dir(role), holder, show_progress)
+    return dict(run_role(ctx, steps), key=survey.role_key(role, (profile, samples)))
 
 
 # ---------------------------------------------------------------- several processes

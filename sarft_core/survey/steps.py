@@ -128,10 +128,27 @@ def _model_args(cfg: SurveyConfig) -> list[str]:
     return ["--model", cfg.model] if cfg.model else []
 
 
+def _set_aside_if_stale(out: Path, ctx: RoleContext) -> None:
+    """A training run of this role made from other content (the samples or profiles were edited
+    since) is neither reused nor resumed: it is renamed ``train-<m>.stale-<time>`` (kept, not
+    deleted) and the role trains afresh. A run that recorded no digests cannot show it is current."""
+    from sarft_core.data import DEMO_PROFILES
+    from sarft_core.store import changed_inputs, inputs_fingerprint, read_json_object
+
+    if not (out / "config.json").is_file():
+        return
+    recorded = (read_json_object(out / "config.json", None) or {}).get("inputs")
+    current = inputs_fingerprint({"data": ctx.samples_file, "profiles": ctx.config.profiles or DEMO_PROFILES})
+    if isinstance(recorded, dict) and not changed_inputs({k: recorded.get(k) for k in current}, current):
+        return
+    out.rename(out.with_name(f"{out.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}"))
+
+
 def train_step(ctx: RoleContext, method: str) -> dict:
     """Fine-tune on the role's samples with ``method`` through `python -m sarft_core train`."""
     cfg = ctx.config
     out = ctx.work_dir / f"train-{method}"
+    _set_aside_if_stale(out, ctx)
     status = read_json(out / "status.json") or {}
     if status.get("state") == "completed":
         return {"run": str(out), "reused": True, **{k: status.get(k) for k in ("step", "seconds")}}

@@ -140,6 +140,25 @@ class TrainConfig:
         self._check_selection()
         if not self.role:
             raise SarftError("no --role given", "name the character to train, e.g. --role \"John Doe\"")
+        self._validate_files_and_layers()
+
+    def _validate_files_and_layers(self) -> None:
+        """The options that name a file or a layer range: checked with the others, before a run
+        directory exists (a refusal after it would leave a run that blocks the corrected command)."""
+        if self.overrides is not None:
+            if self.method not in KL_METHODS:
+                raise SarftError(f"--overrides is used by {', '.join(KL_METHODS)} only (it edits which samples are in D_h); "
+                                 f"--method {self.method} has no D_h, so the file would be ignored",
+                                 "drop --overrides, or train with --method sarft")
+            if not Path(self.overrides).is_file():
+                raise SarftError(f"overrides file does not exist: {self.overrides}", "check the path given to --overrides")
+        if self.freeze_layers is not None:
+            from sarft_core.training.sppft import layer_range_form
+
+            if self.method != "sppft":
+                raise SarftError(f"--freeze-layers is used by sppft only; --method {self.method} would ignore it",
+                                 "drop --freeze-layers, or train with --method sppft")
+            layer_range_form(self.freeze_layers)  # its form now; the model's depth in check_model_depth
 
     def _check_selection(self) -> None:
         """Selection options that would have no effect, or fight another option, are refused."""
@@ -172,6 +191,52 @@ def run_config(cfg: TrainConfig) -> dict:
     from sarft_core.runconfig import RunConfig
 
     return RunConfig.for_training(cfg).to_dict()
+
+
+def training_inputs(cfg: TrainConfig) -> dict[str, str]:
+    """Content digests of every file a run reads (samples, profiles, overrides): recorded in its
+    config.json, so that a resume never trains its later steps on other data than its first."""
+    from sarft_core.data import DEMO_PROFILES, DEMO_SAMPLES
+    from sarft_core.store import inputs_fingerprint
+
+    return inputs_fingerprint({"data": cfg.data or DEMO_SAMPLES, "profiles": cfg.profiles or DEMO_PROFILES, "overrides": cfg.overrides})
+
+
+def check_same_inputs(out: Path, stored: dict, cfg: TrainConfig) -> None:
+    """A resume reads the run's files again: refuse it when one changed since the run began (a run
+    made before digests were recorded has none to compare, and resumes as before)."""
+    from sarft_core.store import changed_inputs
+
+    recorded = stored.get("inputs")
+    if not isinstance(recorded, dict):
+        return
+    changed = changed_inputs(recorded, training_inputs(cfg))
+    if changed:
+        names = {"data": f"the data file {cfg.data or '(demo samples)'}", "profiles": f"the profiles file {cfg.profiles or '(demo profiles)'}",
+                 "overrides": f"the overrides file {cfg.overrides}"}
+        raise SarftError(f"{out} cannot be resumed: {', '.join(names.get(k, k) for k in changed)} changed since the run began "
+                         "(its first steps trained on the old content)",
+                         "restore the file(s), or start a new run on the new content with another --out")
+
+
+def check_model_depth(cfg: TrainConfig) -> None:
+    """``--freeze-layers`` against the model's layer count, read from its config (no weights
+    loaded), before the run directory exists. A model whose config cannot be read this way is
+    checked again when it is loaded."""
+    if cfg.method != "sppft" or not cfg.freeze_layers:
+        return
+    from sarft_core.models import resolve_model_dir
+    from sarft_core.training.sppft import parse_layer_range
+
+    try:
+        from transformers import AutoConfig
+
+        where = resolve_model_dir(cfg.model or None)[1]
+        depth = AutoConfig.from_pretrained(str(where), trust_remote_code=cfg.trust_remote_code).num_hidden_layers
+    except Exception:  # noqa: BLE001  (a hub id offline, a run directory: the load-time check decides)
+        return
+    if isinstance(depth, int) and depth > 0:
+        parse_layer_range(cfg.freeze_layers, depth)
 
 
 def check_launch_environment() -> None:
@@ -355,7 +420,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, stop=None, lo
         raise SarftError(f"{out} already holds a run (state: {existing.status().get('state')})", "add --resume to continue it, or choose another --out")
     cfg.validate()
     check_launch_environment()
+    check_model_depth(cfg)
     samples, profile = _load_inputs(cfg)  # bad input fails here, before a run directory exists
+    if resume:
+        check_same_inputs(out, stored, cfg)
     # one owner per run directory: a second `train` into the same --out fails here, clearly,
     # instead of interleaving its logs, config and weights with the first (ranks > 0 follow rank 0)
     owner = OwnerLock(out, "training run").acquire() if int(os.environ.get("RANK", "0") or 0) == 0 else None
@@ -375,7 +443,7 @@ def _train(cfg: TrainConfig, out: Path, existing, resume: bool, samples, profile
     from sarft_core.models import load_model
     from sarft_core.store import RunDir, atomic_write_json, create_run
     from sarft_core.training.trainer import (
-        Collator, RunCallback, SarftTrainer, StopRequest, build_examples, last_checkpoint, truncate_logs,
+        Collator, RunCallback, SarftTrainer, StopRequest, build_examples, last_checkpoint, resume_checkpoint, truncate_logs,
     )
 
     stop = stop if stop is not None else StopRequest().install()
@@ -418,10 +486,10 @@ def _train(cfg: TrainConfig, out: Path, existing, resume: bool, samples, profile
         log = lambda *_a, **_k: None  # noqa: E731  (one voice per job)
     run = existing if resume else None
     if is_main and not resume:
-        run = create_run("train", run_config(cfg), path=out)
+        run = create_run("train", dict(run_config(cfg), inputs=training_inputs(cfg)), path=out)
     state.wait_for_everyone()
     run = run or RunDir(out)
-    checkpoint = last_checkpoint(ckpt_dir) if resume else None
+    checkpoint = resume_checkpoint(ckpt_dir, log if is_main else (lambda *_a, **_k: None)) if resume else None
     started = time.time()
     try:
         if is_main:

@@ -19,8 +19,8 @@ from sarft_core.chat import encode
 from sarft_core.errors import SarftError
 
 
-def parse_layer_range(text: str, n_layers: int) -> tuple[int, int]:
-    """'6-12' or '7' -> inclusive 0-based (start, end), checked against the model's depth."""
+def layer_range_form(text: str) -> tuple[int, int]:
+    """'6-12' or '7' -> inclusive 0-based (start, end), checked for its form only (no model needed)."""
     try:
         parts = [int(p) for p in str(text).replace(":", "-").split("-")]
     except ValueError:
@@ -28,7 +28,16 @@ def parse_layer_range(text: str, n_layers: int) -> tuple[int, int]:
     if len(parts) == 1:
         parts = parts * 2
     start, end = parts[0], parts[-1]
-    if len(parts) > 2 or start < 0 or end < start or end >= n_layers:
+    if len(parts) > 2 or start < 0 or end < start:
+        raise SarftError(f"bad --freeze-layers {text!r}: not a range START-END with 0 <= START <= END",
+                         "write a range like 6-12 (0-based, inclusive)")
+    return start, end
+
+
+def parse_layer_range(text: str, n_layers: int) -> tuple[int, int]:
+    """'6-12' or '7' -> inclusive 0-based (start, end), checked against the model's depth."""
+    start, end = layer_range_form(text)
+    if end >= n_layers:
         raise SarftError(f"--freeze-layers {text!r} is not a range inside 0-{n_layers - 1}", f"give START-END with 0 <= START <= END < {n_layers}")
     return start, end
 

@@ -337,6 +337,8 @@ class RunCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kw):
         if self.is_main:
+            # last, after the Trainer wrote every file of it: a checkpoint is resumed only whole
+            write_manifest(Path(args.output_dir) / f"checkpoint-{state.global_step}")
             if self.saved_on_request:
                 with contextlib.suppress(FileNotFoundError):
                     self.trigger.unlink()
@@ -356,6 +358,39 @@ def truncate_logs(run, upto_step: int) -> int:
     return len(rows)
 
 
+MANIFEST = "manifest.json"
+
+
+def write_manifest(checkpoint: Path) -> None:
+    """Record what a checkpoint holds (every file and its size), written atomically after the
+    rest: a checkpoint without it, or whose files no longer match it, is not resumed from."""
+    from sarft_core.store import atomic_write_json
+
+    files = {str(p.relative_to(checkpoint)): p.stat().st_size for p in sorted(checkpoint.rglob("*"))
+             if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")}
+    atomic_write_json(checkpoint / MANIFEST, {"files": files})
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why ``checkpoint`` cannot be resumed from (None: it is whole): no manifest (a crash while it
+    was written, or a checkpoint of an older version), or a file it lists missing or resized."""
+    from sarft_core.store import read_json_object
+
+    manifest = read_json_object(checkpoint / MANIFEST, None)
+    files = manifest.get("files") if manifest else None
+    if not isinstance(files, dict) or not files:
+        return "it has no manifest of its files (written last: the save did not finish)"
+    for name, size in files.items():
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, not the {size} it was saved with"
+    if not _readable_json(checkpoint / "trainer_state.json"):
+        return "trainer_state.json is not readable"
+    return None
+
+
 def _readable_json(path: Path) -> bool:
     """Whether ``path`` holds whole JSON: the Trainer writes trainer_state.json last, but not
     atomically, so a kill during that write leaves a checkpoint that must not be resumed from."""
@@ -368,13 +403,28 @@ def _readable_json(path: Path) -> bool:
     return True
 
 
-def last_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest complete checkpoint (one that holds trainer_state.json)."""
+def _checkpoints(checkpoint_dir: Path) -> list[tuple[int, Path]]:
+    """Every ``checkpoint-N`` folder, newest first."""
     if not checkpoint_dir.is_dir():
-        return None
-    found = []
-    for p in checkpoint_dir.glob("checkpoint-*"):
-        suffix = p.name.split("-", 1)[1]
-        if suffix.isdigit() and _readable_json(p / "trainer_state.json"):
-            found.append((int(suffix), p))
-    return max(found)[1] if found else None
+        return []
+    found = [(int(p.name.split("-", 1)[1]), p) for p in checkpoint_dir.glob("checkpoint-*")
+             if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    return sorted(found, reverse=True)
+
+
+def last_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest whole checkpoint (see :func:`checkpoint_problem`)."""
+    return next((p for _, p in _checkpoints(checkpoint_dir) if checkpoint_problem(p) is None), None)
+
+
+def resume_checkpoint(checkpoint_dir: Path, log=print) -> Path | None:
+    """The checkpoint a resume continues from: the newest whole one, saying which newer ones were
+    passed over and why (a partial one would resume with, e.g., a fresh optimizer, silently)."""
+    for _, path in _checkpoints(checkpoint_dir):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        log(f"warning: {path.name} is incomplete ({problem}); not resuming from it")
+    if checkpoint_dir.is_dir() and _checkpoints(checkpoint_dir):
+        log("warning: no whole checkpoint is left: training restarts from the first step")
+    return None
