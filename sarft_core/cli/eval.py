@@ -71,7 +71,7 @@ def run(args) -> int:
     from sarft_core.evaluation.suites import SuiteContext, get_suite
     from sarft_core.models import check_device, load_model, model_fingerprint
     from sarft_core.runconfig import RunConfig
-    from sarft_core.store import OwnerLock, check_writable, create_run
+    from sarft_core.store import OwnerLock, claim_output_dir, create_run
 
     from sarft_core.validation import Range, check_number
 
@@ -103,7 +103,7 @@ def run(args) -> int:
     check_device(args.device)
     fingerprint = model_fingerprint(model_spec or None)  # identifies the weights without loading them
     out = eval_dir(args, generation)
-    check_writable(out, folder=True)  # before any work
+    claim_output_dir(out, "eval", "evaluation")  # before any work: a folder of another kind is never written
     with OwnerLock(out, "evaluation"):  # one writer per evaluation directory
         check_same_setting(out, model_spec or "embedded", fingerprint, generation.identity())
         config = RunConfig.for_evaluation(model_spec or "embedded", fingerprint, args.run, generation.identity(),

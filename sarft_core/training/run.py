@@ -286,7 +286,7 @@ def _build_model(cfg: TrainConfig, lm, record: dict, log=print):
 
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, stop=None, log=print) -> dict:
     """Run (or resume) one training job into ``out``; returns the final status."""
-    from sarft_core.store import OwnerLock, RunDir, read_json_object
+    from sarft_core.store import OwnerLock, RunDir, claim_output_dir, read_json_object
 
     out = Path(out)
     existing = RunDir(out)
@@ -306,8 +306,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, stop=None, lo
             raise SarftError(f"training run {out} is still running (pid {status.get('pid')})", f"stop it first (kill -TERM {status.get('pid')}) or wait for it")
         cfg = TrainConfig.from_dict(stored.get("train", {}))
     elif existing.status_path.is_file():
+        claim_output_dir(out, "train", "training run")  # a run of another kind is named as such
         raise SarftError(f"{out} already holds a run (state: {existing.status().get('state')})", "add --resume to continue it, or choose another --out")
     cfg.validate()
+    claim_output_dir(out, "train", "training run")
     check_launch_environment()
     samples, profile = _load_inputs(cfg)  # bad input fails here, before a run directory exists
     # one owner per run directory: a second `train` into the same --out fails here, clearly,
