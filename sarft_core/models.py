@@ -495,10 +495,17 @@ def run_fingerprint(path: Path, status: dict) -> str:
     return hashlib.sha256(f"run-{path.resolve()}-{status.get('updated', '')}".encode()).hexdigest()[:16]
 
 
-def model_fingerprint(spec: str | None) -> str:
-    """The fingerprint :func:`load_model` gives ``spec``, without loading any weights (for cache keys)."""
+def model_identity(spec: str | None) -> tuple[str, str]:
+    """(resolved spec, fingerprint) that :func:`load_model` gives ``spec`` (``embedded-aligned``
+    for no spec), without loading any weights: what a run records as the model it used."""
     run_dir = _training_run_dir(spec)
     if run_dir is not None:
         status = read_json_object(run_dir / "status.json", None) or {}
-        return run_fingerprint(run_dir, status)
-    return resolve_model_dir(spec)[2]
+        return str(run_dir), run_fingerprint(run_dir, status)
+    norm, _, fingerprint = resolve_model_dir(spec)
+    return norm, fingerprint
+
+
+def model_fingerprint(spec: str | None) -> str:
+    """The fingerprint :func:`load_model` gives ``spec``, without loading any weights (for cache keys)."""
+    return model_identity(spec)[1]

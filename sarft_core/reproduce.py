@@ -257,13 +257,14 @@ class Grid:
 
 
 def open_grid(path: str | Path, cfg: ReproduceConfig) -> Grid:
-    from sarft_core.models import model_fingerprint
+    from sarft_core.models import model_identity
 
     cfg.validate()
     path = claim_output_dir(path, "reproduce", "reproduction grid")  # never another run's folder, before any work
     old = read_json(path / "config.json")
     inputs = cfg.input_hashes()
-    fingerprint = model_fingerprint(cfg.model or None)  # a spec like embedded-aligned names weights that can change
+    label, fingerprint = model_identity(cfg.model or None)  # a spec like embedded-aligned names weights that can change
+    cfg.model = cfg.model or label  # no --model records what ran: embedded-aligned
     if isinstance(old, dict) and old.get("kind") == "reproduce":
         mine = asdict(cfg)
         # the files' content decides; their paths only where an older grid recorded no hashes

@@ -242,3 +242,50 @@ def test_grid_settings_are_checked_as_the_commands_they_configure_before_any_sid
     code, err = _grid(capsys, out, option, json.dumps(value))
     assert code == 2 and option in err and named in err, err
     assert not out.exists()
+
+
+# ---- 4. labels that say what ran ------------------------------------------------------------
+
+def test_the_default_model_is_recorded_as_embedded_aligned_with_its_fingerprint(tmp_path, capsys):
+    """An evaluation with no --model used embedded-aligned's weights; it recorded "model": "embedded"
+    (raw SmolLM2 everywhere else). Config, metrics and the views now name what ran."""
+    from sarft_core.models import model_identity
+    from sarft_core.report import settings
+    from sarft_core.runconfig import RunConfig
+    from sarft_core.runview import runs_table
+    from sarft_core.store import RunDir
+
+    label, fingerprint = model_identity(None)
+    assert label == "embedded-aligned" and fingerprint.startswith("embedded-aligned-")
+    assert model_identity("embedded")[0] == "embedded:smollm2-135m-instruct"
+    out = tmp_path / "ev"
+    code, _, err = cli(capsys, "eval", "--suite", "probes", "--limit", "1", "--judge", "keyword", "--max-new-tokens", "2",
+                       "--data-dir", SHARED_DATA, "--out", out)
+    assert code == 0, err
+    recorded = RunConfig.read(out)
+    assert (recorded.model, recorded.model_fingerprint) == (label, fingerprint)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == label
+    assert runs_table([RunDir(out)]).iloc[0]["model"] == label
+    assert ("model", label) in settings(RunDir(out)) and ("model_fingerprint", fingerprint) in settings(RunDir(out))
+
+
+def test_train_and_score_runs_record_the_resolved_model_and_its_fingerprint(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from sarft_core import audit
+    from sarft_core.data import DEMO_PROFILES, get_profile, load_profiles
+    from sarft_core.models import model_identity
+    from sarft_core.runconfig import RunConfig
+
+    label, fingerprint = model_identity(str(tiny_model_dir))
+    monkeypatch.setenv("SARFT_WORKSPACE", str(tmp_path / "ws"))
+    run = audit.create_score_run(get_profile(load_profiles(DEMO_PROFILES), ROLE), None, str(tiny_model_dir), limit=2)
+    code, _, err = cli(capsys, *audit.score_args(run))
+    assert code == 0, err
+    assert (RunConfig.of(run).model, RunConfig.of(run).model_fingerprint) == (label, fingerprint)
+    out = tmp_path / "train"
+    code, _, err = cli(capsys, "train", "--role", ROLE, "--model", tiny_model_dir, "--method", "sft", "--limit", "4",
+                       "--batch-size", "4", "--grad-accum", "1", "--max-steps", "1", "--out", out)
+    assert code == 0, err
+    recorded = RunConfig.read(out)
+    assert (recorded.model, recorded.model_fingerprint) == (label, fingerprint)
+    assert recorded.train.model == str(tiny_model_dir)  # the options as given stay, for --resume

@@ -329,6 +329,7 @@ def _train(cfg: TrainConfig, out: Path, existing, resume: bool, samples, profile
     from transformers import TrainingArguments
 
     from sarft_core.models import load_model
+    from sarft_core.runconfig import record_model
     from sarft_core.store import RunDir, atomic_write_json, create_run
     from sarft_core.training.trainer import (
         Collator, RunCallback, SarftTrainer, StopRequest, build_examples, last_checkpoint, truncate_logs,
@@ -387,6 +388,8 @@ def _train(cfg: TrainConfig, out: Path, existing, resume: bool, samples, profile
                 log(f"resuming {out} from {checkpoint.name if checkpoint else 'the start (no checkpoint yet)'} ({kept} logged steps kept)")
         device = str(args.device) if args.world_size > 1 else cfg.device
         lm = load_model(cfg.model or None, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code)
+        if is_main:
+            record_model(out, lm.spec, lm.fingerprint, "train")  # the base that ran, as resolved (embedded-aligned by default)
         samples, flags, record = choose_samples(cfg, lm, samples, profile, stop, log)
         if stop:
             raise _Stopped()
