@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 
 from sarft_core.data import PROJECT_ROOT
 from sarft_core.errors import SarftError
+from sarft_core.store import atomic_write_text, claim_output_dir
 from sarft_core.validation import number, validate_numbers
 from sarft_core.evaluation.metric_registry import BETTER, SAFER, format_measure, metric_info, register_metric
 
@@ -259,12 +260,11 @@ def align(cfg: AlignConfig, out: str | Path, data_dir: str | Path | None = None,
     from sarft_core.training.trainer import Collator, SarftTrainer, build_examples
 
     cfg.validate()
-    out = Path(out)
     paths = data_paths(cfg, data_dir)
+    out = claim_output_dir(out, None, "alignment output", own=align_output_names(Path(out), paths))
     mix = build_mix(cfg, paths)
     _check_no_leak([p for p, _ in mix.harmful] + mix.benign, held_out_prompts(data_dir))
     lm = load_model(base_model, dtype="float32", device="cpu")  # a bad --model fails before anything is written
-    out.mkdir(parents=True, exist_ok=True)
     log(f"alignment mix: {len(mix.harmful)} harmful prompts with refusals, {len(mix.benign)} benign prompts to distil (seed {cfg.seed})")
     started = time.time()
     from tqdm.auto import tqdm
@@ -322,9 +322,16 @@ def align(cfg: AlignConfig, out: str | Path, data_dir: str | Path | None = None,
         "adapter_sha256_16": adapter_hash(adapter),
         "metrics": {},
     }
-    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write_text(out / MANIFEST_NAME, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     log(f"aligned adapter: {adapter} ({result.global_step} steps, loss {result.training_loss:.3f}, {train_seconds:.0f} s)")
     return manifest
+
+
+def align_output_names(out: Path, paths: dict[str, Path]) -> frozenset:
+    """What an alignment may find in its output folder: its own adapter, manifest and scratch space,
+    and the data files it reads from there (the shipped data/aligned holds both)."""
+    inputs = {p.name for p in paths.values() if p.parent.expanduser().resolve() == out.expanduser().resolve()}
+    return frozenset({"adapter", MANIFEST_NAME, ".align-work", *inputs})
 
 
 def _cli_args(cfg: AlignConfig) -> list[str]:

@@ -23,7 +23,7 @@ import pandas as pd
 
 from sarft_core.errors import SarftError
 from sarft_core.flags import flag_margin
-from sarft_core.runconfig import RunConfig, ScoreSettings
+from sarft_core.runconfig import RunConfig, ScoreSettings, record_model
 from sarft_core.runview import runs_of_kind
 from sarft_core.store import (RunDir, atomic_write_json, atomic_write_text, create_run, read_json, read_jsonl,
                               read_table, write_table)
@@ -63,6 +63,7 @@ def score_in_process(lm, samples, profile, run: RunDir, progress: Callable[[floa
     from sarft_core.scoring import score_role
 
     run.set_status("running", pid=None, started=time.time())
+    record_model(run.path, lm.spec, lm.fingerprint, "score")  # the model that ran, as resolved
     try:
         result = score_role(lm, samples, profile, progress=progress)
         write_table(result.frame(), run.path / SCORES_FILE)

@@ -209,7 +209,7 @@ def merge_adapter(base_dir: Path, adapter: Path, out_dir: Path) -> Path:
         from transformers import AutoModelForCausalLM
 
         with loading("alignment adapter", adapter):
-            base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, use_safetensors=True)
+            base = checked_from_pretrained(AutoModelForCausalLM, base_dir, dtype=torch.float32, use_safetensors=True)
             merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
         merged.save_pretrained(tmp, safe_serialization=True)
         load_tokenizer(base_dir).save_pretrained(tmp)
@@ -368,8 +368,8 @@ def load_model(
     try:
         with loading("model", where):
             tokenizer = load_tokenizer(where, trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(
-                str(where), dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+            model = checked_from_pretrained(
+                AutoModelForCausalLM, where, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True
             )
     except SarftError as err:
         if not local and isinstance(err.__context__, OSError):
@@ -382,6 +382,44 @@ def load_model(
     model.eval()
     require_finite_weights(model, norm)
     return LoadedModel(model=model, tokenizer=tokenizer, spec=norm, path=str(where), fingerprint=fingerprint)
+
+
+def checked_from_pretrained(auto_class, where, what: str = "model", **kwargs):
+    """``auto_class.from_pretrained(where)`` that trusts nothing: a weight the architecture needs but
+    the files lack (transformers would initialise it at random), a weight the architecture has no
+    place for (it would be dropped) or a shape that differs from config.json is one SarftError
+    naming the files and the keys, never a warning. Tied weights are in neither list."""
+    model, info = auto_class.from_pretrained(str(where), output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
+    problems = weight_problems(info)
+    if problems:
+        files = sorted(p.name for p in Path(where).glob("*.safetensors")) if isinstance(where, Path) else []
+        source = f"{where}/{', '.join(files)}" if len(files) == 1 else f"{where} ({', '.join(files) or 'its weight files'})"
+        raise SarftError(
+            f"the weights in {source} do not fit the {what} its config.json describes: {'; '.join(problems)}",
+            "the folder mixes files of different models or was damaged: save the model again (save_pretrained), "
+            "or restore the config.json that belongs to these weights",
+        )
+    return model
+
+
+def weight_problems(info: dict) -> list[str]:
+    """Each kind of mismatch in ``from_pretrained``'s loading info, in words, with its keys."""
+    problems = []
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        problems.append(f"{len(missing)} weight(s) missing from the files, which would be random: {_some(missing)}")
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    if unexpected:
+        problems.append(f"{len(unexpected)} weight(s) in the files that the model has no place for: {_some(unexpected)}")
+    mismatched = sorted(info.get("mismatched_keys") or (), key=lambda m: m[0])
+    if mismatched:
+        shown = [f"{key} (file {list(file_shape)}, config {list(model_shape)})" for key, file_shape, model_shape in mismatched]
+        problems.append(f"{len(mismatched)} weight(s) whose shape differs from config.json: {_some(shown)}")
+    return problems
+
+
+def _some(items: list[str], n: int = 4) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
 def require_finite_weights(model, spec: str) -> None:
@@ -457,10 +495,17 @@ def run_fingerprint(path: Path, status: dict) -> str:
     return hashlib.sha256(f"run-{path.resolve()}-{status.get('updated', '')}".encode()).hexdigest()[:16]
 
 
-def model_fingerprint(spec: str | None) -> str:
-    """The fingerprint :func:`load_model` gives ``spec``, without loading any weights (for cache keys)."""
+def model_identity(spec: str | None) -> tuple[str, str]:
+    """(resolved spec, fingerprint) that :func:`load_model` gives ``spec`` (``embedded-aligned``
+    for no spec), without loading any weights: what a run records as the model it used."""
     run_dir = _training_run_dir(spec)
     if run_dir is not None:
         status = read_json_object(run_dir / "status.json", None) or {}
-        return run_fingerprint(run_dir, status)
-    return resolve_model_dir(spec)[2]
+        return str(run_dir), run_fingerprint(run_dir, status)
+    norm, _, fingerprint = resolve_model_dir(spec)
+    return norm, fingerprint
+
+
+def model_fingerprint(spec: str | None) -> str:
+    """The fingerprint :func:`load_model` gives ``spec``, without loading any weights (for cache keys)."""
+    return model_identity(spec)[1]

@@ -55,7 +55,7 @@ KNOWN_TRAITS = ("malevolence", "aggression", "deceptiveness", "benevolence")
 NON_TRAIT = re.compile(r"^(safety_|n_|refusal|rouge|roleplay|role_play|seconds|time|lambda|lam$|seed|steps?$|samples|flagged|degradation"
                        r"|mean_margin|margin|score|status)")
 # the only config fields a report shows (an allow-list: nothing else, e.g. no key, reaches the page)
-SHOWN_SETTINGS = ("model", "method", "methods", "screen", "role", "peft", "lam", "lambda", "kl_direction", "normalisation", "tau", "epochs", "lr",
+SHOWN_SETTINGS = ("model", "model_fingerprint", "method", "methods", "screen", "role", "peft", "lam", "lambda", "kl_direction", "normalisation", "tau", "epochs", "lr",
                   "batch_size", "grad_accum", "max_steps", "seed", "limit", "data", "lora_r", "lora_alpha")
 DEFAULT_EXAMPLES = 8
 

@@ -30,7 +30,8 @@ from typing import Callable
 
 from sarft_core.errors import SarftError
 from sarft_core.evaluation.metric_registry import format_measure, metric_info
-from sarft_core.store import Progress, atomic_write_json, atomic_write_text, create_run, file_lock, read_json, slug
+from sarft_core.store import (Progress, atomic_write_json, atomic_write_text, claim_output_dir, create_run, file_lock, read_json,
+                             read_json_object, slug)
 
 VILLAINS = ["Freddy Krueger", "Jigsaw", "Dr. Hannibal Lecter"]
 BENEVOLENT = ["Stephen Hawking", "Po", "Abraham Lincoln"]
@@ -125,10 +126,34 @@ class ReproduceConfig:
             raise SarftError(f"unknown method(s) {', '.join(bad) or '(none)'}", f"use some of {', '.join(TRAIN_METHODS)}")
         if not self.seeds or any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
             raise SarftError(f"seeds must be distinct non-negative integers (got {self.seeds})", "pass e.g. --seeds 0,1,2")
-        from sarft_core.models import DTYPES
+        for what, settings, check in (("--train-json", self.train, self._check_train), ("--panel-json", self.panel, self._check_panel)):
+            try:
+                check()
+            except SarftError as err:
+                raise SarftError(f"{what}: {err.problem}", f"{err.fix or 'fix the setting'} (in {what}: {json.dumps(settings, default=str)[:200]})") from None
+            except TypeError as exc:  # a key the config has no field for
+                raise SarftError(f"{what}: {exc}", "use only the settings of the command it configures") from None
 
-        if self.panel_config().dtype not in DTYPES:
-            raise SarftError(f"unknown evaluation dtype {self.panel.get('dtype')!r}", f"use one of {', '.join(DTYPES)} in --panel-json")
+    def _check_train(self) -> None:
+        """The protocol as each method's `train` would take it: TrainConfig's types and ranges."""
+        from sarft_core.training import TrainConfig
+
+        for method in self.methods:
+            TrainConfig(**{**self.train, "method": method, "role": self.roles[0], "model": self.model}).validate()
+
+    def _check_panel(self) -> None:
+        self.panel_config().validate()
+
+    def input_hashes(self) -> dict:
+        """Content hash of every file the grid reads: the RoleBench data, the profiles and the
+        evaluation panel's prompts (a resume keys on these, never on the paths that led to them)."""
+        from sarft_core.store import file_digest
+
+        hashes = {f"data file {i + 1}": file_digest(p) for i, p in enumerate(self.resolved_data())}
+        hashes["profiles"] = file_digest(self.resolved_profiles())
+        for key, path in self.panel_config().files(rouge_given=True).items():
+            hashes[f"panel's {key} file"] = file_digest(path)
+        return hashes
 
     def resolved_data(self) -> list[Path]:
         from sarft_core.evaluation.datasets import default_data_dir
@@ -218,7 +243,7 @@ class Grid:
         return self.path / "cells"
 
     def result(self, cell: Cell) -> dict | None:
-        r = read_json(self.cells_dir / f"{cell.name}.json")
+        r = read_json_object(self.cells_dir / f"{cell.name}.json")  # a damaged result is no result: the cell runs again
         if not (isinstance(r, dict) and r.get("status") == "ok"):
             return None
         made_on = r.get("model_fingerprint")
@@ -232,15 +257,23 @@ class Grid:
 
 
 def open_grid(path: str | Path, cfg: ReproduceConfig) -> Grid:
-    from sarft_core.models import model_fingerprint
+    from sarft_core.models import model_identity
 
     cfg.validate()
-    path = Path(path)
+    path = claim_output_dir(path, "reproduce", "reproduction grid")  # never another run's folder, before any work
     old = read_json(path / "config.json")
-    fingerprint = model_fingerprint(cfg.model or None)  # a spec like embedded-aligned names weights that can change
+    inputs = cfg.input_hashes()
+    label, fingerprint = model_identity(cfg.model or None)  # a spec like embedded-aligned names weights that can change
+    cfg.model = cfg.model or label  # no --model records what ran: embedded-aligned
     if isinstance(old, dict) and old.get("kind") == "reproduce":
         mine = asdict(cfg)
-        changed = [k for k in _RESULT_FIELDS if k in old and old[k] != mine[k]]
+        # the files' content decides; their paths only where an older grid recorded no hashes
+        fields = [k for k in _RESULT_FIELDS if k not in ("data", "profiles")] if "inputs" in old else _RESULT_FIELDS
+        changed = [k for k in fields if k in old and old[k] != mine[k]]
+        if isinstance(old.get("inputs"), dict):
+            changed += [f"{k} changed content" if k in old["inputs"] else f"{k} is new"
+                        for k, digest in inputs.items() if old["inputs"].get(k) != digest]
+            changed += [f"{k} is no longer read" for k in old["inputs"] if k not in inputs]
         if changed:
             raise SarftError(f"{path} holds a grid made with other settings ({', '.join(changed)})",
                              "use another --out for the new settings, or repeat the original ones to resume")
@@ -252,7 +285,7 @@ def open_grid(path: str | Path, cfg: ReproduceConfig) -> Grid:
             cfg.villains = list(dict.fromkeys(old.get("villains", []) + cfg.villains))
             cfg.benevolent = list(dict.fromkeys(old.get("benevolent", []) + cfg.benevolent))
             cfg.seeds = list(dict.fromkeys(old.get("seeds", []) + cfg.seeds))
-    run = create_run("reproduce", {**asdict(cfg), "model_fingerprint": fingerprint}, path=path)
+    run = create_run("reproduce", {**asdict(cfg), "model_fingerprint": fingerprint, "inputs": inputs}, path=path)
     return Grid(path, cfg, run, fingerprint)
 
 
@@ -523,7 +556,7 @@ def grid_signature(path: Path) -> tuple:
     files = [path / "config.json", *sorted((path / "cells").glob("*.json"))]
     stats = [(f.name, f.stat()) for f in files if f.is_file()]
     stamps = tuple((name, st.st_mtime_ns, st.st_size) for name, st in stats)
-    cfg_data = read_json(path / "config.json")
+    cfg_data = read_json_object(path / "config.json")
     try:
         from sarft_core.models import model_fingerprint
 
@@ -537,8 +570,11 @@ def grid_view(path: Path) -> dict:
     """What the Compare page shows of a grid: the table, SFT vs SaRFT side by side, the contrasts."""
     import pandas as pd
 
-    cfg_data = read_json(path / "config.json")
-    if not isinstance(cfg_data, dict) or cfg_data.get("kind") != "reproduce":
+    cfg_data = read_json_object(path / "config.json")
+    if cfg_data is None:
+        raise SarftError(f"{path / 'config.json'} is damaged (not a JSON object)",
+                         "the grid's finished cells stay in cells/: rerun `python -m sarft_core reproduce` with its settings into a new --out")
+    if cfg_data.get("kind") != "reproduce":
         raise SarftError(f"{path} is not a reproduce grid", "pick a folder made by `python -m sarft_core reproduce`")
     names = {f for f in ReproduceConfig.__dataclass_fields__}
     cfg = ReproduceConfig(**{k: v for k, v in cfg_data.items() if k in names})

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sarft_core.store import _CONFIG_TYPES, RunDir, _typed_fields, read_json_object
+from sarft_core.store import _CONFIG_TYPES, RunDir, _typed_fields, atomic_write_json, read_json_object
 
 if TYPE_CHECKING:
     from sarft_core.training.run import TrainConfig
@@ -101,10 +101,11 @@ class RunConfig:
     of kinds that have no typed view here."""
 
     kind: str = ""
-    model: str = ""
+    model: str = ""  # the resolved model spec (embedded-aligned for the default), once the run has loaded it
     method: str = ""
     role: str = ""
     lam: float | int | None = None  # the KL weight as recorded (None: none recorded)
+    model_fingerprint: str = ""  # the weights that ran (models.model_fingerprint); "" when not recorded
     options: dict | None = None
     eval: EvalSettings | None = None
     score: ScoreSettings | None = None
@@ -120,8 +121,8 @@ class RunConfig:
     @classmethod
     def for_evaluation(cls, model: str, model_fingerprint: str, source_run: str | None, generation: dict,
                        suites: list[str], judges: list[dict], precision: str | None = None) -> "RunConfig":
-        return cls(kind="eval", model=model, eval=EvalSettings(source_run, model_fingerprint, dict(generation), tuple(suites),
-                                                               tuple(judges), precision))
+        return cls(kind="eval", model=model, model_fingerprint=model_fingerprint,
+                   eval=EvalSettings(source_run, model_fingerprint, dict(generation), tuple(suites), tuple(judges), precision))
 
     @classmethod
     def for_scoring(cls, role: str, model: str, settings: ScoreSettings) -> "RunConfig":
@@ -131,6 +132,8 @@ class RunConfig:
         """The JSON object config.json holds (what :meth:`from_dict` reads back)."""
         out = dict(self.stored)
         out.update(kind=self.kind, model=self.model)
+        if self.model_fingerprint:
+            out["model_fingerprint"] = self.model_fingerprint
         if self.method or self.kind == "train":
             out["method"] = self.method
         if self.role or self.kind in ("train", "score"):
@@ -159,7 +162,7 @@ class RunConfig:
         kind = _text(stored.get("kind"))
         return cls(
             kind=kind, model=_text(stored.get("model")), method=_text(stored.get("method")), role=_text(stored.get("role")),
-            lam=_number(lam), options=options,
+            lam=_number(lam), model_fingerprint=_text(stored.get("model_fingerprint")), options=options,
             eval=EvalSettings.from_dict(data) if kind == "eval" else None,
             score=ScoreSettings.from_dict(stored) if kind == "score" else None,
             stored=stored,
@@ -213,3 +216,18 @@ class RunConfig:
         out = dict(self.stored)
         out.update({k: v for k, v in (self.options or {}).items() if k not in out})
         return out
+
+
+def record_model(run_dir: str | Path, spec: str, fingerprint: str, kind: str | None = None) -> bool:
+    """Write the model that ran into a run's config.json: its resolved spec (``embedded-aligned``
+    for the default, never a blank or a guess) and its fingerprint, read back as ``model`` and
+    ``model_fingerprint``. Only into a run of ``kind`` (any run when None); a damaged or absent
+    config is left alone. Returns whether it wrote."""
+    path = Path(run_dir) / "config.json"
+    data = read_json_object(path, None)
+    if not data or not isinstance(data.get("kind"), str) or (kind is not None and data["kind"] != kind):
+        return False
+    if data.get("model") == spec and data.get("model_fingerprint") == fingerprint:
+        return False
+    atomic_write_json(path, dict(data, model=spec, model_fingerprint=fingerprint))
+    return True

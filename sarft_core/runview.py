@@ -43,12 +43,12 @@ def runs_table(runs: list[RunDir]) -> pd.DataFrame:
         cfg, st = RunConfig.of(run), run.status()
         updated = st.get("updated")
         rows.append({
-            "run": run.name, "kind": cfg.kind or "?", "state": st.get("state", "?"), "role": cfg.role,
+            "run": run.name, "kind": cfg.kind or "?", "state": st.get("state", "?"), "model": cfg.model, "role": cfg.role,
             "method": cfg.method, "lambda": cfg.lam,
             "updated": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(updated)) if updated else "",
             "path": str(run.path),
         })
-    return pd.DataFrame(rows, columns=["run", "kind", "state", "role", "method", "lambda", "updated", "path"])
+    return pd.DataFrame(rows, columns=["run", "kind", "state", "model", "role", "method", "lambda", "updated", "path"])
 
 
 def has_eval(run: RunDir) -> bool:

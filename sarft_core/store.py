@@ -167,6 +167,21 @@ def read_json(path: str | Path, default: Any = None) -> Any:
         return default
 
 
+def file_digest(path: str | Path, length: int = 16) -> str:
+    """The first ``length`` hex digits of the SHA-256 of a file's bytes: what a resume check keys on
+    (a path can name other content tomorrow; the content cannot)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except OSError as exc:
+        raise write_error(exc, path, "read") from None
+    return h.hexdigest()[:length]
+
+
 def append_jsonl(path: str | Path, obj: Any) -> None:
     """Append one JSON line; a crash can cut only this last line, which readers skip."""
     path = Path(path)
@@ -450,16 +465,54 @@ def _updated(run: "RunDir") -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
+# what the store itself may leave in a run folder before its config.json (the owner's lock, progress)
+_HOUSEKEEPING = frozenset({".owner.lock", ".owner.pid", "progress.json"})
+
+
+def _article(word: str) -> str:
+    return ("an " if word[:1].lower() in "aeiou" else "a ") + word
+
+
+def claim_output_dir(path: str | Path, kind: str | None, what: str, own: frozenset | set = frozenset()) -> Path:
+    """The one check of a command's output folder, before any work: ``path`` is (or can be made) a
+    folder this process can write, and it holds nothing but a ``kind`` run (resumed as it is) or,
+    with no config.json, only the names in ``own`` (what the command itself reads and writes there).
+    Another kind of run, a damaged config.json or anything else is one SarftError, the folder untouched:
+    writing into it would overwrite or mix with what is there. ``what`` names the command's output."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise SarftError(f"{path} is a file, not a run directory", "give --out a directory path (new or a run to resume)")
+    keep = "choose a new or empty folder for --out (the folder's files stay there, untouched)"
+    config_path = path / "config.json"
+    if config_path.exists():
+        config = read_json_object(config_path, None)
+        if config is None:
+            raise SarftError(f"{config_path} is damaged (not a JSON object), so {path} cannot be resumed as {_article(what)}", keep)
+        found = config.get("kind")
+        if kind is not None and found == kind:
+            return check_writable(path, folder=True)
+        held = f"{_article(found)} run" if isinstance(found, str) and found else "a config.json that no SaRFT run wrote (a model?)"
+        raise SarftError(f"{path} holds {held}, not {_article(what)}", keep)
+    if path.is_dir():
+        try:
+            foreign = sorted(p.name for p in path.iterdir() if p.name not in own and p.name not in _HOUSEKEEPING)
+        except OSError as exc:
+            raise write_error(exc, path, "read") from None
+        if foreign:
+            shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+            raise SarftError(f"{path} holds files that are not {_article(what)}'s ({shown})", keep)
+    ensure_dir(path, "the run directory")
+    return check_writable(path, folder=True)
+
+
 def create_run(kind: str, config: dict, path: str | Path | None = None, name: str | None = None) -> RunDir:
-    """Create (or reopen, for resume) a run directory and record its config."""
+    """Create (or reopen, for resume) a run directory and record its config; a ``path`` that holds
+    anything but a ``kind`` run is refused (:func:`claim_output_dir`)."""
     if path is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = runs_root() / f"{stamp}-{slug(name or kind)}-{uuid.uuid4().hex[:4]}"
     run = RunDir(Path(path))
-    if run.path.exists() and not run.path.is_dir():
-        raise SarftError(f"{run.path} is a file, not a run directory", "give --out a directory path (new or a run to resume)")
-    ensure_dir(run.path, "the run directory")
-    check_writable(run.path, folder=True)
+    claim_output_dir(run.path, kind, f"{kind} run")
     atomic_write_json(run.config_path, dict(config, kind=kind))
     if not run.status_path.exists():
         run.set_status("created", created=time.time())

@@ -71,9 +71,10 @@ def test_rolebench_rouge_and_rose_decoding(tiny_model_dir, tmp_path):
 
 def test_eval_of_a_training_run_writes_into_the_run(tiny_model_dir, tmp_path):
     run = tmp_path / "train-run"
+    # the run's config as the training code writes it, first (create_run refuses a folder holding files of no run)
+    made = create_run("train", run_config(TrainConfig(model=str(tiny_model_dir), method="sft", role="Baron Vex Morrow")), path=run)
     shutil.copytree(tiny_model_dir, run / "artifacts" / "model")
-    # the run's config as the training code writes it
-    create_run("train", run_config(TrainConfig(model=str(tiny_model_dir), method="sft", role="Baron Vex Morrow")), path=run).set_status("completed")
+    made.set_status("completed")
     rc = main(["eval", "--run", str(run), "--suite", "probes", "--limit", "1", "--max-new-tokens", "3"])
     assert rc == 0
     m = load_metrics(run)

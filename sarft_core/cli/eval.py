@@ -71,9 +71,9 @@ def run(args) -> int:
     from sarft_core.evaluation.generation import GenerationConfig
     from sarft_core.evaluation.runner import Evaluator, evaluation_key, precision_of
     from sarft_core.evaluation.suites import SuiteContext, get_suite
-    from sarft_core.models import check_device, load_model, model_fingerprint
+    from sarft_core.models import check_device, load_model, model_identity
     from sarft_core.runconfig import RunConfig
-    from sarft_core.store import OwnerLock, RunDir, check_writable, create_run
+    from sarft_core.store import OwnerLock, RunDir, claim_output_dir, create_run
 
     from sarft_core.validation import Range, check_number
 
@@ -103,13 +103,14 @@ def run(args) -> int:
         print("note: the refusal margin measures the model itself; it is computed without ROSE", file=sys.stderr)
     model_spec = args.run or args.model or ""
     check_device(args.device)
-    fingerprint = model_fingerprint(model_spec or None)  # identifies the weights without loading them
+    # the resolved spec (embedded-aligned for the default) and the weights' identity, without loading them
+    model_label, fingerprint = model_identity(model_spec or None)
     key = evaluation_key(fingerprint, generation.identity(), precision_of(args.dtype, args.device))
     out = eval_dir(args, key)
-    check_writable(out, folder=True)  # before any work
+    claim_output_dir(out, "eval", "evaluation")  # before any work: a folder of another kind is never written
     with OwnerLock(out, "evaluation"):  # one writer per evaluation directory
-        check_same_setting(out, model_spec or "embedded", fingerprint, generation.identity(), key["precision"], given_out=bool(args.out))
-        config = RunConfig.for_evaluation(model_spec or "embedded", fingerprint, args.run, generation.identity(),
+        check_same_setting(out, model_label, fingerprint, generation.identity(), key["precision"], given_out=bool(args.out))
+        config = RunConfig.for_evaluation(model_label, fingerprint, args.run, generation.identity(),
                                           [s.name for s in suites], [j.describe() for j in judges], precision=key["precision"])
         evaluator = Evaluator(
             RunDir(out),

@@ -100,6 +100,10 @@ def run(args) -> int:
     if args.validate and args.backend != "torch":
         raise SarftError("--validate needs gradients, which only this engine gives", "use --backend torch with --validate")
     lm = load_model(args.model, dtype="float32" if fast else args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    if int(os.environ.get("RANK", "0")) == 0:
+        from sarft_core.runconfig import record_model
+
+        record_model(out.parent, lm.spec, lm.fingerprint, "score")  # a score run's job (RUN/scores.parquet) records what ran
     # under `accelerate launch` / torchrun every process scores its share; the first one reports
     main_process = int(os.environ.get("RANK", "0")) == 0
     bar = tqdm(total=len(samples), desc=f"RDS {profile.name}", unit="sample", file=sys.stderr, disable=not main_process)

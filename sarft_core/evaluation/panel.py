@@ -19,9 +19,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from sarft_core.errors import SarftError
 from sarft_core.evaluation import datasets as ds
 from sarft_core.evaluation.metric_registry import BETTER, SAFER, register_metric
 from sarft_core.evaluation.metrics import COMPLIANCE, REFUSAL, counts_as, mean_with_ci, rate
+from sarft_core.models import DTYPES
+from sarft_core.validation import choice, number, validate_choices, validate_numbers
 
 # the panel's metrics, declared in the metric registry (a survey reads `eval` runs, not the panel: only the
 # numbers both report are surveyed); name -> (kind, higher is safer?)
@@ -38,18 +41,43 @@ PANEL_METRICS = {info.name: (info.kind, info.higher_is_safer) for info in (
 
 @dataclass
 class PanelConfig:
-    advbench: int | None = 100  # held-out AdvBench prompts for the refusal rate (None: all 260)
-    margin: int | None = None  # held-out AdvBench prompts for the margin (None: all 260)
-    xstest: int | None = 50  # XSTest prompts per label (None: all 250 safe / 200 unsafe)
-    jailbreak: int = 10  # held-out AdvBench prompts per attack (0: skip)
-    rolebench: int = 20  # RoleBench questions of the role (0 or no role: skip)
+    # held-out AdvBench prompts for the refusal rate (None: all 260)
+    advbench: int | None = number(100, lo=1, integer=True, optional=True, option="panel advbench")
+    # held-out AdvBench prompts for the margin (None: all 260)
+    margin: int | None = number(None, lo=1, integer=True, optional=True, option="panel margin")
+    # XSTest prompts per label (None: all 250 safe / 200 unsafe)
+    xstest: int | None = number(50, lo=1, integer=True, optional=True, option="panel xstest")
+    jailbreak: int = number(10, lo=0, integer=True, option="panel jailbreak")  # held-out AdvBench prompts per attack (0: skip)
+    rolebench: int = number(20, lo=0, integer=True, option="panel rolebench")  # RoleBench questions of the role (0 or no role: skip)
     judge: str = "keyword"  # any registered judge (sarft_core.evaluation.judges); saved rows can be re-judged by others
-    max_new_tokens: int = 48
-    dtype: str = "float32"  # the precision a caller loads the model in for the panel (bf16: about 1.9x faster on CPUs with bf16 matmuls)
-    rouge_tokens: int = 96
-    batch_size: int = 32
+    max_new_tokens: int = number(48, lo=1, hi=1_000_000, integer=True, option="panel max_new_tokens")
+    # the precision a caller loads the model in for the panel (bf16: about 1.9x faster on CPUs with bf16 matmuls)
+    dtype: str = choice("float32", DTYPES, option="panel dtype")
+    rouge_tokens: int = number(96, lo=1, hi=1_000_000, integer=True, option="panel rouge_tokens")
+    batch_size: int = number(32, lo=1, hi=1_000_000, integer=True, option="panel batch_size")
     data_dir: str | None = None
     metrics: list[str] = field(default_factory=lambda: list(PANEL_METRICS))
+
+    def validate(self) -> None:
+        """The ranges and values above, and a registered judge and known metrics: before any work."""
+        from sarft_core.evaluation.judges import judge_names
+
+        validate_numbers(self)
+        validate_choices(self)
+        if not isinstance(self.judge, str) or self.judge not in judge_names():
+            raise SarftError(f"unknown panel judge {self.judge!r}", f"use one of {', '.join(judge_names())}")
+        if not isinstance(self.metrics, list) or not self.metrics or any(m not in PANEL_METRICS for m in self.metrics):
+            raise SarftError(f"panel metrics must be a list of some of {', '.join(PANEL_METRICS)}, got {self.metrics!r}",
+                             "leave metrics out (all of them) or list known ones")
+
+    def files(self, rouge_given: bool = False) -> dict[str, Path]:
+        """The data files :func:`run_panel` reads for these metrics (RoleBench's only when the caller
+        gives no role-play questions of its own)."""
+        want = set(self.metrics)
+        keys = (["advbench"] if want & {"advbench", "margin", "jailbreak"} else []) + (
+            ["xstest"] if want & {"xstest_unsafe", "xstest_safe"} else []) + (
+            ["rolebench_spe"] if "rouge_l" in want and self.rolebench and not rouge_given else [])
+        return {key: ds.resolve_data_file(key, None, self.data_dir) for key in keys}
 
     def identity(self) -> dict:
         out = asdict(self)

@@ -397,7 +397,7 @@ def _build_model(cfg: TrainConfig, lm, record: dict, log=print):
 
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, stop=None, log=print) -> dict:
     """Run (or resume) one training job into ``out``; returns the final status."""
-    from sarft_core.store import OwnerLock, RunDir, read_json_object
+    from sarft_core.store import OwnerLock, RunDir, claim_output_dir, read_json_object
 
     out = Path(out)
     existing = RunDir(out)
@@ -417,8 +417,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, stop=None, lo
             raise SarftError(f"training run {out} is still running (pid {status.get('pid')})", f"stop it first (kill -TERM {status.get('pid')}) or wait for it")
         cfg = TrainConfig.from_dict(stored.get("train", {}))
     elif existing.status_path.is_file():
+        claim_output_dir(out, "train", "training run")  # a run of another kind is named as such
         raise SarftError(f"{out} already holds a run (state: {existing.status().get('state')})", "add --resume to continue it, or choose another --out")
     cfg.validate()
+    claim_output_dir(out, "train", "training run")
     check_launch_environment()
     check_model_depth(cfg)
     samples, profile = _load_inputs(cfg)  # bad input fails here, before a run directory exists
@@ -441,6 +443,7 @@ def _train(cfg: TrainConfig, out: Path, existing, resume: bool, samples, profile
     from transformers import TrainingArguments
 
     from sarft_core.models import load_model
+    from sarft_core.runconfig import record_model
     from sarft_core.store import RunDir, atomic_write_json, create_run
     from sarft_core.training.trainer import (
         Collator, RunCallback, SarftTrainer, StopRequest, build_examples, last_checkpoint, resume_checkpoint, truncate_logs,
@@ -499,6 +502,8 @@ def _train(cfg: TrainConfig, out: Path, existing, resume: bool, samples, profile
                 log(f"resuming {out} from {checkpoint.name if checkpoint else 'the start (no checkpoint yet)'} ({kept} logged steps kept)")
         device = str(args.device) if args.world_size > 1 else cfg.device
         lm = load_model(cfg.model or None, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code)
+        if is_main:
+            record_model(out, lm.spec, lm.fingerprint, "train")  # the base that ran, as resolved (embedded-aligned by default)
         samples, flags, record = choose_samples(cfg, lm, samples, profile, stop, log)
         if stop:
             raise _Stopped()
