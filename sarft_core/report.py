@@ -407,7 +407,8 @@ def build_report(sources: Sources, title: str | None = None, n_examples: int = D
                             "L = CE(D) + λ·KL(D_h): cross-entropy on every sample, and on the flagged samples a KL term "
                             "that keeps the model close to the frozen base (SFT: λ = 0)."))
     sections.append(section("evaluation", "Evaluation", [b for r in runs if has_evaluation(r) and (b := eval_block(r, figures, n_examples))],
-                            "Each metric with its 95% confidence interval (bootstrap over prompts) and n usable prompts."))
+                            "Each metric with its 95% confidence interval (rates: Wilson score interval; means such as ROUGE-L: "
+                            "bootstrap over prompts) and n usable prompts."))
     sections.append(comparison_section(runs, logs, figures))
     sections.append(section("survey", "Survey: character traits vs safety", [survey_block(p, figures) for p in sources.survey_tables],
                             "One point per role: a trait score (x) against the safety outcome (y): degradation = refusal "
