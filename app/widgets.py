@@ -54,6 +54,15 @@ def sidebar() -> None:
         st.selectbox("Role", names, key="role")
 
 
+def chart(fig, key: str, container=None) -> None:
+    """A plotly figure on the page, drawn as the report draws it (:func:`sarft_core.figure_theme.themed`):
+    a themed copy is shown, so the figure itself is never changed by being shown and the process's
+    default template (Streamlit's placeholder colours) never reaches it."""
+    from sarft_core.figure_theme import themed
+
+    (container or st).plotly_chart(themed(fig), key=key, width="stretch")
+
+
 def command_box(command: str, caption: str = "Equivalent command (copy it to rerun this anywhere):") -> None:
     st.caption(caption)
     st.code(command, language="bash")

@@ -86,7 +86,7 @@ st.subheader("Generations")
 if generations.empty:
     st.caption("No generations saved for this run.")
     st.stop()
-st.plotly_chart(plots.verdict_bars(generations), key="verdicts", width="stretch")
+widgets.chart(plots.verdict_bars(generations), "verdicts")
 g1, g2, g3 = st.columns(3)
 suite_pick = g1.multiselect("Suite", sorted(generations["suite"].dropna().astype(str).unique()))
 verdict_pick = g2.multiselect("Verdict", sorted(generations["verdict"].dropna().astype(str).unique()),

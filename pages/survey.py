@@ -58,6 +58,6 @@ stats = pd.DataFrame([dict(trait=t, **{k: v for k, v in correlate(table[t], tabl
                       for t in traits])
 st.dataframe(stats, hide_index=True, width="stretch",
              column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("pearson_r", "pearson_p", "spearman_r", "spearman_p")})
-st.plotly_chart(plots.trait_scatter(table, trait, outcome), key="trait_scatter", width="stretch")
-st.plotly_chart(plots.per_role_bars(table, outcome), key="role_bars", width="stretch")
+widgets.chart(plots.trait_scatter(table, trait, outcome), "trait_scatter")
+widgets.chart(plots.per_role_bars(table, outcome), "role_bars")
 widgets.report_download(confine(source), f"{Path(source).stem}-report.html", key="report:survey")
