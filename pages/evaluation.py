@@ -54,9 +54,13 @@ def live_jobs() -> None:
     for job in active:
         widgets.job_status(job)
         widgets.cancel_button(job, key=f"cancel-{job.id}")
+    if not active:
+        st.caption("No evaluation is running.")
     recent_failed = [j for j in jobs.list_jobs("eval")[:5] if j.state() == "failed"]
     for job in recent_failed[:1]:
         widgets.job_status(job)
+    st.markdown("**Finished jobs**")
+    widgets.job_history("eval")
 
 
 if jobs.list_jobs("eval"):

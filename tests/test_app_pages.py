@@ -332,3 +332,23 @@ def test_survey_page_lists_survey_tables_offers_traits_only_and_warns_on_few_rol
     assert not any("--screen" in c.value for c in app.code)
     app.checkbox(key="survey_full_ok").check().run()
     assert "Start survey" in [b.label for b in app.button]
+
+
+def test_evaluation_page_keeps_cancelled_and_failed_jobs_in_a_history(app, tmp_path):
+    """Issue #28: a cancelled evaluation job vanished and left the "Evaluation jobs" heading empty."""
+    import sys
+
+    def job(code, label):
+        return jobs.start(["score", "--role", "x", "--out", str(tmp_path / "s.jsonl")], kind="eval", label=label,
+                          launcher=[sys.executable, "-c", code])
+
+    stopped = job("import time; time.sleep(60)", "eval run-a")
+    broken = job("import sys; sys.exit(2)", "eval run-b")
+    assert jobs.wait(broken, 30) == "failed"
+    assert jobs.cancel(stopped, grace_s=5) == "cancelled"
+    goto(app, "evaluation")
+    assert "Evaluation jobs" in [h.value for h in app.subheader]
+    history = next(d.value for d in app.dataframe if "outcome" in d.value.columns)
+    assert dict(zip(history["label"], history["outcome"])) == {"eval run-a": "cancelled", "eval run-b": "failed"}
+    assert history["command"].str.startswith("python -c").all() and (history["duration"] != "").all()
+    assert "No evaluation is running" in texts(app)

@@ -51,7 +51,64 @@ def run(args) -> int:
         env["SARFT_WORKSPACE"] = os.path.abspath(os.path.expanduser(args.workspace))
     env["PYTHONPATH"] = str(PROJECT_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     print(f"SaRFT Studio on http://{args.host}:{args.port}  (Ctrl+C stops it)", file=sys.stderr)
+    return serve(cmd, cwd=str(PROJECT_ROOT), env=env)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum, _frame):
+    raise _Stop(signum)
+
+
+def _die_with_parent() -> None:
+    """In the server's process, before exec: the kernel sends it SIGTERM when this command dies,
+    even by SIGKILL, so no server is left answering on the port (Linux; elsewhere a no-op)."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
     try:
-        return subprocess.call(cmd, cwd=str(PROJECT_ROOT), env=env)
-    except KeyboardInterrupt:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    except (OSError, AttributeError):
+        pass
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM to the server's process group, SIGKILL after ``grace_s``. The group holds the
+    server and what it forked; background jobs run in sessions of their own and go on."""
+    import signal
+
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait_s)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def serve(cmd: list[str], cwd: str, env: dict) -> int:
+    """Run the server until it ends, or until this command is told to stop (SIGTERM, SIGHUP,
+    Ctrl+C): then the server's whole process group stops with it. The server has its own group so
+    that a signal to this command alone (``kill PID``, a service manager) is not the end of the
+    parent only, with the server left orphaned and still answering on the port."""
+    import signal
+
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in handled}
+    proc = None
+    try:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+        return proc.wait()
+    except (_Stop, KeyboardInterrupt):
         return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if proc is not None and proc.poll() is None:
+            stop_group(proc)
