@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -75,35 +76,54 @@ def _die_with_parent() -> None:
         pass
 
 
-def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """SIGTERM to the server's process group, SIGKILL after ``grace_s``. The group holds the
-    server and what it forked; background jobs run in sessions of their own and go on."""
-    import signal
+def _server_tree(proc: subprocess.Popen) -> list:
+    """The server and its descendants in its process group; background jobs, in sessions of their
+    own, are left out: they outlive the app and are re-attached by the next one."""
+    import psutil
 
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait_s)
-            break
-        except subprocess.TimeoutExpired:
-            continue
+    try:
+        server = psutil.Process(proc.pid)
+        group = os.getpgid(proc.pid)
+        tree = [server] + server.children(recursive=True)
+    except (psutil.Error, OSError):
+        return []
+    out = []
+    for p in tree:
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(p.pid) == group:
+                out.append(p)
+    return out
+
+
+def stop_server(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM to the server's tree, SIGKILL to what is left after ``grace_s``."""
+    import psutil
+
+    tree = _server_tree(proc)
+    for p in tree:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(tree, timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=1)  # reap it
 
 
 def serve(cmd: list[str], cwd: str, env: dict) -> int:
     """Run the server until it ends, or until this command is told to stop (SIGTERM, SIGHUP,
-    Ctrl+C): then the server's whole process group stops with it. The server has its own group so
-    that a signal to this command alone (``kill PID``, a service manager) is not the end of the
-    parent only, with the server left orphaned and still answering on the port."""
+    Ctrl+C): then the server's process tree stops with it. A signal to this command alone
+    (``kill PID``, a service manager) used to end the parent only, and the orphaned server went on
+    answering on the port."""
     import signal
 
     handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     previous = {sig: signal.signal(sig, _raise_stop) for sig in handled}
     proc = None
     try:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, preexec_fn=_die_with_parent)
         return proc.wait()
     except (_Stop, KeyboardInterrupt):
         return 0
@@ -111,4 +131,4 @@ def serve(cmd: list[str], cwd: str, env: dict) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if proc is not None and proc.poll() is None:
-            stop_group(proc)
+            stop_server(proc)
