@@ -450,7 +450,7 @@ def test_dashboard_download_delivers_the_report_in_chromium(runs_root, tmp_path)
             page.set_default_timeout(120_000)
             page.goto(f"http://127.0.0.1:{port}/compare")
             button = page.get_by_role("button", name="Audit report (HTML)")
-            expect(button).to_be_visible()
+            expect(button).to_be_visible(timeout=60_000)  # the page draws its charts first; a shared CPU is slow
             with page.expect_download() as info:
                 button.click()
             path = tmp_path / "downloaded.html"
