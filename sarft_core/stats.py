@@ -18,6 +18,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 MIN_PAIRS = 3  # fewer pairs: no correlation (and no p-value)
+# fewer pairs and a correlation's p-value reads as a finding it is not: over 3 points r must pass
+# 0.997 to reach p < 0.05 and one point moves it anywhere, so views show r alone (with a warning)
+MIN_PAIRS_FOR_P = 10
 _BLOCK_CELLS = 2_000_000  # resampled values held at once by bootstrap_ci
 
 

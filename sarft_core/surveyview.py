@@ -15,15 +15,14 @@ from pathlib import Path
 import pandas as pd
 
 from sarft_core.report_sources import OUTCOMES, discover
+from sarft_core.stats import MIN_PAIRS_FOR_P
 from sarft_core.store import read_table
 
 KNOWN_TRAITS = ("malevolence", "aggression", "deceptiveness", "benevolence")
 # numeric survey columns that are measurements, not traits (besides the metric registry's survey columns)
 NON_TRAIT = re.compile(r"^(safety_|n_|refusal|rouge|roleplay|role_play|seconds|time|lambda|lam$|seed|steps?$|samples|flagged|degradation"
                        r"|mean_margin|margin|score|status)")
-# below this many roles a correlation's p-value reads as a finding it is not: over 3 roles r must
-# pass 0.997 to reach p < 0.05 and one role moves it anywhere, so the page and report show r only
-MIN_ROLES_FOR_P = 10
+MIN_ROLES_FOR_P = MIN_PAIRS_FOR_P  # fewer roles: r only, and a warning (the page, the report, the scatter's title)
 P_COLUMNS = ("pearson_p", "spearman_p")
 
 

@@ -271,6 +271,7 @@ def test_survey_report_plots_traits_against_degradation(survey_dir):
     r = stats.pearsonr(table["malevolence"], degradation)[0]
     row = re.search(r"<td>degradation</td><td>malevolence</td><td class=\"num\">6</td><td class=\"num\">([-0-9.]+)</td>", text)
     assert row and float(row.group(1)) == pytest.approx(r, abs=1e-3)
+    assert "Only 6 roles" in text and "no p-values" in text  # 6 roles: r described, no p-values read as findings
     # a table file given directly works too; flagged_fraction correlations are listed
     assert "<td>flagged_fraction</td><td>malevolence</td>" in report.build_report(report.discover(survey_dir / "survey.csv"))
 
