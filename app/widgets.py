@@ -54,6 +54,15 @@ def sidebar() -> None:
         st.selectbox("Role", names, key="role")
 
 
+def chart(fig, key: str, container=None) -> None:
+    """A plotly figure on the page, drawn as the report draws it (:func:`sarft_core.figure_theme.themed`):
+    a themed copy is shown, so the figure itself is never changed by being shown and the process's
+    default template (Streamlit's placeholder colours) never reaches it."""
+    from sarft_core.figure_theme import themed
+
+    (container or st).plotly_chart(themed(fig), key=key, width="stretch")
+
+
 def command_box(command: str, caption: str = "Equivalent command (copy it to rerun this anywhere):") -> None:
     st.caption(caption)
     st.code(command, language="bash")
@@ -70,6 +79,9 @@ def launch_panel(args: list[str], kind: str, button: str, label: str, started: s
         job_status(latest, show_command=False)
         if cancel:
             cancel_button(latest, key=f"cancel-{latest.id}")
+    if jobs.history(kind, limit=1):
+        with st.expander("Finished jobs"):
+            job_history(kind)
 
 
 def job_status(job: jobs.Job, show_command: bool = True) -> str:
@@ -90,6 +102,22 @@ def job_status(job: jobs.Job, show_command: bool = True) -> str:
         with st.expander("Log"):
             st.code(job.log_tail(15) or "(nothing yet)", language="text")
     return state_
+
+
+def job_history(kind: str | None = None, limit: int = 10) -> bool:
+    """The finished, failed and cancelled jobs (of ``kind``) with command, duration and outcome;
+    False when there is none. Read from the job store, so nothing that ended vanishes unseen."""
+    import pandas as pd
+
+    rows = jobs.history(kind, limit=limit)
+    if not rows:
+        return False
+    table = pd.DataFrame(rows)
+    table["started"] = pd.to_datetime(table["started"], unit="s", utc=True).dt.tz_convert(None).dt.strftime("%Y-%m-%d %H:%M:%S")
+    table["duration"] = table["duration_s"].map(jobs.format_duration)
+    st.dataframe(table[["outcome", "label", "started", "duration", "command", "problem"]], hide_index=True, width="stretch",
+                 column_config={"command": st.column_config.TextColumn(width="large")})
+    return True
 
 
 def cancel_button(job: jobs.Job, key: str) -> None:

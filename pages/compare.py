@@ -27,10 +27,10 @@ if grids:
             st.dataframe(view["side_by_side"], hide_index=True, width="stretch")
             group = st.radio("Characters", ["all", "villain", "benevolent"], horizontal=True, key="grid-group")
             c1, c2 = st.columns(2)
-            c1.plotly_chart(plots.grid_pareto(view["table"], y="advbench", group=group), key="grid-pareto", width="stretch")
-            c2.plotly_chart(plots.grid_pareto(view["table"], y="margin", group=group), key="grid-pareto-margin", width="stretch")
+            widgets.chart(plots.grid_pareto(view["table"], y="advbench", group=group), "grid-pareto", c1)
+            widgets.chart(plots.grid_pareto(view["table"], y="margin", group=group), "grid-pareto-margin", c2)
             metric = st.selectbox("Villains vs heroes", list(view["columns"]), format_func=lambda m: view["columns"][m])
-            st.plotly_chart(plots.grid_group_bars(view["table"], metric), key="grid-groups", width="stretch")
+            widgets.chart(plots.grid_group_bars(view["table"], metric), "grid-groups")
             st.markdown(view["contrasts"])
 evaluated = [r for r in list_runs() if has_eval(r)]
 if len(evaluated) < 1:
@@ -47,8 +47,8 @@ if not runs:
 try:
     long = compare_metrics(runs)
     for kind, rows in kind_tables(long):  # one chart per kind of metric (the metric registry), undeclared ones included
-        st.plotly_chart(plots.refusal_bars(suite_axis(rows), kind.title), key=f"kind-{kind.slug}", width="stretch")
-    st.plotly_chart(plots.pareto_scatter(pareto_points(runs, long)), key="pareto", width="stretch")
+        widgets.chart(plots.refusal_bars(suite_axis(rows), kind.title), f"kind-{kind.slug}")
+    widgets.chart(plots.pareto_scatter(pareto_points(runs, long)), "pareto")
 except SarftError as err:
     widgets.show_error(err)
     st.stop()

@@ -54,9 +54,13 @@ def live_jobs() -> None:
     for job in active:
         widgets.job_status(job)
         widgets.cancel_button(job, key=f"cancel-{job.id}")
+    if not active:
+        st.caption("No evaluation is running.")
     recent_failed = [j for j in jobs.list_jobs("eval")[:5] if j.state() == "failed"]
     for job in recent_failed[:1]:
         widgets.job_status(job)
+    st.markdown("**Finished jobs**")
+    widgets.job_history("eval")
 
 
 if jobs.list_jobs("eval"):
@@ -86,7 +90,7 @@ st.subheader("Generations")
 if generations.empty:
     st.caption("No generations saved for this run.")
     st.stop()
-st.plotly_chart(plots.verdict_bars(generations), key="verdicts", width="stretch")
+widgets.chart(plots.verdict_bars(generations), "verdicts")
 g1, g2, g3 = st.columns(3)
 suite_pick = g1.multiselect("Suite", sorted(generations["suite"].dropna().astype(str).unique()))
 verdict_pick = g2.multiselect("Verdict", sorted(generations["verdict"].dropna().astype(str).unique()),

@@ -46,6 +46,9 @@ if active:
         widgets.job_status(job, show_command=False)
 else:
     st.caption("No job is running.")
+if jobs.history(limit=1):
+    with st.expander("Finished jobs (completed, failed, cancelled)"):
+        widgets.job_history()
 
 st.subheader("Recent runs")
 runs = list_runs()

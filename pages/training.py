@@ -110,7 +110,7 @@ def live(path: str) -> None:
     cols[3].metric("Loss", f"{last['loss']:.4f}" if isinstance(last.get("loss"), (int, float)) else "–")
     if last.get("max_steps"):
         st.progress(min(1.0, float(last.get("step", 0)) / float(last["max_steps"])))
-    st.plotly_chart(plots.training_curves(pd.DataFrame(logs)), key=f"curves-{run.name}", width="stretch")
+    widgets.chart(plots.training_curves(pd.DataFrame(logs)), f"curves-{run.name}")
     if job is not None:
         widgets.job_status(job)
         widgets.cancel_button(job, key=f"cancel-{job.id}")

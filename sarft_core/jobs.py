@@ -190,13 +190,35 @@ class Job:
         return log_tail(self.log_text(), lines)
 
     def progress_record(self) -> dict | None:
-        """The command's structured progress (done, total, unit, phase, fraction, eta_s): the job's
-        own ``progress.json`` (the supervisor points the command at it), else its run directory's."""
-        record = read_progress(self.path / PROGRESS_FILE)
-        run = self.run_dir
-        if record is None and run is not None:
-            record = read_progress(run.path / PROGRESS_FILE)
-        return record
+        """The command's structured progress (done, total, unit, phase, fraction, eta_s), from the
+        job's own ``progress.json`` only (the supervisor points the command at it). Never the run
+        directory's: an evaluation of a training run would show the training's last progress
+        ("training · 2/2 step") until its own first report."""
+        return read_progress(self.path / PROGRESS_FILE)
+
+    def ended_at(self) -> float | None:
+        """When the job ended: its recorded exit, else (killed before recording one) the last
+        write to its log or its cancel request; None while it is active."""
+        state = self.state()
+        if state not in JOB_FINAL:
+            return None
+        ended = self.exit_info() or {}
+        if isinstance(ended.get("ended"), (int, float)):
+            return float(ended["ended"])
+        cancel = read_json_object(self.path / "cancel.json", None) or {}
+        times = [t for t in (cancel.get("requested"),) if isinstance(t, (int, float))]
+        with contextlib.suppress(OSError):
+            times.append(self.log_path.stat().st_mtime)
+        return max(times) if times else None
+
+    def summary(self) -> dict:
+        """One row of the job history: what ran, when, for how long, and how it ended."""
+        meta, state = self.meta(), self.state()
+        started = meta.get("started", meta.get("created"))
+        ended = self.ended_at()
+        return {"job": self.id, "label": meta.get("label", self.kind), "kind": self.kind, "outcome": state,
+                "started": started, "duration_s": (ended - started) if started and ended else None,
+                "command": meta.get("command", ""), "problem": self.problem() or ""}
 
     def progress(self) -> float | None:
         """Fraction done, from the structured progress (None before the command reports any)."""
@@ -444,6 +466,30 @@ def list_jobs(kind: str | None = None) -> list[Job]:
     if kind:
         jobs = [j for j in jobs if j.kind == kind]
     return sorted(jobs, key=lambda j: j.meta().get("created", 0), reverse=True)
+
+
+def history(kind: str | None = None, limit: int = 20) -> list[dict]:
+    """The finished jobs (completed, failed, cancelled), newest first, as :meth:`Job.summary` rows:
+    read from the job store on disk, so a cancelled or failed job stays visible after a reload."""
+    rows = []
+    for job in list_jobs(kind):
+        if job.state() in JOB_FINAL:
+            rows.append(job.summary())
+            if len(rows) >= limit:
+                break
+    return rows
+
+
+def format_duration(seconds: float | None) -> str:
+    """``42 s``, ``3 min 5 s``, ``2 h 4 min``; empty when unknown."""
+    if not isinstance(seconds, (int, float)) or seconds < 0:
+        return ""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
 def jobs_for_run(run_dir: str | Path) -> list[Job]:

@@ -364,10 +364,14 @@ def trait_scatter(table: pd.DataFrame, trait: str, outcome: str = "degradation",
     if line:
         xs = np.linspace(float(df[trait].min()), float(df[trait].max()), 20)
         fig.add_trace(go.Scatter(x=xs, y=line[0] * xs + line[1], mode="lines", name=f"fit: slope {line[0]:.3g}", line=dict(color="grey")))
+    from sarft_core.stats import MIN_PAIRS_FOR_P
+
     r = lambda v: "n/a" if not math.isfinite(v) else f"{v:.2f}"  # noqa: E731
+    p = (lambda v: f" (p {r(v)})") if stats["n"] >= MIN_PAIRS_FOR_P else (lambda v: "")  # noqa: E731
     fig.update_layout(
-        title=f"{outcome} vs {trait}: Pearson r {r(stats['pearson_r'])} (p {r(stats['pearson_p'])}), "
-              f"Spearman ρ {r(stats['spearman_r'])} (p {r(stats['spearman_p'])}), n {stats['n']}",
+        title=f"{outcome} vs {trait}: Pearson r {r(stats['pearson_r'])}{p(stats['pearson_p'])}, "
+              f"Spearman ρ {r(stats['spearman_r'])}{p(stats['spearman_p'])}, n {stats['n']}"
+              + ("" if stats["n"] >= MIN_PAIRS_FOR_P else " (too few roles for p-values)"),
         xaxis_title=trait, yaxis_title=outcome, height=420, margin=dict(l=10, r=10, t=50, b=10),
     )
     return fig

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import html
 import math
-import re
 import time
 from pathlib import Path
 from typing import Iterable
@@ -47,13 +46,11 @@ from sarft_core.report_sources import (OUTCOMES, Sources, discover, is_survey_di
                                        resolve_sources, run_kind, run_label, run_lambda, run_method, run_profile, run_role,
                                        sources_of)
 from sarft_core.runconfig import RunConfig
-from sarft_core.store import RunDir, atomic_write_bytes, read_json, read_jsonl, read_table
+from sarft_core.store import RunDir, atomic_write_bytes, read_json, read_jsonl
+from sarft_core.surveyview import (KNOWN_TRAITS, NON_TRAIT, correlation_rows, outcome_columns, small_n_warning,  # noqa: F401
+                                  survey_frame, trait_columns)
 from sarft_core.templating import Figures, fmt_num, render
 
-KNOWN_TRAITS = ("malevolence", "aggression", "deceptiveness", "benevolence")
-# numeric survey columns that are measurements, not traits (besides the metric registry's survey columns)
-NON_TRAIT = re.compile(r"^(safety_|n_|refusal|rouge|roleplay|role_play|seconds|time|lambda|lam$|seed|steps?$|samples|flagged|degradation"
-                       r"|mean_margin|margin|score|status)")
 # the only config fields a report shows (an allow-list: nothing else, e.g. no key, reaches the page)
 SHOWN_SETTINGS = ("model", "model_fingerprint", "method", "methods", "screen", "role", "peft", "lam", "lambda", "kl_direction", "normalisation", "tau", "epochs", "lr",
                   "batch_size", "grad_accum", "max_steps", "seed", "limit", "data", "lora_r", "lora_alpha")
@@ -326,26 +323,9 @@ def comparison_section(runs: list[RunDir], logs: dict[str, pd.DataFrame], figure
 
 # --- survey ------------------------------------------------------------------------------------
 
-def survey_frame(path: Path) -> pd.DataFrame:
-    df = read_table(path)
-    for col in OUTCOMES:
-        if col in df:
-            df[col] = pd.to_numeric(df[col], errors="coerce")
-    if "degradation" not in df and {"safety_before", "safety_after"} <= set(df.columns):
-        df["degradation"] = pd.to_numeric(df["safety_before"], errors="coerce") - pd.to_numeric(df["safety_after"], errors="coerce")
-    return df
-
-
 def survey_traits(df: pd.DataFrame) -> list[str]:
-    """The trait columns of a survey table: numeric columns that are neither an outcome, nor a
-    measurement, nor a metric the registry says a survey records."""
-    from sarft_core.evaluation.metric_registry import survey_columns
-
-    metrics = set(survey_columns().values())
-    numeric = list(df.select_dtypes("number").columns)
-    known = [t for t in KNOWN_TRAITS if t in numeric]
-    rest = [c for c in numeric if c not in known and c not in OUTCOMES and c not in metrics and not NON_TRAIT.match(c.lower())]
-    return known + rest
+    """The trait columns of a survey table (:func:`sarft_core.surveyview.trait_columns`, the page's too)."""
+    return trait_columns(df)
 
 
 def _titled(fig, method: str | None):
@@ -358,9 +338,9 @@ def survey_block(path: Path, figures: Figures) -> dict:
     from sarft_core.evaluation.metric_registry import survey_columns
 
     df = survey_frame(path)
-    outcomes = [o for o in OUTCOMES if o in df and pd.to_numeric(df[o], errors="coerce").notna().sum() >= 2]
-    traits = survey_traits(df)
-    head = {"stem": path.stem, "name": path.name, "n_roles": df["role"].nunique(), "missing": None,
+    outcomes = outcome_columns(df)
+    traits = trait_columns(df)
+    head = {"stem": path.stem, "name": path.name, "n_roles": df["role"].nunique(), "missing": None, "caveat": None,
             "settings": settings(RunDir(path.parent)) if is_survey_dir(path.parent) else []}
     if not outcomes or not traits:
         missing = "outcome column (degradation or flagged_fraction)" if not outcomes else "trait column"
@@ -371,8 +351,7 @@ def survey_block(path: Path, figures: Figures) -> dict:
     stats, shown_groups = [], []
     for method, sub in groups:
         for outcome in outcomes:
-            for trait in traits:
-                stats.append({"method": method or "", "outcome": outcome, "trait": trait, **plots.correlations(sub[trait], sub[outcome])})
+            stats += [{"method": method or "", "outcome": outcome, **row} for row in correlation_rows(sub, outcome, traits)]
         main = outcomes[0]
         scatters = [figures.html(_titled(plots.trait_scatter(sub, trait, main), method).update_layout(title_font_size=13), f"trait-{trait}")
                     for trait in traits]
@@ -381,6 +360,7 @@ def survey_block(path: Path, figures: Figures) -> dict:
     metric_cols = [c for c in survey_columns().values() if c in df]  # the evaluation's numbers, from the metric registry
     shown = [c for c in ("role", "method", *traits, *outcomes) if c in df] + [c for c in df.columns if c.startswith("safety_")]
     shown += [c for c in metric_cols if c not in shown]
+    head["caveat"] = small_n_warning(min(int(r["n"]) for r in stats))
     return dict(head, correlations=table(stats, cols, numeric=cols[-5:], cls="correlations"), groups=shown_groups, n_rows=len(df),
                 table=table(df[shown].to_dict("records"), shown, numeric=[c for c in shown if c not in ("role", "method")], cls="survey"))
 
@@ -407,7 +387,8 @@ def build_report(sources: Sources, title: str | None = None, n_examples: int = D
                             "L = CE(D) + λ·KL(D_h): cross-entropy on every sample, and on the flagged samples a KL term "
                             "that keeps the model close to the frozen base (SFT: λ = 0)."))
     sections.append(section("evaluation", "Evaluation", [b for r in runs if has_evaluation(r) and (b := eval_block(r, figures, n_examples))],
-                            "Each metric with its 95% confidence interval (bootstrap over prompts) and n usable prompts."))
+                            "Each metric with its 95% confidence interval (rates: Wilson score interval; means such as ROUGE-L: "
+                            "bootstrap over prompts) and n usable prompts."))
     sections.append(comparison_section(runs, logs, figures))
     sections.append(section("survey", "Survey: character traits vs safety", [survey_block(p, figures) for p in sources.survey_tables],
                             "One point per role: a trait score (x) against the safety outcome (y): degradation = refusal "

@@ -1,4 +1,4 @@
-"""Statistics for surveys and evaluations: Pearson and Spearman with p-values, bootstrap CIs.
+"""Statistics for surveys and evaluations: Pearson and Spearman with p-values, rate intervals, bootstrap CIs.
 
 One implementation of each. Correlations and their two-sided p-values are scipy's
 (``scipy.stats.pearsonr`` / ``spearmanr``: the t distribution with n - 2 degrees of freedom). A
@@ -6,6 +6,9 @@ correlation is undefined (nan) with fewer than 3 pairs or when either variable i
 :func:`bootstrap_ci` is a percentile bootstrap whose inner loop is numpy over blocks of
 resamples (statistics are vectorised over resamples); for correlations it resamples (x, y)
 pairs, and resamples in which x or y is constant have no correlation and are skipped.
+A rate of one run (k of n) gets the Wilson score interval (:func:`wilson_ci`) instead: the
+bootstrap of 0/1 values collapses to a point at 0/n and n/n (10 refusals of 10 read [1.00, 1.00])
+and is too narrow for small n.
 """
 from __future__ import annotations
 
@@ -15,6 +18,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 MIN_PAIRS = 3  # fewer pairs: no correlation (and no p-value)
+# fewer pairs and a correlation's p-value reads as a finding it is not: over 3 points r must pass
+# 0.997 to reach p < 0.05 and one point moves it anywhere, so views show r alone (with a warning)
+MIN_PAIRS_FOR_P = 10
 _BLOCK_CELLS = 2_000_000  # resampled values held at once by bootstrap_ci
 
 
@@ -104,6 +110,26 @@ def bootstrap_ci(data, statistic: str | Callable[..., np.ndarray] = "mean", *, l
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(values, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
+
+
+def wilson_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion k / n: inside [0, 1], holds k / n, has width at
+    0 / n and n / n, and keeps close to its nominal coverage for small n. (nan, nan) when n = 0."""
+    from statistics import NormalDist
+
+    if n <= 0:
+        return math.nan, math.nan
+    if not 0 <= k <= n:
+        raise ValueError(f"wilson_ci: k must be within 0..n (got k={k}, n={n})")
+    z = NormalDist().inv_cdf(0.5 + level / 2.0)
+    p = k / n
+    scale = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / scale
+    half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n)) / scale
+    # at the extremes the formula's bound is the estimate itself; rounding must not put it past it
+    low = 0.0 if k == 0 else max(0.0, min(p, centre - half))
+    high = 1.0 if k == n else min(1.0, max(p, centre + half))
+    return low, high
 
 
 def correlate(x: Sequence[float], y: Sequence[float], n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict:

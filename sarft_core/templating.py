@@ -70,7 +70,9 @@ class Figure:
 
 
 class Figures:
-    """Turns plotly figures into :class:`Figure`; the first one carries plotly.js itself."""
+    """Turns plotly figures into :class:`Figure` (in the project's one look,
+    :func:`sarft_core.figure_theme.themed`, whatever the process's default template is); the
+    first one carries plotly.js itself."""
 
     def __init__(self, config: dict | None = None):
         self.count = 0
@@ -79,7 +81,9 @@ class Figures:
     def html(self, fig, name: str) -> Figure:
         import plotly.io as pio
 
-        div = pio.to_html(fig, include_plotlyjs=self.count == 0, full_html=False, config=self.config,
+        from sarft_core.figure_theme import themed
+
+        div = pio.to_html(themed(fig), include_plotlyjs=self.count == 0, full_html=False, config=self.config,
                           div_id=f"fig-{self.count}-{slug(name)}")
         self.count += 1
         return Figure(str(name), Markup(div))  # the one place markup is trusted: plotly's output

@@ -287,3 +287,68 @@ def test_a_registered_suite_and_every_method_reach_the_pages(app):
         assert list(shown) == list(METHODS)
     finally:
         SUITES.pop("test-only-suite", None)
+
+
+def test_survey_page_lists_survey_tables_offers_traits_only_and_warns_on_few_roles(app, tiny_model_dir, tmp_path):
+    """Issue #28: the page opened on correlations.csv ("has no 'role' column"), listed logs and score
+    files without their folder, offered seconds / samples / mean_margin as traits (seconds: r 1.000,
+    p 0.003), printed p-values over 3 roles, and its button started the full train-and-evaluate survey."""
+    import os
+
+    from sarft_core.store import workspace_root
+    from sarft_core.survey import SCREEN, SurveyConfig, open_survey, run_pending, write_aggregate
+
+    surveys = workspace_root() / "surveys"
+    surveys.mkdir(parents=True)
+    old = surveys / "survey-2023.csv"  # a hand-made table, older than the survey
+    pd.DataFrame({"role": ["A", "B", "C"], "malevolence": [0.1, 0.5, 0.9], "degradation": [0.1, 0.3, 0.2]}).to_csv(old, index=False)
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    traits = tmp_path / "traits-annotations.csv"
+    traits.write_text("role,malevolence,aggression,deceptiveness,benevolence\nBaron Vex Morrow,0.95,0.8,0.8,0.05\n"
+                      "Sister Alma Reyes,0.05,0.05,0.1,0.95\nCaptain Nell Corran,0.3,0.5,0.3,0.6\n")
+    config = SurveyConfig(roles=["Baron Vex Morrow", "Sister Alma Reyes", "Captain Nell Corran"], mode=SCREEN, model=str(tiny_model_dir),
+                          limit=3, exact=True, trait_source="csv", trait_csv=str(traits))
+    survey = open_survey(surveys / "screen-a", config)
+    run_pending(survey, show_progress=False)
+    write_aggregate(survey)
+
+    goto(app, "survey")
+    assert not app.error, [e.value for e in app.error]
+    picker = next(s for s in app.selectbox if s.label == "Survey table")
+    labels = [o.split(" · ")[0] for o in picker.options]  # every survey writes table.csv: the folder tells them apart
+    assert labels == ["screen-a/table.csv", "survey-2023.csv", "(another file…)"]  # survey tables only, newest first
+    assert picker.value == str(surveys / "screen-a" / "table.csv")
+    assert set(next(s for s in app.selectbox if s.label == "Trait").options) == {"malevolence", "aggression", "deceptiveness", "benevolence"}
+    stats = app.dataframe[0].value
+    assert set(stats["trait"]) == {"malevolence", "aggression", "deceptiveness", "benevolence"}
+    assert "pearson_p" not in stats and "spearman_p" not in stats  # no p-values over 3 roles...
+    assert any("Only 3 roles" in w.value for w in app.warning)  # ...but a warning saying why
+
+    # the button starts a screening survey; the full one says what it costs and waits for a yes
+    assert any("--screen" in c.value and "survey --roles all" in c.value for c in app.code)
+    app.radio(key="survey_mode").set_value("full").run()
+    assert any("3 training runs" not in w.value and "6 training runs" in w.value and "7 evaluations" in w.value for w in app.warning)
+    assert "Start survey" not in [b.label for b in app.button]
+    assert not any("--screen" in c.value for c in app.code)
+    app.checkbox(key="survey_full_ok").check().run()
+    assert "Start survey" in [b.label for b in app.button]
+
+
+def test_evaluation_page_keeps_cancelled_and_failed_jobs_in_a_history(app, tmp_path):
+    """Issue #28: a cancelled evaluation job vanished and left the "Evaluation jobs" heading empty."""
+    import sys
+
+    def job(code, label):
+        return jobs.start(["score", "--role", "x", "--out", str(tmp_path / "s.jsonl")], kind="eval", label=label,
+                          launcher=[sys.executable, "-c", code])
+
+    stopped = job("import time; time.sleep(60)", "eval run-a")
+    broken = job("import sys; sys.exit(2)", "eval run-b")
+    assert jobs.wait(broken, 30) == "failed"
+    assert jobs.cancel(stopped, grace_s=5) == "cancelled"
+    goto(app, "evaluation")
+    assert "Evaluation jobs" in [h.value for h in app.subheader]
+    history = next(d.value for d in app.dataframe if "outcome" in d.value.columns)
+    assert dict(zip(history["label"], history["outcome"])) == {"eval run-a": "cancelled", "eval run-b": "failed"}
+    assert history["command"].str.startswith("python -c").all() and (history["duration"] != "").all()
+    assert "No evaluation is running" in texts(app)

@@ -62,3 +62,26 @@ def test_load_metrics_on_a_missing_directory_is_a_clear_error(tmp_path):
     with pytest.raises(SarftError, match="no such run directory"):
         load_metrics(tmp_path / "nope")
     assert list(load_metrics(tmp_path).columns) == COLUMNS  # an empty folder: an empty table
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 400).flatmap(lambda n: st.tuples(st.integers(0, n), st.just(n))))
+def test_rate_interval_is_inside_0_1_holds_the_estimate_and_has_width(kn):
+    """A rate of one run gets a Wilson interval: never a point, even at 0 / n and n / n."""
+    k, n = kn
+    r = rate(["refusal"] * k + ["compliance"] * (n - k), "refusal")
+    assert 0.0 <= r["ci_low"] <= r["value"] <= r["ci_high"] <= 1.0
+    assert r["ci_high"] - r["ci_low"] > 0
+
+
+def test_rate_interval_at_the_extremes_and_for_small_n():
+    all_ten = rate(["refusal"] * 10, "refusal")
+    assert all_ten["value"] == 1.0 and all_ten["ci_high"] == 1.0
+    assert 0.6 < all_ten["ci_low"] < 0.8  # 10 of 10 still leaves room for a true rate near 0.7
+    none = rate(["compliance"] * 10, "refusal")
+    assert none["ci_low"] == 0.0 and 0.2 < none["ci_high"] < 0.4
+    assert rate(["refusal"], "refusal")["ci_low"] < 0.25  # one refusal says little
+    widths = [(lambda r: r["ci_high"] - r["ci_low"])(rate(["refusal", "compliance"] * n, "refusal")) for n in (5, 50, 500)]
+    assert widths[0] > widths[1] > widths[2]
+    nothing = rate([], "refusal")
+    assert math.isnan(nothing["ci_low"]) and math.isnan(nothing["ci_high"])

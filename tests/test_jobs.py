@@ -237,3 +237,87 @@ def test_a_job_that_ends_between_the_two_looks_is_completed_not_failed(workspace
     (job_dir / "exit.json").unlink()
     monkeypatch.setattr(jobs, "_alive", lambda pid, started=None: False)  # gone without a word: failed, as before
     assert job.state() == "failed"
+
+
+def _quick_job(tmp_path, code: str, **kw) -> jobs.Job:
+    """A job whose process is ``python -c CODE`` (a valid score command line, ignored by the launcher)."""
+    return jobs.start(["score", "--role", "x", "--out", str(tmp_path / "s.jsonl")], launcher=[sys.executable, "-c", code], **kw)
+
+
+def test_a_jobs_progress_comes_from_that_job_only(workspace, tmp_path):
+    """Issue #28: an evaluation job of a training run showed the training's last progress
+    ("training · 2/2 step") until its own first report: the run folder's progress.json is not the job's."""
+    from sarft_core.store import PROGRESS_FILE, atomic_write_json
+
+    run = tmp_path / "train-run"
+    run.mkdir()
+    atomic_write_json(run / PROGRESS_FILE, {"done": 2, "total": 2, "unit": "step", "phase": "training", "fraction": 1.0, "updated": time.time()})
+    job = _quick_job(tmp_path, "import time; time.sleep(60)", kind="eval", run_dir=run, label="eval of a trained run")
+    try:
+        assert job.progress_record() is None and job.progress() is None  # nothing reported by this job yet
+        atomic_write_json(job.path / PROGRESS_FILE, {"done": 1, "total": 4, "unit": "prompts", "phase": "margin", "fraction": 0.25})
+        assert job.progress_record()["phase"] == "margin" and job.progress() == pytest.approx(0.25)
+    finally:
+        jobs.cancel(job, grace_s=5)
+
+
+def test_finished_failed_and_cancelled_jobs_stay_in_the_history(workspace, tmp_path):
+    """Issue #28: a cancelled job vanished without a word. The history, read from the job store,
+    keeps each ended job with its command, duration and outcome; running jobs are not in it."""
+    done = _quick_job(tmp_path, "import time; time.sleep(0.3)", kind="eval", label="ok")
+    failed = _quick_job(tmp_path, "import sys; sys.exit(3)", kind="eval", label="broken")
+    assert jobs.wait(done, 30) == "completed" and jobs.wait(failed, 30) == "failed"
+    cancelled = _quick_job(tmp_path, "import time; time.sleep(60)", kind="eval", label="stopped")
+    running = _quick_job(tmp_path, "import time; time.sleep(60)", kind="eval", label="still running")
+    try:
+        time.sleep(0.5)
+        assert jobs.cancel(cancelled, grace_s=5) == "cancelled"
+        rows = {r["label"]: r for r in jobs.history("eval")}
+        assert set(rows) == {"ok", "broken", "stopped"}
+        assert [r["label"] for r in jobs.history("eval")][0] == "stopped"  # newest first
+        assert {k: rows[k]["outcome"] for k in rows} == {"ok": "completed", "broken": "failed", "stopped": "cancelled"}
+        for row in rows.values():
+            assert row["command"].startswith("python -c") and row["duration_s"] is not None and row["duration_s"] >= 0
+        assert rows["ok"]["duration_s"] >= 0.3 and rows["stopped"]["duration_s"] >= 0.5
+        assert "status 3" in rows["broken"]["problem"]
+        assert jobs.history("train") == [] and len(jobs.history("eval", limit=2)) == 2
+    finally:
+        jobs.cancel(running, grace_s=5)
+    assert jobs.format_duration(42.2) == "42 s" and jobs.format_duration(185) == "3 min 5 s" and jobs.format_duration(None) == ""
+
+
+def test_sigterm_to_the_app_command_stops_the_server_and_frees_the_port(tmp_path):
+    """Issue #28: SIGTERM to `python -m sarft_core app` ended the parent only, and the Streamlit
+    child went on answering on the port. The signal goes to that one pid, as `kill PID` sends it."""
+    import psutil
+
+    port = free_port()
+    env = dict(os.environ, SARFT_WORKSPACE=str(tmp_path / "ws"))
+    proc = subprocess.Popen([sys.executable, "-m", "sarft_core", "app", "--port", str(port)], cwd=Path(__file__).resolve().parents[1],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 45
+        while time.time() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None, "the app exited before serving"
+            time.sleep(0.2)
+        else:
+            pytest.fail("the app never listened")
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        assert tree  # the streamlit server
+        proc.send_signal(15)
+        code = proc.wait(timeout=20)
+        gone, alive = psutil.wait_procs(tree, timeout=15)
+        assert not alive, [p.cmdline() for p in alive]
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0
+        assert code == 0  # a requested stop, not a crash
+    finally:
+        with __import__("contextlib").suppress(ProcessLookupError):
+            os.killpg(proc.pid, 9)
+        for child in psutil.process_iter():  # a server left behind by a failure must not outlive the test
+            with __import__("contextlib").suppress(psutil.Error):
+                if str(port) in child.cmdline() and "streamlit" in " ".join(child.cmdline()):
+                    child.kill()

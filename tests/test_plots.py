@@ -154,3 +154,16 @@ def test_trait_scatter_and_role_bars():
     bars = plots.per_role_bars(table)
     assert list(bars.data[0].x) == sorted(table["degradation"])  # ascending: the largest drawn on top
     assert isinstance(plots.trait_scatter(table, "missing"), go.Figure)
+
+
+def test_trait_scatter_shows_p_values_only_over_enough_roles():
+    """Over 4 roles a p-value reads as a finding; the title gives r and says why there is no p."""
+    from sarft_core.stats import MIN_PAIRS_FOR_P
+
+    few = pd.DataFrame({"role": list("ABCD"), "malevolence": [0.9, 0.1, 0.5, 0.3], "degradation": [0.4, 0.05, 0.2, 0.1]})
+    title = plots.trait_scatter(few, "malevolence").layout.title.text
+    assert "(p " not in title and "too few roles" in title and "Pearson r" in title
+    n = MIN_PAIRS_FOR_P
+    many = pd.DataFrame({"role": [f"r{i}" for i in range(n)], "malevolence": [i / n for i in range(n)],
+                         "degradation": [((i * 7) % n) / n for i in range(n)]})
+    assert "(p " in plots.trait_scatter(many, "malevolence").layout.title.text

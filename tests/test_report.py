@@ -61,6 +61,31 @@ def parse(text: str) -> Tags:
     return tags
 
 
+PLACEHOLDER_COLOUR = re.compile(r"#0000[0-9a-fA-F]{2}\b")  # Streamlit's theme colours, replaced only by its front end
+
+
+def plotted_figures(text: str) -> list[tuple[list, dict]]:
+    """(data, layout) of every figure a page draws (the arguments of its Plotly.newPlot calls)."""
+    decoder, figures, at = json.JSONDecoder(), [], 0
+    while (at := text.find("Plotly.newPlot(", at)) >= 0:
+        at = text.index(",", at) + 1  # past the div id
+        data, at = decoder.raw_decode(text, text.index("[", at))
+        layout, at = decoder.raw_decode(text, text.index("{", at))
+        figures.append((data, layout))
+    return figures
+
+
+def assert_figures_drawn_in_colour_with_room_for_axis_titles(text: str) -> None:
+    figures = plotted_figures(text)
+    assert figures
+    for data, layout in figures:
+        assert not PLACEHOLDER_COLOUR.search(json.dumps([data, layout])), layout.get("title")
+        theme = layout["template"]["layout"]
+        assert theme["colorway"] and not any(PLACEHOLDER_COLOUR.match(c) for c in theme["colorway"])
+        for axis in ("xaxis", "yaxis"):  # titles keep a distance from the tick labels and the margin grows to fit them
+            assert theme[axis]["automargin"] is True and theme[axis]["title"]["standoff"] > 0
+
+
 def write_train_run(root: Path, name: str, method: str, lam: float, refusal: float, rouge: float, extra_config=None) -> RunDir:
     """A training run as `python -m sarft_core train` writes it (its config from the training code's
     own run_config, one log line per optimizer step), evaluated as `python -m sarft_core eval --run RUN`
@@ -246,6 +271,7 @@ def test_survey_report_plots_traits_against_degradation(survey_dir):
     r = stats.pearsonr(table["malevolence"], degradation)[0]
     row = re.search(r"<td>degradation</td><td>malevolence</td><td class=\"num\">6</td><td class=\"num\">([-0-9.]+)</td>", text)
     assert row and float(row.group(1)) == pytest.approx(r, abs=1e-3)
+    assert "Only 6 roles" in text and "no p-values" in text  # 6 roles: r described, no p-values read as findings
     # a table file given directly works too; flagged_fraction correlations are listed
     assert "<td>flagged_fraction</td><td>malevolence</td>" in report.build_report(report.discover(survey_dir / "survey.csv"))
 
@@ -425,7 +451,7 @@ def test_dashboard_download_delivers_the_report_in_chromium(runs_root, tmp_path)
             page.set_default_timeout(120_000)
             page.goto(f"http://127.0.0.1:{port}/compare")
             button = page.get_by_role("button", name="Audit report (HTML)")
-            expect(button).to_be_visible()
+            expect(button).to_be_visible(timeout=60_000)  # the page draws its charts first; a shared CPU is slow
             with page.expect_download() as info:
                 button.click()
             path = tmp_path / "downloaded.html"
@@ -437,6 +463,33 @@ def test_dashboard_download_delivers_the_report_in_chromium(runs_root, tmp_path)
         log.close()
     text = path.read_text()
     assert parse(text).sections == ["summary", "profile", "training", "evaluation", "comparison"]
+    assert_figures_drawn_in_colour_with_room_for_axis_titles(text)  # not Streamlit's placeholder (black) colours
+
+
+def test_reports_built_in_the_dashboards_process_keep_their_colours(runs_root, tmp_path, monkeypatch, tiny_model_dir):
+    """Issue #28: a report downloaded from Compare drew every bar black with axis titles over the
+    ticks: the dashboard's process had Streamlit's placeholder template as plotly's default. The
+    pages run first (as in the app), then the reports are built as their download buttons build them;
+    the figures the page shows carry the same theme as the file's."""
+    from streamlit.testing.v1 import AppTest
+
+    ws = tmp_path / "ws"
+    for name in ("score-baron", "train-sft", "train-sarft"):
+        shutil.copytree(runs_root / name, ws / "runs" / name)
+    monkeypatch.setenv("SARFT_WORKSPACE", str(ws))
+    monkeypatch.setenv("SARFT_MODEL", str(tiny_model_dir))
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=120)
+    at.run()
+    at.switch_page("../pages/compare.py")
+    at.run()
+    assert not at.exception, at.exception
+    shown = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert shown and all(not PLACEHOLDER_COLOUR.search(json.dumps(s)) for s in shown)
+    compared = report.report_bytes([ws / "runs" / "train-sft", ws / "runs" / "train-sarft"]).decode()
+    assert_figures_drawn_in_colour_with_room_for_axis_titles(compared)
+    assert {json.dumps(s["layout"]["template"], sort_keys=True) for s in shown} == \
+        {json.dumps(layout["template"], sort_keys=True) for _, layout in plotted_figures(compared)}
+    assert_figures_drawn_in_colour_with_room_for_axis_titles(report.report_bytes(ws / "runs" / "score-baron").decode())
 
 
 def test_bare_folder_from_score_out_is_reported(runs_root, tmp_path):

@@ -91,3 +91,16 @@ def test_bootstrap_ci_of_a_mean_and_its_edges():
     assert all(math.isnan(v) for v in bootstrap_ci(([1, 1, 1, 1], [1, 2, 3, 4]), "pearson"))  # never defined
     with pytest.raises(ValueError, match="equal length"):
         bootstrap_ci(([1, 2, 3], [1, 2]), "pearson")
+
+
+def test_wilson_ci_is_symmetric_nested_by_level_and_checks_its_input():
+    from sarft_core.stats import wilson_ci
+
+    lo, hi = wilson_ci(3, 20)
+    mlo, mhi = wilson_ci(17, 20)
+    assert lo == pytest.approx(1 - mhi) and hi == pytest.approx(1 - mlo)  # k of n mirrors n - k of n
+    w90, w99 = wilson_ci(3, 20, level=0.90), wilson_ci(3, 20, level=0.99)
+    assert w99[0] < lo < w90[0] and w90[1] < hi < w99[1]
+    assert all(math.isnan(v) for v in wilson_ci(0, 0))
+    with pytest.raises(ValueError):
+        wilson_ci(5, 3)

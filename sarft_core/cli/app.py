@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -51,7 +52,83 @@ def run(args) -> int:
         env["SARFT_WORKSPACE"] = os.path.abspath(os.path.expanduser(args.workspace))
     env["PYTHONPATH"] = str(PROJECT_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     print(f"SaRFT Studio on http://{args.host}:{args.port}  (Ctrl+C stops it)", file=sys.stderr)
+    return serve(cmd, cwd=str(PROJECT_ROOT), env=env)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum, _frame):
+    raise _Stop(signum)
+
+
+def _die_with_parent() -> None:
+    """In the server's process, before exec: the kernel sends it SIGTERM when this command dies,
+    even by SIGKILL, so no server is left answering on the port (Linux; elsewhere a no-op)."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
     try:
-        return subprocess.call(cmd, cwd=str(PROJECT_ROOT), env=env)
-    except KeyboardInterrupt:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    except (OSError, AttributeError):
+        pass
+
+
+def _server_tree(proc: subprocess.Popen) -> list:
+    """The server and its descendants in its process group; background jobs, in sessions of their
+    own, are left out: they outlive the app and are re-attached by the next one."""
+    import psutil
+
+    try:
+        server = psutil.Process(proc.pid)
+        group = os.getpgid(proc.pid)
+        tree = [server] + server.children(recursive=True)
+    except (psutil.Error, OSError):
+        return []
+    out = []
+    for p in tree:
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(p.pid) == group:
+                out.append(p)
+    return out
+
+
+def stop_server(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM to the server's tree, SIGKILL to what is left after ``grace_s``."""
+    import psutil
+
+    tree = _server_tree(proc)
+    for p in tree:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(tree, timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=1)  # reap it
+
+
+def serve(cmd: list[str], cwd: str, env: dict) -> int:
+    """Run the server until it ends, or until this command is told to stop (SIGTERM, SIGHUP,
+    Ctrl+C): then the server's process tree stops with it. A signal to this command alone
+    (``kill PID``, a service manager) used to end the parent only, and the orphaned server went on
+    answering on the port."""
+    import signal
+
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in handled}
+    proc = None
+    try:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, preexec_fn=_die_with_parent)
+        return proc.wait()
+    except (_Stop, KeyboardInterrupt):
         return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if proc is not None and proc.poll() is None:
+            stop_server(proc)

@@ -1,4 +1,4 @@
-"""Pure functions for evaluation numbers: rates, bootstrap intervals, judge agreement.
+"""Pure functions for evaluation numbers: rates (Wilson intervals), means (bootstrap intervals), judge agreement.
 
 Labels are strings: ``refusal`` (a full refusal), ``partial`` (a partial refusal: a refusal
 plus a watered-down or redirected answer), ``compliance``, ``invalid`` (the response is empty or
@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from sarft_core.stats import bootstrap_ci
+from sarft_core.stats import bootstrap_ci, wilson_ci
 
 REFUSAL, PARTIAL, COMPLIANCE, INVALID, UNKNOWN = "refusal", "partial", "compliance", "invalid", "unknown"
 LABELS = (REFUSAL, PARTIAL, COMPLIANCE, INVALID, UNKNOWN)
@@ -34,14 +34,16 @@ def counts_as(label: str, positive: str) -> bool:
 
 
 def rate(labels: Iterable[str], positive: str) -> dict:
-    """Share of ``positive`` among the usable labels, with a 95% bootstrap interval.
+    """Share of ``positive`` among the usable labels, with a 95% Wilson score interval
+    (:func:`sarft_core.stats.wilson_ci`: right at 0 / n and n / n and for small n, where a
+    bootstrap of 0/1 values collapses to a point).
 
     Returns value, ci_low, ci_high (all in 0..1), n (usable rows), k (positives), n_unknown.
     """
     labels = list(labels)
     usable = [lab for lab in labels if lab != UNKNOWN]
     hits = [1.0 if counts_as(lab, positive) else 0.0 for lab in usable]
-    lo, hi = bootstrap_ci(hits)
+    lo, hi = wilson_ci(int(sum(hits)), len(hits))
     return {
         "value": (sum(hits) / len(hits)) if hits else math.nan,
         "ci_low": lo,
