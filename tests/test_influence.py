@@ -57,7 +57,7 @@ def test_influence_predicts_one_real_sgd_step(tiny):
     params = target_parameters(tiny.model)
     predicted = influences(tiny, SAMPLES, PROMPTS)["influence"]
     saved = [p.detach().clone() for _, p in params]
-    m0 = float(refusal_margin(tiny.model, tiny.tokenizer, PROMPTS))
+    m0 = refusal_margin(tiny.model, tiny.tokenizer, PROMPTS)
     lr = 2e-3
     changes = []
     for sample in SAMPLES:
@@ -65,7 +65,7 @@ def test_influence_predicts_one_real_sgd_step(tiny):
         opt.zero_grad()
         _train_loss(tiny, sample).backward()
         opt.step()
-        changes.append((float(refusal_margin(tiny.model, tiny.tokenizer, PROMPTS)) - m0) / lr)
+        changes.append((refusal_margin(tiny.model, tiny.tokenizer, PROMPTS) - m0) / lr)
         with torch.no_grad():
             for (_, p), s in zip(params, saved):
                 p.copy_(s)
@@ -73,7 +73,7 @@ def test_influence_predicts_one_real_sgd_step(tiny):
     for got, want in zip(predicted, changes):
         assert got == pytest.approx(want, rel=0.1, abs=1e-5)
     # and the weights are back where they were: the measure leaves the model as it found it
-    assert float(refusal_margin(tiny.model, tiny.tokenizer, PROMPTS)) == pytest.approx(m0, abs=1e-7)
+    assert refusal_margin(tiny.model, tiny.tokenizer, PROMPTS) == pytest.approx(m0, abs=1e-7)
 
 
 def test_the_targets_are_the_linear_layers_training_adapts(tiny):

@@ -66,44 +66,54 @@ def _continuation(tokenizer, prompt: str, text: str) -> tuple[list[int], list[in
 
 
 def _mean_answer_logp(model, prompt_ids: list[int], answer_ids: list[int]) -> torch.Tensor:
-    """Mean log p(answer | prompt) with autograd (one sequence)."""
+    """Mean log p(answer | prompt) with autograd (one sequence; the LM head runs on the answer's
+    positions only)."""
     device = next(model.parameters()).device
     ids = torch.tensor([prompt_ids + answer_ids], device=device)
-    logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
+    logits = model(input_ids=ids, logits_to_keep=len(answer_ids) + 1).logits[0, :-1].float()
     logp = torch.log_softmax(logits, dim=-1)
     return logp.gather(-1, torch.tensor(answer_ids, device=device)[:, None]).mean()
 
 
-def refusal_margin(model, tokenizer, prompts: Sequence[MarginPrompt], grad: bool = False) -> torch.Tensor:
+def _prompt_margin(model, tokenizer, p: "MarginPrompt") -> torch.Tensor:
+    rp, ra = _continuation(tokenizer, p.prompt, REFUSAL)
+    cp, ca = _continuation(tokenizer, p.prompt, p.compliance)
+    return _mean_answer_logp(model, rp, ra) - _mean_answer_logp(model, cp, ca)
+
+
+def refusal_margin(model, tokenizer, prompts: Sequence[MarginPrompt]) -> float:
     """M: the mean over ``prompts`` of the refusal's mean log-prob minus the compliance's."""
     if not prompts:
         raise SarftError("no held-out harmful prompts for the refusal margin", "give at least one prompt")
-    with torch.set_grad_enabled(grad):
-        total = 0.0
-        for p in prompts:
-            rp, ra = _continuation(tokenizer, p.prompt, REFUSAL)
-            cp, ca = _continuation(tokenizer, p.prompt, p.compliance)
-            total = total + _mean_answer_logp(model, rp, ra) - _mean_answer_logp(model, cp, ca)
-        return total / len(prompts)
+    with torch.no_grad():
+        return sum(float(_prompt_margin(model, tokenizer, p)) for p in prompts) / len(prompts)
 
 
 def margin_gradient(model, tokenizer, prompts: Sequence[MarginPrompt], params) -> tuple[float, list[torch.Tensor]]:
-    """(M, grad M over ``params``), one backward pass."""
+    """(M, grad M over ``params``): one backward pass per prompt, accumulated, with every other
+    weight frozen meanwhile (no gradient is computed for it; memory stays that of one prompt)."""
+    if not prompts:
+        raise SarftError("no held-out harmful prompts for the refusal margin", "give at least one prompt")
     was_training = model.training
     model.eval()
-    for _, p in params:
+    wanted = {id(p) for _, p in params}
+    before = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(id(p) in wanted)
         p.grad = None
-    flags = [p.requires_grad for _, p in params]
-    for _, p in params:
-        p.requires_grad_(True)
+    total = 0.0
     try:
-        m = refusal_margin(model, tokenizer, prompts, grad=True)
-        grads = torch.autograd.grad(m, [p for _, p in params])
+        for prompt in prompts:
+            m = _prompt_margin(model, tokenizer, prompt) / len(prompts)
+            m.backward()
+            total += float(m.detach())
+        grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for _, p in params]
     finally:
-        for (_, p), f in zip(params, flags):
-            p.requires_grad_(f)
+        for p, flag, grad in before:
+            p.requires_grad_(flag)
+            p.grad = grad
         model.train(was_training)
-    return float(m.detach()), [g.detach() for g in grads]
+    return total, grads
 
 
 @contextlib.contextmanager
