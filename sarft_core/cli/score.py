@@ -106,6 +106,7 @@ def run(args) -> int:
     print(
         f"{profile.name}: {st['samples']} samples, {st['flagged']} flagged ({100 * st['flagged_fraction']:.1f}%), "
         f"{st['seconds']:.1f} s, {speed}; from cache {st['from_cache']}, "
+        + (f"re-scored {st['damaged_records']} damaged cache record(s), " if st.get("damaged_records") else "")
         + (f"fast path {st['path']}, re-checked in fp32 {st['rechecked']}, " if fast else "")
         + f"prompts truncated {st['prompt_truncated']}, answers truncated {st['answer_truncated']} -> {out}"
     )
