@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers) -> None:
@@ -32,4 +33,9 @@ def run(args) -> int:
     out, n_figures = write_report(sources, args.out, args.title, args.examples)
     size = out.stat().st_size / 1e6
     print(f"wrote {out} ({len(sources.runs)} run(s), {len(sources.survey_tables)} survey table(s), {n_figures} figures, {size:.1f} MB)")
+    from sarft_core import audit
+
+    for run in sources.runs:
+        for path in audit.stale_side_files(run.path / audit.SCORES_FILE):
+            print(f"note: {run.name}: {audit.stale_note(path)}", file=sys.stderr)
     return 0

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from pathlib import Path
@@ -55,7 +54,7 @@ def run(args) -> int:
 
     from sarft_core.models import load_model
     from sarft_core.scoring import ScoreOptions, score_role
-    from sarft_core.store import Progress, atomic_write_text, write_table
+    from sarft_core.store import Progress, write_table
 
     from sarft_core.models import check_device
 
@@ -64,7 +63,9 @@ def run(args) -> int:
         raise SarftError(f"unsupported output type {out.suffix or '(none)'} for --out", "use .jsonl, .parquet or .csv")
     inputs = {"--data": args.data, "--profiles": args.profiles}
     check_output(out, inputs, writable=False)
-    tokens_out = out.with_name(out.stem + ".tokens.jsonl")
+    from sarft_core import audit
+
+    tokens_out = audit.tokens_path(out)
     if args.with_tokens:
         check_output(tokens_out, inputs, writable=False)
     check_device(args.device)
@@ -96,11 +97,9 @@ def run(args) -> int:
         return 0
     write_table(result.frame(), out)
     if args.with_tokens:
-        lines = []
-        for sid, ids in result.answer_ids.items():
-            tokens = [lm.tokenizer.decode([t]) for t in ids]
-            lines.append(json.dumps({"id": sid, "tokens": tokens, "ratio": result.token_ratios(sid)}, ensure_ascii=False))
-        atomic_write_text(tokens_out, "\n".join(lines) + "\n")
+        audit.write_token_ratios(out, result, lm.tokenizer)
+    for path in audit.stale_side_files(out):  # e.g. another role's review left in this folder
+        print(f"note: {audit.stale_note(path)}", file=sys.stderr)
     st = result.stats
     speed = f"{st['samples_per_s']:.2f} samples/s" if st.get("samples_per_s") else "all from cache"
     print(
