@@ -28,7 +28,7 @@ def run(args) -> int:
         raise SarftError("--examples must be 0 or more", "give e.g. --examples 8")
     from sarft_core.cli import check_output
 
-    check_output(args.out, {"TARGET": args.target})  # before any rendering
+    check_output(args.out, {"TARGET": args.target}, types=(".html", ".htm"))  # before any rendering
     sources = resolve_sources(args.target, (args.runs or "").split(","))
     out, n_figures = write_report(sources, args.out, args.title, args.examples)
     size = out.stat().st_size / 1e6

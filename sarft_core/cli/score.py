@@ -12,11 +12,13 @@ from sarft_core.cli._config_args import Option, add_config_options, config_from_
 from sarft_core.errors import SarftError
 
 
+SCORE_TYPES = (".parquet", ".jsonl", ".csv")
+
 # the scoring options: defaults, types and allowed values come from ScoreOptions
 SCORE_OPTIONS = {
     "normalise": Option("per-token mean (as published) or sum of answer log-probs"),
     "max_batch_tokens": Option("token budget of one forward batch (default: 1024 on the CPU, 16384 on a GPU)", flags=("--batch-tokens",)),
-    "recheck_band": Option("fast mode: re-score in fp32 samples whose |s_unsafe - s_role| is within this band (>= 0; 0 disables). "
+    "recheck_band": Option("fast mode (--dtype bfloat16) only: re-score in fp32 samples whose |s_unsafe - s_role| is within this band (>= 0; 0 disables). "
                            "Default: 0.04 with a bf16 copy of the model; for Llama-family models on the CPU the machine decides "
                            "(a bf16 screen with a 0.03 band where bf16 matmuls are much faster than fp32, as with AMX, else the exact path) unless a band is given"),
     "backend": Option("torch: this project's engine (exact fp32 flags; fast mode with --dtype bfloat16); vllm: vLLM's prompt_logprobs "
@@ -59,10 +61,8 @@ def run(args) -> int:
     from sarft_core.models import check_device
 
     out = Path(args.out).expanduser()
-    if out.suffix.lower() not in (".jsonl", ".parquet", ".csv"):
-        raise SarftError(f"unsupported output type {out.suffix or '(none)'} for --out", "use .jsonl, .parquet or .csv")
     inputs = {"--data": args.data, "--profiles": args.profiles}
-    check_output(out, inputs, writable=False)
+    check_output(out, inputs, writable=False, types=SCORE_TYPES)
     from sarft_core import audit
 
     tokens_out = audit.tokens_path(out)
@@ -71,7 +71,7 @@ def run(args) -> int:
     check_device(args.device)
     samples, profile = load_role_inputs(args)
     # the output location is checked before the long work, not after it
-    check_output(out, inputs)
+    check_output(out, inputs, types=SCORE_TYPES)
     if args.with_tokens:
         check_output(tokens_out, inputs)
     fast = args.dtype == "bfloat16" and args.backend == "torch"  # vLLM takes the precision as given
