@@ -140,3 +140,20 @@ def test_a_profile_renamed_but_unchanged_shares_the_cache(tiny_lm, demo_profiles
     score_role(tiny_lm, samples, profile)
     renamed = RoleProfile("Another name", profile.role_prompt, profile.unsafe_prompt)
     assert score_role(tiny_lm, samples, renamed).stats["from_cache"] == 2
+
+
+def test_a_new_revision_of_a_hub_model_changes_the_cache_key(tiny_lm, demo_profiles, demo_samples, score_cache):
+    """A hub model's fingerprint is its id ("hub-org/name"), which stays when the weights upstream
+    change; the revision the weights were downloaded at tells the two apart."""
+    import copy
+
+    profile, samples = demo_profiles[ROLE], demo_samples[:2]
+
+    def at_revision(commit):
+        model = copy.deepcopy(tiny_lm.model)
+        model.config._commit_hash = commit
+        return dataclasses.replace(tiny_lm, model=model, fingerprint="hub-org/tiny")
+
+    score_role(at_revision("a" * 40), samples, profile)
+    assert score_role(at_revision("a" * 40), samples, profile).stats["from_cache"] == 2
+    assert score_role(at_revision("b" * 40), samples, profile).stats["from_cache"] == 0

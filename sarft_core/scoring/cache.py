@@ -30,9 +30,12 @@ def _cache_dir(lm: LoadedModel, profile: RoleProfile, options: ScoreOptions) -> 
     the plan that made it (:attr:`FastPlan.tag`), and a run reads only the records its own
     plan, or the exact one, made."""
     template = getattr(lm.tokenizer, "chat_template", None) or ""
+    # a hub model's fingerprint is its id, which outlives new weights upstream: the revision the
+    # weights came from tells them apart (added only where known, so other keys stay as they were)
+    revision = getattr(getattr(lm.model, "config", None), "_commit_hash", None)
     key = _hash(
         "rds-v1", lm.fingerprint, str(lm.dtype), profile.role_prompt, profile.unsafe_prompt, REF_SYSTEM_PROMPT,
-        options.max_prompt_tokens, options.max_answer_tokens, template,
+        options.max_prompt_tokens, options.max_answer_tokens, template, *([revision] if isinstance(revision, str) else []),
     )
     path = cache_root() / "scores" / key[:32]
     path.mkdir(parents=True, exist_ok=True)
