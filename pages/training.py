@@ -25,7 +25,8 @@ try:
 except SarftError as err:
     widgets.show_error(err)
     st.stop()
-reviewed = [r for r in audit.score_runs(list_runs(), profile.name) if audit.flags_path(r.path / audit.SCORES_FILE).exists()]
+# only a review saved for the run's present table: a leftover one would hand training another table's flags
+reviewed = [r for r in audit.score_runs(list_runs(), profile.name) if audit.review_state(r.path / audit.SCORES_FILE) == "current"]
 config_dirs = [PROJECT_ROOT / "configs" / "accelerate", PROJECT_ROOT / "accelerate", PROJECT_ROOT / "configs"]
 configs = sorted({p for d in config_dirs if d.is_dir() for p in d.glob("*.y*ml")
                   if d.name == "accelerate" or "accelerate" in p.name})

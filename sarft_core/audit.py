@@ -8,13 +8,20 @@ A score run is a run directory (kind ``score``) holding:
 - after review, ``scores.review.json`` (``{"tau": float, "overrides": {id: bool}}``: what the
   analyst decided) and ``scores.flags.json`` (``{sample_id: bool}`` for every sample: the
   final D_h membership the trainer reads).
+The tokens and the review record the content fingerprint of the table they were made for
+(:data:`SCORES_STAMP`); the flags file is the review's. Sample ids repeat across roles and runs,
+so a side file left beside another table (a role scored into the same file) would silently shade
+or flag other samples: it is ignored instead, and named (:func:`stale_side_files`).
 Small runs are scored in-process (:func:`score_in_process`); larger ones run in the background
 as ``python -m sarft_core score ... --out RUN/scores.parquet --with-tokens`` (:func:`score_args`).
 Both write the same files.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -25,12 +32,13 @@ from sarft_core.errors import SarftError
 from sarft_core.flags import flag_margin
 from sarft_core.runconfig import RunConfig, ScoreSettings, record_model
 from sarft_core.runview import runs_of_kind
-from sarft_core.store import (RunDir, atomic_write_json, atomic_write_text, create_run, read_json, read_jsonl,
+from sarft_core.store import (RunDir, atomic_write_json, atomic_write_text, create_run, read_json_object, read_jsonl,
                               read_table, write_table)
 
 SCORES_FILE = "scores.parquet"
 TOKENS_FILE = "scores.tokens.jsonl"
 PROFILE_FILE = "profiles.json"
+SCORES_STAMP = "scores_sha256"  # in each side file: the fingerprint of the table it was made for
 
 
 def create_score_run(profile, data_path: str | Path | None, model_spec: str = "", limit: int | None = None,
@@ -67,11 +75,7 @@ def score_in_process(lm, samples, profile, run: RunDir, progress: Callable[[floa
     try:
         result = score_role(lm, samples, profile, progress=progress)
         write_table(result.frame(), run.path / SCORES_FILE)
-        lines = []
-        for sid, ids in result.answer_ids.items():
-            tokens = [lm.tokenizer.decode([t]) for t in ids]
-            lines.append(json.dumps({"id": sid, "tokens": tokens, "ratio": result.token_ratios(sid)}, ensure_ascii=False))
-        atomic_write_text(run.path / TOKENS_FILE, "\n".join(lines) + "\n")
+        write_token_ratios(run.path / SCORES_FILE, result, lm.tokenizer)
     except BaseException as exc:
         run.set_status("failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise
@@ -93,8 +97,133 @@ def load_scores(run: RunDir) -> pd.DataFrame:
 
 
 def load_token_ratios(run: RunDir) -> dict[str, dict]:
-    """Sample id -> {"tokens": [...], "ratio": [...]} (empty when scored without tokens)."""
-    return {str(r["id"]): r for r in read_jsonl(run.path / TOKENS_FILE) if "id" in r}
+    """Sample id -> {"tokens": [...], "ratio": [...]} (empty when scored without tokens, or when the
+    tokens file was made for another score table)."""
+    return _read_tokens(run.path / SCORES_FILE)[1]
+
+
+# --- side files: each belongs to one score table ----------------------------------------------
+
+def table_fingerprint(scores_path: str | Path) -> str | None:
+    """The content fingerprint of a score table (None when there is none): the bytes themselves,
+    so a copy keeps its side files and any rewrite with other numbers loses them."""
+    try:
+        st = os.stat(scores_path)
+    except OSError:
+        return None
+    # a table is hashed once per version of the file (a rewrite is a new inode and time)
+    return _file_sha256(str(Path(scores_path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, *version) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def tokens_path(scores_path: str | Path) -> Path:
+    p = Path(scores_path)
+    return p.with_name(p.stem + ".tokens.jsonl")
+
+
+def write_token_ratios(scores_path: str | Path, result, tokenizer) -> Path:
+    """Each answer's tokens and log p_unsafe − log p_role beside the score table (written first),
+    stamped with that table's fingerprint."""
+    stamp = table_fingerprint(scores_path)
+    lines = [json.dumps({"id": sid, "tokens": [tokenizer.decode([t]) for t in ids], "ratio": result.token_ratios(sid),
+                         SCORES_STAMP: stamp}, ensure_ascii=False)
+             for sid, ids in result.answer_ids.items()]
+    path = tokens_path(scores_path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _read_tokens(scores_path: Path) -> tuple[str, dict[str, dict]]:
+    """("none" | "current" | "stale", the ratios of the current table)."""
+    rows = [r for r in read_jsonl(tokens_path(scores_path)) if "id" in r]
+    if not rows:
+        return "none", {}
+    stamp = table_fingerprint(scores_path)
+    mine = {str(r["id"]): r for r in rows if stamp is not None and r.get(SCORES_STAMP) == stamp}
+    return ("current", mine) if mine else ("stale", {})
+
+
+def validation_path(scores_path: str | Path) -> Path:
+    """Where ``score --validate`` writes how far the table's flags agree with measured erosion."""
+    p = Path(scores_path)
+    return p.with_name(p.stem + ".validation.json")
+
+
+def write_validation(scores_path: str | Path, summary: dict) -> Path:
+    """The validation summary beside the score table (written first), stamped with its fingerprint."""
+    path = validation_path(scores_path)
+    atomic_write_json(path, {**summary, SCORES_STAMP: table_fingerprint(scores_path)})
+    return path
+
+
+def _read_validation(scores_path: str | Path) -> tuple[str, dict]:
+    """("none" | "current" | "stale", the validation of the current table)."""
+    path = validation_path(scores_path)
+    if not path.is_file():
+        return "none", {}
+    data = read_json_object(path, None)
+    stamp = table_fingerprint(scores_path)
+    if data is None or stamp is None or data.get(SCORES_STAMP) != stamp:
+        return "stale", {}
+    return "current", data
+
+
+def load_validation(scores_path: str | Path) -> dict:
+    """The validation summary of this very table ({} when none was made for it)."""
+    return _read_validation(scores_path)[1]
+
+
+def _read_review(scores_path: str | Path) -> tuple[str, dict]:
+    """("none" | "current" | "stale", the saved review of the current table)."""
+    path = review_path(scores_path)
+    if not path.is_file():
+        return "none", {}
+    data = read_json_object(path, None)  # a damaged file is no review of this table either
+    stamp = table_fingerprint(scores_path)
+    if data is None or stamp is None or data.get(SCORES_STAMP) != stamp:
+        return "stale", {}
+    return "current", data
+
+
+def review_state(scores_path: str | Path) -> str:
+    """"current" (a review saved for this very table), "stale" (one made for another) or "none"."""
+    return _read_review(scores_path)[0]
+
+
+def stale_side_files(scores_path: str | Path) -> list[Path]:
+    """The side files beside ``scores_path`` that were made for another table (or before side files
+    recorded their table), which every reader ignores."""
+    stale = [tokens_path(scores_path)] if _read_tokens(Path(scores_path))[0] == "stale" else []
+    review = review_state(scores_path)
+    if review == "stale":
+        stale.append(review_path(scores_path))
+    if review != "current" and flags_path(scores_path).is_file():
+        stale.append(flags_path(scores_path))  # the flags are the review's
+    if _read_validation(scores_path)[0] == "stale":
+        stale.append(validation_path(scores_path))
+    return stale
+
+
+_SIDE_FIX = {".tokens.jsonl": "score again with --with-tokens for token shading",
+             ".validation.json": "score again with --validate",
+             ".review.json": "review the flags and save again", ".flags.json": "review the flags and save again"}
+
+
+def stale_note(path: Path) -> str:
+    """The one sentence every face shows for an ignored side file."""
+    fix = next((f for suffix, f in _SIDE_FIX.items() if path.name.endswith(suffix)), "delete it")
+    return f"{path.name} was made for another score table, so it is ignored ({fix})"
 
 
 def score_runs(runs: list[RunDir], role: str | None = None) -> list[RunDir]:
@@ -115,9 +244,12 @@ def flags_path(scores_path: str | Path) -> Path:
 
 
 def load_review(scores_path: str | Path) -> tuple[float, dict[str, bool]]:
-    data = read_json(review_path(scores_path), {}) or {}
-    overrides = {str(k): bool(v) for k, v in (data.get("overrides") or {}).items()}
-    return float(data.get("tau", 0.0)), overrides
+    """(τ, overrides) saved for this very table; (0, {}) when none was, or the saved one is another table's."""
+    data = _read_review(scores_path)[1]
+    overrides = data.get("overrides")
+    overrides = {str(k): bool(v) for k, v in overrides.items()} if isinstance(overrides, dict) else {}
+    tau = data.get("tau", 0.0)
+    return (float(tau) if isinstance(tau, (int, float)) and not isinstance(tau, bool) else 0.0), overrides
 
 
 def save_review(scores: pd.DataFrame, scores_path: str | Path, tau: float, overrides: dict) -> dict[str, bool]:
@@ -132,7 +264,8 @@ def save_review(scores: pd.DataFrame, scores_path: str | Path, tau: float, overr
     flags = effective_flags(scores, tau, overrides)
     final = {sid: bool(f) for sid, f in zip(scores["id"].astype(str), flags)}
     atomic_write_json(review_path(scores_path), {"tau": float(tau), "overrides": overrides, "saved": time.time(),
-                                                 "flagged": int(sum(final.values())), "samples": len(final)})
+                                                 "flagged": int(sum(final.values())), "samples": len(final),
+                                                 SCORES_STAMP: table_fingerprint(scores_path)})
     atomic_write_json(flags_path(scores_path), final)
     return final
 

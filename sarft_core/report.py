@@ -7,7 +7,8 @@ atomically; ``report_bytes`` is the same file for a download button. What it can
   ``profiles.json``; training runs name the profiles file in their config);
 - **RDS**: the s_role / s_unsafe scatter, the margin histogram and the most flagged samples with
   their answer tokens shaded by log π_unsafe − log π_role (score runs: ``scores.parquet``,
-  ``scores.tokens.jsonl``, the saved review ``scores.review.json``);
+  ``scores.tokens.jsonl``, the saved review ``scores.review.json``; each only beside the very table
+  it was made for, else named and ignored);
 - **training**: CE / KL curves and a summary of the last step (``logs.jsonl`` of kind ``train``);
 - **evaluation**: every metric with its confidence interval, bar charts and a few generations
   (an evaluation run's ``metrics.json`` and ``artifacts/<suite>.parquet``: the run itself, or a
@@ -125,14 +126,23 @@ def rds_block(run: RunDir, figures: Figures, n_examples: int, review: tuple[floa
     stats = [{"samples": len(scores), "flagged (D_h)": int(flags.sum()), "flagged fraction": float(flags.mean()) if len(flags) else math.nan,
               "τ": tau, "overrides": len(overrides)}]
     examples, closest = flagged_examples(scores, flags, tokens, n_examples)
-    saved = scores_path.with_name("scores.review.json").is_file() or review
+    stale = audit.stale_side_files(scores_path)
     return {"run": run.name, "heading": f"{run_role(run) or run.name} · {run.name}", "settings": settings(run),
-            "review_note": "the analyst's saved review" if saved else "τ = 0, no review saved",
+            "review_note": review_note(review is not None or audit.review_state(scores_path) == "current",
+                                       audit.review_path(scores_path) in stale),
+            "stale_notes": [audit.stale_note(p) for p in stale],
             "summary": table(stats, list(stats[0]), numeric=list(stats[0]), cls="summary"),
             # a grid with fixed tracks: each figure measures its final width even before the next one exists
             "scatter": figures.html(plots.rds_scatter(scores, flags, tau), "rds-scatter"),
             "histogram": figures.html(plots.margin_histogram(scores, tau), "rds-histogram"),
             "examples": examples, "closest": closest, "shaded": bool(tokens)}
+
+
+def review_note(saved: bool, stale: bool) -> str:
+    """What the flags shown follow (the page reads "Flags follow ...")."""
+    if saved:
+        return "the analyst's saved review"
+    return "τ = 0: the saved review was made for another score table and is ignored" if stale else "τ = 0, no review saved"
 
 
 # --- training ------------------------------------------------------------------------------------

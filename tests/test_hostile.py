@@ -624,5 +624,49 @@ def test_every_command_checks_its_output_before_working(tmp_path, capsys):
     a_file = tmp_path / "plain.txt"
     a_file.write_text("x")
     for argv in (["judge", "--in", rows, "--judge", "keyword"], ["traits", "--source", "default"], ["report", tmp_path]):
-        code, _, err = cli(capsys, *argv, "--out", a_file / "sub" / "out.csv")
+        code, _, err = cli(capsys, *argv, "--out", a_file / "sub" / ("out.html" if argv[0] == "report" else "out.csv"))
         assert code == 2 and "plain.txt is a file, not a folder" in err, (argv[0], err)
+
+
+# ---- options that were silently ignored, fixes that were refused (issue 31, part C) -------------
+
+@pytest.mark.parametrize("dtype", [None, "float32"])
+def test_recheck_band_without_the_fast_mode_is_refused(tmp_path, capsys, dtype):
+    """--recheck-band only shapes the fast mode's bf16 screen: on the exact path it changed nothing."""
+    argv = ["score", "--role", ROLE, "--limit", "2", "--recheck-band", "0.05", "--model", tmp_path / "never-loaded",
+            "--out", tmp_path / "s.jsonl"] + (["--dtype", dtype] if dtype else [])
+    code, _, err = cli(capsys, *argv)
+    assert code == 2 and "--recheck-band" in err and "--dtype bfloat16" in err and "model" not in err.split("fix:")[0]
+    assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_recheck_band_is_validated_with_the_other_options():
+    from sarft_core.scoring import ScoreOptions
+
+    with pytest.raises(SarftError, match="--recheck-band") as err:
+        ScoreOptions(recheck_band=0.05).validate()
+    assert "--dtype bfloat16" in err.value.fix
+    ScoreOptions(fast=True, recheck_band=0.05).validate()
+
+
+def _suggested_out(err: str) -> str:
+    return err.split("e.g. ", 1)[1].split()[0]
+
+
+def test_output_fixes_name_a_file_the_command_accepts(tmp_path, capsys):
+    """The example in an output error's fix is itself accepted by the command that gave it."""
+    table = tmp_path / "survey.csv"
+    table.write_text("role,malevolence,flagged_fraction\nA,0.1,0.2\nB,0.9,0.6\nC,0.5,0.4\n")
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    code, _, err = cli(capsys, "report", table, "--out", folder)
+    assert code == 2 and "is a folder" in err
+    suggested = _suggested_out(err)
+    assert suggested.endswith(".html"), err
+    assert cli(capsys, "report", table, "--out", suggested)[0] == 0
+    code, _, err = cli(capsys, "report", table, "--out", table)  # the input itself
+    assert code == 2 and _suggested_out(err).endswith(".html"), err
+    code, _, err = cli(capsys, "report", table, "--out", tmp_path / "r.csv")
+    assert code == 2 and "unsupported output type .csv" in err and ".html" in err
+    code, _, err = cli(capsys, "score", "--role", ROLE, "--out", folder)
+    assert code == 2 and _suggested_out(err).endswith((".jsonl", ".parquet", ".csv")), err

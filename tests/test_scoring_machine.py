@@ -193,8 +193,8 @@ def test_numeric_options_are_validated_with_their_range(field, value, allowed):
 
 
 def test_valid_numeric_options_pass():
-    ScoreOptions(recheck_band=0.0, max_batch_tokens=1, chunk_size=1).validate()
-    ScoreOptions(recheck_band=10, max_batch_tokens=None).validate()
+    ScoreOptions(fast=True, recheck_band=0.0, max_batch_tokens=1, chunk_size=1).validate()
+    ScoreOptions(fast=True, recheck_band=10, max_batch_tokens=None).validate()
 
 
 def test_records_of_one_plan_are_not_served_to_another(tiny_lm, demo_profiles, demo_samples, score_cache):

@@ -345,7 +345,9 @@ def test_html_report_keeps_hostile_text_inert(tmp_path, monkeypatch):
                            "logp_ref": [-2.0, -2.0], "logp_role": [-1.5, -1.0], "logp_unsafe": [-1.0, -1.4],
                            "s_role": [0.5, 1.0], "s_unsafe": [1.0, 0.6], "harmful": [True, False], "n_tokens": [2, 1]})
     scores.to_parquet(run.path / audit.SCORES_FILE)
-    atomic_write_text(run.path / audit.TOKENS_FILE, json.dumps({"id": f"id{evil}", "tokens": [evil, " ok"], "ratio": [0.4, -0.1]}) + "\n")
+    stamp = audit.table_fingerprint(run.path / audit.SCORES_FILE)  # tokens count only beside the table they were made for
+    atomic_write_text(run.path / audit.TOKENS_FILE, json.dumps({"id": f"id{evil}", "tokens": [evil, " ok"], "ratio": [0.4, -0.1],
+                                                                audit.SCORES_STAMP: stamp}) + "\n")
     run.set_status("completed")
     page = report.report_bytes(run.path).decode("utf-8")
 

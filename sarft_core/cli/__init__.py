@@ -83,16 +83,26 @@ def parse_columns(text: str | None) -> dict | None:
     return out
 
 
-def check_output(out, inputs: dict | None = None, writable: bool = True) -> None:
-    """Before any work: ``out`` is none of the command's input files (it would overwrite one) and,
-    with ``writable``, its location can be written (the folder exists or can be made)."""
+def _example_suffix(out, types: tuple[str, ...] | None) -> str:
+    """The suffix of a file name a fix suggests: ``out``'s own where the command accepts it."""
+    if out.suffix and (not types or out.suffix.lower() in types):
+        return out.suffix
+    return types[0] if types else ".csv"
+
+
+def check_output(out, inputs: dict | None = None, writable: bool = True, types: tuple[str, ...] | None = None) -> None:
+    """Before any work: ``out`` is none of the command's input files (it would overwrite one),
+    with ``writable`` its location can be written (the folder exists or can be made), and its
+    type is one of ``types`` (lower-case suffixes, the first the default). Every file name a fix
+    suggests is one the command accepts."""
     from pathlib import Path
 
     from sarft_core.store import check_writable
 
     out = Path(out).expanduser()
+    suffix = _example_suffix(out, types)
     if out.is_dir():
-        raise SarftError(f"{out} is a folder, not a file", f"give --out a file path, e.g. {out / ('out' + (out.suffix or '.csv'))}")
+        raise SarftError(f"{out} is a folder, not a file", f"give --out a file path, e.g. {out / ('out' + suffix)}")
     for option, value in (inputs or {}).items():
         if not value:
             continue
@@ -105,6 +115,9 @@ def check_output(out, inputs: dict | None = None, writable: bool = True) -> None
                 same = False
         if same:
             raise SarftError(f"--out {out} is the {option} input file: writing the results would overwrite it",
-                             "give --out a new file, e.g. " + str(out.with_name(out.stem + ".out" + out.suffix)))
+                             "give --out a new file, e.g. " + str(out.with_name(out.stem + ".out" + suffix)))
+    if types and out.suffix.lower() not in types:  # before check_writable, which may make the folder
+        raise SarftError(f"unsupported output type {out.suffix or '(none)'} for --out",
+                         "use " + (", ".join(types[:-1]) + " or " + types[-1] if len(types) > 1 else types[0]))
     if writable:
         check_writable(out)

@@ -25,11 +25,9 @@ def run(args) -> int:
     from sarft_core.store import read_table, write_table
 
     out = Path(args.out)
-    if out.suffix.lower() not in (".csv", ".jsonl", ".parquet"):
-        raise SarftError(f"unsupported output type {out.suffix or '(none)'} for --out", "use .csv, .jsonl or .parquet")
     from sarft_core.cli import check_output
 
-    check_output(out, {"--in": args.inp})  # before any judging
+    check_output(out, {"--in": args.inp}, types=(".csv", ".jsonl", ".parquet"))  # before any judging
     df = read_table(args.inp)
     missing = [c for c in (args.prompt_col, args.response_col) if c not in df.columns]
     if missing:

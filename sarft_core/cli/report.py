@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers) -> None:
@@ -27,9 +28,14 @@ def run(args) -> int:
         raise SarftError("--examples must be 0 or more", "give e.g. --examples 8")
     from sarft_core.cli import check_output
 
-    check_output(args.out, {"TARGET": args.target})  # before any rendering
+    check_output(args.out, {"TARGET": args.target}, types=(".html", ".htm"))  # before any rendering
     sources = resolve_sources(args.target, (args.runs or "").split(","))
     out, n_figures = write_report(sources, args.out, args.title, args.examples)
     size = out.stat().st_size / 1e6
     print(f"wrote {out} ({len(sources.runs)} run(s), {len(sources.survey_tables)} survey table(s), {n_figures} figures, {size:.1f} MB)")
+    from sarft_core import audit
+
+    for run in sources.runs:
+        for path in audit.stale_side_files(run.path / audit.SCORES_FILE):
+            print(f"note: {run.name}: {audit.stale_note(path)}", file=sys.stderr)
     return 0

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from pathlib import Path
@@ -13,11 +12,13 @@ from sarft_core.cli._config_args import Option, add_config_options, config_from_
 from sarft_core.errors import SarftError
 
 
+SCORE_TYPES = (".parquet", ".jsonl", ".csv")
+
 # the scoring options: defaults, types and allowed values come from ScoreOptions
 SCORE_OPTIONS = {
     "normalise": Option("per-token mean (as published) or sum of answer log-probs"),
     "max_batch_tokens": Option("token budget of one forward batch (default: 1024 on the CPU, 16384 on a GPU)", flags=("--batch-tokens",)),
-    "recheck_band": Option("fast mode: re-score in fp32 samples whose |s_unsafe - s_role| is within this band (>= 0; 0 disables). "
+    "recheck_band": Option("fast mode (--dtype bfloat16) only: re-score in fp32 samples whose |s_unsafe - s_role| is within this band (>= 0; 0 disables). "
                            "Default: 0.04 with a bf16 copy of the model; for Llama-family models on the CPU the machine decides "
                            "(a bf16 screen with a 0.03 band where bf16 matmuls are much faster than fp32, as with AMX, else the exact path) unless a band is given"),
     "backend": Option("torch: this project's engine (exact fp32 flags; fast mode with --dtype bfloat16); vllm: vLLM's prompt_logprobs "
@@ -69,17 +70,17 @@ def run(args) -> int:
     from sarft_core.models import load_model
     from sarft_core.scoring import ScoreOptions, score_role
     from sarft_core.scoring.validate import ValidateOptions, validate_flags
-    from sarft_core.store import Progress, atomic_write_json, atomic_write_text, write_table
+    from sarft_core.store import Progress, write_table
 
     from sarft_core.models import check_device
 
     out = Path(args.out).expanduser()
-    if out.suffix.lower() not in (".jsonl", ".parquet", ".csv"):
-        raise SarftError(f"unsupported output type {out.suffix or '(none)'} for --out", "use .jsonl, .parquet or .csv")
     inputs = {"--data": args.data, "--profiles": args.profiles}
-    check_output(out, inputs, writable=False)
-    tokens_out = out.with_name(out.stem + ".tokens.jsonl")
-    validation_out = validation_path(out)
+    check_output(out, inputs, writable=False, types=SCORE_TYPES)
+    from sarft_core import audit
+
+    tokens_out = audit.tokens_path(out)
+    validation_out = audit.validation_path(out)
     if args.with_tokens:
         check_output(tokens_out, inputs, writable=False)
     if args.validate:
@@ -87,7 +88,7 @@ def run(args) -> int:
     check_device(args.device)
     samples, profile = load_role_inputs(args)
     # the output location is checked before the long work, not after it
-    check_output(out, inputs)
+    check_output(out, inputs, types=SCORE_TYPES)
     if args.with_tokens:
         check_output(tokens_out, inputs)
     if args.validate:
@@ -131,19 +132,18 @@ def run(args) -> int:
         frame["influence"] = [validation["influence"][sid] for sid in frame["id"]]
     write_table(frame, out)
     if validation is not None:
-        atomic_write_json(validation_out, validation["summary"])
+        audit.write_validation(out, validation["summary"])
     if args.with_tokens:
-        lines = []
-        for sid, ids in result.answer_ids.items():
-            tokens = [lm.tokenizer.decode([t]) for t in ids]
-            lines.append(json.dumps({"id": sid, "tokens": tokens, "ratio": result.token_ratios(sid)}, ensure_ascii=False))
-        atomic_write_text(tokens_out, "\n".join(lines) + "\n")
+        audit.write_token_ratios(out, result, lm.tokenizer)
+    for path in audit.stale_side_files(out):  # e.g. another role's review left in this folder
+        print(f"note: {audit.stale_note(path)}", file=sys.stderr)
     st = result.stats
     speed = f"{st['samples_per_s']:.2f} samples/s" if st.get("samples_per_s") else "all from cache"
     print(
         f"{profile.name}: {st['samples']} samples, {st['flagged']} flagged ({100 * st['flagged_fraction']:.1f}%; "
         f"with 95% confidence: {st['verdicts']['flagged']} flagged, {st['verdicts']['uncertain']} uncertain, {st['verdicts']['kept']} kept), "
         f"{st['seconds']:.1f} s, {speed}; from cache {st['from_cache']}, "
+        + (f"re-scored {st['damaged_records']} damaged cache record(s), " if st.get("damaged_records") else "")
         + (f"fast path {st['path']}, re-checked in fp32 {st['rechecked']}, " if fast else "")
         + f"prompts truncated {st['prompt_truncated']}, answers truncated {st['answer_truncated']} -> {out}"
     )
@@ -157,8 +157,3 @@ def run(args) -> int:
               f"{100 * v['flagged_fraction']:.0f}%) -> {validation_out}")
         print(v["reading"])
     return 0
-
-
-def validation_path(out: Path) -> Path:
-    """Where ``score --validate`` writes the agreement summary of the table ``out``."""
-    return out.with_name(out.stem + ".validation.json")

@@ -42,11 +42,9 @@ def run(args) -> int:
     from sarft_core.traits import TRAITS, rate_traits
 
     out = Path(args.out)
-    if out.suffix.lower() not in (".csv", ".jsonl", ".parquet"):
-        raise SarftError(f"unsupported output type {out.suffix or '(none)'} for --out", "use .csv, .jsonl or .parquet")
     from sarft_core.cli import check_output
 
-    check_output(out, {"--profiles": args.profiles, "--csv": args.csv})  # before any rating
+    check_output(out, {"--profiles": args.profiles, "--csv": args.csv}, types=(".csv", ".jsonl", ".parquet"))  # before any rating
     profiles = select_profiles(args.profiles, args.roles)
     options = {}
     if args.source == "openai":

@@ -8,6 +8,7 @@ Formats (picked from the file's content, not only its name):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,6 +52,31 @@ def _samples_of(data: dict):
         return data
     role = data.get("role")
     return [dict(r, role=r.get("role", role)) if isinstance(r, dict) else r for r in data["samples"]]
+
+
+def _own_id(value) -> str | None:
+    """A row's own id as text, or None where it has none (absent, null, NaN, blank)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or type(value).__name__ in ("NAType", "NaTType"):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # an integer id column with a gap reads back as floats
+    text = str(value)
+    return text if text.strip() else None
+
+
+def _position_id(position: int) -> str:
+    """The id of a row without one: its position among the role's rows, counting skipped rows,
+    so that a skipped row never hands its id to the next (overrides and reviews name samples by id)."""
+    return f"{position:05d}"
+
+
+def _id_clash(path: Path, sid: str, row: int, made_up: bool, first_row: int, first_made_up: bool) -> SarftError:
+    """The error for two rows with one id, naming the rows and which id was made from a position."""
+    if made_up or first_made_up:
+        blank, other = (row, first_row) if made_up else (first_row, row)
+        return SarftError(f"{path}: row {blank} has no id, and the id made from its position, {sid!r}, is the id of row {other}",
+                          f"give row {blank} an id of its own, or leave the id column out so that every id comes from the row's position")
+    return SarftError(f"{path}: sample id {sid!r} is used by rows {first_row} and {row}", "make the id column unique or drop it")
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -110,10 +136,13 @@ def load_samples(
     if role and role_col:
         chosen_role = match_role(role, file_roles)
     samples: list[Sample] = []
+    id_rows: dict[str, tuple[int, bool]] = {}  # id -> (row number, made from the position)
+    position = -1
     for i, r in enumerate(rows):
         r_role = str(r.get(role_col, "")) if role_col else (role or "")
         if chosen_role is not None and normalise_name(r_role) != normalise_name(chosen_role):
             continue
+        position += 1
         x, y = r.get(in_col), r.get(out_col)
         if hasattr(y, "tolist") and not isinstance(y, str):  # a parquet list column reads back as an array
             y = y.tolist()
@@ -137,15 +166,16 @@ def load_samples(
             continue
         check_text(x, f"{path}: row {i + 1} input")
         check_text(y, f"{path}: row {i + 1} output")
-        sid = r.get(cols["id"]) if cols["id"] in r else None
-        check_text(str(sid), f"{path}: row {i + 1} id")
+        own = _own_id(r.get(cols["id"]))
+        sid = own if own is not None else _position_id(position)
+        check_text(sid, f"{path}: row {i + 1} id")
         check_text(r_role, f"{path}: row {i + 1} role")
-        samples.append(Sample(id=str(sid) if sid not in (None, "") else f"{len(samples):05d}", role=chosen_role or r_role, input=x, output=y))
+        if sid in id_rows:
+            raise _id_clash(path, sid, i + 1, own is None, *id_rows[sid])
+        id_rows[sid] = (i + 1, own is None)
+        samples.append(Sample(id=sid, role=chosen_role or r_role, input=x, output=y))
         if limit and len(samples) >= limit:
             break
     if not samples:
         raise SarftError(f"{path}: no usable samples" + (f" for role {role!r}" if role else ""), "check the role name and that inputs and outputs are non-empty")
-    ids = [s.id for s in samples]
-    if len(set(ids)) != len(ids):
-        raise SarftError(f"{path}: duplicate sample ids", "make the id column unique or drop it")
     return samples

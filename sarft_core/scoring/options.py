@@ -75,6 +75,11 @@ class ScoreOptions:
         if self.backend == "vllm" and (self.fast or self.recheck_band is not None):
             raise SarftError("fast mode and --recheck-band are this engine's, not vLLM's",
                              "with --backend vllm give the precision with --dtype (bfloat16: approximate flags), or use --backend torch")
+        if self.recheck_band is not None and not self.fast:
+            # the band only shapes the fast mode's bf16 screen: the exact path would ignore it
+            raise SarftError(f"--recheck-band {self.recheck_band} applies only to the fast mode, and this run scores exactly in float32",
+                             "add --dtype bfloat16 for the fast mode (a bf16 screen, then float32 for samples within the band), "
+                             "or leave --recheck-band out")
 
 
 @dataclass

@@ -14,8 +14,8 @@ from sarft_core.resources import check_scoring_batch
 from sarft_core.scoring.engine import Cancelled, encode_passes, reduce_logps, score_passes
 from sarft_core.scoring.machine import screen_still_pays
 from sarft_core.flags import flag_margin, is_flagged, margin_se, verdict, verdict_counts
-from sarft_core.store import append_jsonl, read_jsonl
-from sarft_core.scoring.cache import _cache_dir, _sample_key
+from sarft_core.store import append_jsonl
+from sarft_core.scoring.cache import _cache_dir, _sample_key, read_records
 from sarft_core.scoring.options import (
     EXACT_PLAN, FLAG_PASSES, PASSES, REF_SYSTEM_PROMPT, SCREEN_PROBE_SAMPLES, VLLM_PLAN, ScoreOptions, ScoreResult,
     batch_tokens, machine_plan, scoring_plan,
@@ -136,16 +136,16 @@ def score_role(
     rank, world, wait = _process_split()
     done: dict[str, dict] = {}
 
-    def load_cached():
-        for path in sorted(cache_dir.glob("records*.jsonl")):
-            for rec in read_jsonl(path):
-                if isinstance(rec, dict) and "key" in rec and rec.get("plan", "exact") in accepted:
-                    done.setdefault(rec["key"], {}).update(rec)
+    def load_cached() -> set[str]:
+        records, damaged = read_records(cache_dir, accepted)
+        for key, rec in records.items():
+            done.setdefault(key, {}).update(rec)
+        return damaged
 
-    if use_cache:
-        load_cached()
+    damaged = load_cached() if use_cache else set()
     missing_passes = lambda rec: [p for p in systems if p not in rec]  # noqa: E731
     todo = [s for s in samples if _sample_key(s) not in done or missing_passes(done[_sample_key(s)])]
+    damaged_records = sum(1 for s in todo if _sample_key(s) in damaged)  # scored again, like a torn line
     from_cache = len(samples) - len(todo)
     mine = todo[rank::world]
     out_path = cache_dir / (f"records.rank{rank}.jsonl" if world > 1 else "records.jsonl")
@@ -193,6 +193,7 @@ def score_role(
         "prompt_truncated": sum(1 for s in samples if done[_sample_key(s)].get("prompt_truncated")),
         "answer_truncated": sum(1 for s in samples if done[_sample_key(s)].get("answer_truncated")),
         "cache_dir": str(cache_dir),
+        "damaged_records": damaged_records,
     })
     from sarft_core.validation import require_finite_scores
 
