@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     held_out = args.ensemble  # the wording no estimator sees
     lm = load_model(args.model)
     profiles = load_profiles(PROFILES)
-    options = ScoreOptions(passes=("role", "unsafe"))
+    options = ScoreOptions(passes=("role", "unsafe"), wordings=0)  # margin_se: the token bootstrap
     rows = []
     t0 = time.time()
     for role in [r.strip() for r in args.roles.split(",") if r.strip()]:

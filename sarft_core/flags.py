@@ -25,13 +25,13 @@ def is_flagged(scores, tau: float = 0.0):
 
 # ---- how sure a flag is ---------------------------------------------------------------------
 #
-# The margin of one sample is a mean (or sum) over its answer's tokens of the per-token log-ratio
-# d_t = log p_unsafe(y_t) - log p_role(y_t). Neighbouring tokens are correlated (a phrase moves
-# together), so its standard error comes from a circular block bootstrap over d_t, not from the
-# i.i.d. formula: blocks of about n^(1/3) consecutive tokens are resampled with replacement.
-# A flag carried by one or two tokens then shows a wide interval, one that every token of the
-# answer leans towards a narrow one. docs/flags.md says why this estimator was chosen over a
-# prompt ensemble (measured by bench/bench_flag_uncertainty.py).
+# A flag rests on one wording of the unsafe instruction. Reworded (sarft_core.data.profiles has
+# five wordings of ours), the margin of a quarter of the samples changes sign on the aligned
+# model, so each flag's error (margin_se) is by default the spread of its margin over the published
+# wording and three of ours (wording_spread). Measured against a fourth wording held out, 98% of
+# the verdicts this makes confident keep their flag, against 88% for the alternative, a circular
+# block bootstrap over the answer's per-token log-ratios (margin_se below: free, used when no
+# rewordings are scored). docs/flags.md has the measurement (bench/bench_flag_uncertainty.py).
 
 VERDICTS = ("flagged", "uncertain", "kept")
 BOOTSTRAP_REPLICATES = 400
@@ -61,6 +61,16 @@ def margin_se(token_ratios, normalise: str = "mean", replicates: int = BOOTSTRAP
     means = d[index.reshape(replicates, -1)[:, :n]].mean(axis=1)
     se = float(means.std(ddof=1))
     return se * n if normalise == "sum" else se
+
+
+def wording_spread(margins) -> float:
+    """The standard deviation of one sample's margins under several wordings of the unsafe
+    instruction (the published one first): how far the margin moves when the instruction is merely
+    reworded. NaN for fewer than two wordings."""
+    import numpy as np
+
+    values = np.asarray(margins, dtype=np.float64)
+    return float(values.std(ddof=1)) if values.size >= 2 else math.nan
 
 
 def z_value(confidence: float = DEFAULT_CONFIDENCE) -> float:

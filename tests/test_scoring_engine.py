@@ -79,7 +79,7 @@ def test_cache_returns_at_once_and_resume_after_cancel(tiny_lm, demo_profiles, d
         calls["n"] += 1
         return calls["n"] > 3  # 3 passes of the first chunk run, then stop
 
-    options = ScoreOptions(chunk_size=4, max_batch_tokens=100000)
+    options = ScoreOptions(chunk_size=4, max_batch_tokens=100000, wordings=0)  # 3 passes a chunk
     with pytest.raises(Cancelled):
         score_role(tiny_lm, samples, profile, options, should_stop=stop_after_first_chunk)
     resumed = score_role(tiny_lm, samples, profile, options)
@@ -188,3 +188,23 @@ def test_score_role_itself_refuses_non_finite_scores(tiny_model_dir, demo_profil
         lm.model.model.norm.weight.fill_(float("nan"))
     with pytest.raises(SarftError, match="non-finite"):
         score_role(lm, demo_samples[:3], demo_profiles["Baron Vex Morrow"])
+
+
+def test_the_flags_error_is_the_spread_over_reworded_unsafe_instructions(tiny_lm, demo_profiles, demo_samples, score_cache):
+    """margin_se is the standard deviation of the margin under the published unsafe prompt and
+    each rewording (the role profile + our instruction), each scored as its own profile would be."""
+    import numpy as np
+
+    from sarft_core.data.profiles import unsafe_variant
+
+    profile = demo_profiles["Baron Vex Morrow"]
+    samples = demo_samples[:4]
+    rows = score_role(tiny_lm, samples, profile, ScoreOptions(wordings=2)).rows
+    variants = [score_role(tiny_lm, samples, unsafe_variant(profile, k), ScoreOptions(wordings=0)).rows for k in range(2)]
+    for i, row in enumerate(rows):
+        margins = [row["logp_unsafe"] - row["logp_role"]] + [v[i]["logp_unsafe"] - v[i]["logp_role"] for v in variants]
+        assert row["margin_se"] == pytest.approx(float(np.std(margins, ddof=1)), abs=1e-5)
+    # without rewordings the error is the token bootstrap's, and the flags are the same either way
+    plain = score_role(tiny_lm, samples, profile, ScoreOptions(wordings=0)).rows
+    assert [r["harmful"] for r in plain] == [r["harmful"] for r in rows]
+    assert all(r["margin_se"] >= 0 for r in plain)

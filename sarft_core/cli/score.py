@@ -24,6 +24,9 @@ SCORE_OPTIONS = {
     "backend": Option("torch: this project's engine (exact fp32 flags; fast mode with --dtype bfloat16); vllm: vLLM's prompt_logprobs "
                       "where vLLM is installed (GPUs, big models), in the --dtype given"),
     "tensor_parallel": Option("--backend vllm: GPUs per model"),
+    "wordings": Option("how sure each flag is: score the answers under this many rewordings of the unsafe instruction besides the "
+                       "published one; margin_se is the margin's spread over them (0: a block bootstrap over the answer's tokens, "
+                       "free but less reliable; docs/flags.md)"),
 }
 
 

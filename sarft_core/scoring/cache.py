@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sarft_core.data.profiles import RoleProfile
 from sarft_core.models import LoadedModel, cache_root
-from sarft_core.scoring.options import PASSES, REF_SYSTEM_PROMPT, ScoreOptions
+from sarft_core.scoring.options import REF_SYSTEM_PROMPT, ScoreOptions, is_pass_name
 from sarft_core.store import read_jsonl
 
 
@@ -59,9 +59,7 @@ def record_problem(rec: dict) -> str | None:
     ids = rec.get("answer_ids")
     if not isinstance(ids, list) or not ids or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
         return "answer_ids is not a list of token ids"
-    for name in PASSES:
-        if name not in rec:
-            continue  # a pass this record's run did not ask for: scored when needed
+    for name in [k for k in rec if is_pass_name(k)]:
         logps = rec[name]
         if not isinstance(logps, list) or len(logps) != len(ids):
             return f"{name} log-probs do not match the answer's {len(ids)} tokens"

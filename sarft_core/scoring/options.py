@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from sarft_core.chat import MAX_ANSWER_TOKENS, MAX_PROMPT_TOKENS
+from sarft_core.data.profiles import UNSAFE_INSTRUCTION_VARIANTS
 from sarft_core.models import LoadedModel
 from sarft_core.scoring.machine import MachineDecision, machine_decision
 from sarft_core.validation import choice, number, validate_choices, validate_numbers
@@ -20,6 +21,19 @@ SCORE_COLUMNS = [
 PASSES = ("ref", "role", "unsafe")
 NORMALISATIONS = ("mean", "sum")  # per-token mean of the answer's log-probs (as published), or their sum
 FLAG_PASSES = ("role", "unsafe")
+WORDING_PREFIX = "unsafe~"  # a reworded unsafe pass: the prefix and a hash of its instruction's text
+
+
+def wording_passes(count: int) -> dict[str, str]:
+    """{pass name: instruction} of the first ``count`` rewordings; each name holds a hash of its text,
+    so a cached pass is never read for another wording."""
+    import hashlib
+
+    return {WORDING_PREFIX + hashlib.sha256(w.encode()).hexdigest()[:10]: w for w in UNSAFE_INSTRUCTION_VARIANTS[:count]}
+
+
+def is_pass_name(name: str) -> bool:
+    return name in PASSES or name.startswith(WORDING_PREFIX)
 REF_SYSTEM_PROMPT = ""  # as published: an empty system turn
 # The fast mode is the fastest way to the exact flags. Where bfloat16 pays, it scores first at
 # reduced precision, then re-scores in IEEE float32 the flag passes (role, unsafe) of every
@@ -62,6 +76,11 @@ class ScoreOptions:
     backend: str = choice("torch", BACKENDS, option="backend")  # vllm (sarft_core.vllm_backend), where vLLM is installed
     tensor_parallel: int = number(1, lo=1, integer=True, option="--tensor-parallel",
                                   hint="give the number of GPUs per model, e.g. 1")  # vLLM only: GPUs per model
+    # how sure each flag is: the margin under this many rewordings of the unsafe instruction besides
+    # the published one (sarft_core.data.profiles.UNSAFE_INSTRUCTION_VARIANTS); margin_se is their
+    # spread. 0: the block bootstrap over the answer's tokens instead (free, but measured less
+    # reliable: docs/flags.md). Each wording is one more pass over the answers.
+    wordings: int = number(3, lo=0, hi=len(UNSAFE_INSTRUCTION_VARIANTS), integer=True, option="--wordings")
 
     def validate(self) -> None:
         from sarft_core.errors import SarftError

@@ -13,12 +13,12 @@ from sarft_core.models import LoadedModel
 from sarft_core.resources import check_scoring_batch
 from sarft_core.scoring.engine import Cancelled, encode_passes, reduce_logps, score_passes
 from sarft_core.scoring.machine import screen_still_pays
-from sarft_core.flags import flag_margin, is_flagged, margin_se, verdict, verdict_counts
+from sarft_core.flags import flag_margin, is_flagged, margin_se, verdict, verdict_counts, wording_spread
 from sarft_core.store import append_jsonl
 from sarft_core.scoring.cache import _cache_dir, _sample_key, read_records
 from sarft_core.scoring.options import (
-    EXACT_PLAN, FLAG_PASSES, PASSES, REF_SYSTEM_PROMPT, SCREEN_PROBE_SAMPLES, VLLM_PLAN, ScoreOptions, ScoreResult,
-    batch_tokens, machine_plan, scoring_plan,
+    EXACT_PLAN, PASSES, REF_SYSTEM_PROMPT, SCREEN_PROBE_SAMPLES, VLLM_PLAN, ScoreOptions, ScoreResult,
+    WORDING_PREFIX, batch_tokens, machine_plan, scoring_plan, wording_passes,
 )
 
 
@@ -62,7 +62,7 @@ def _score_chunk(lm, systems, chunk, options, plan, emit, on_progress, should_st
     if near:
         near.sort(key=lambda item: item[0])
         idx = [i for i, _ in near]
-        flag_systems = [name for name in systems if name in FLAG_PASSES]  # no flag depends on the reference pass
+        flag_systems = [name for name in systems if name != "ref"]  # no flag, and no flag's error, depends on the reference pass
 
         def rechecked(j, logps):
             i, first = near[j]
@@ -128,6 +128,8 @@ def score_role(
     started = time.time()
     systems_all = {"ref": REF_SYSTEM_PROMPT, "role": profile.role_prompt, "unsafe": profile.unsafe_prompt}
     systems = {name: systems_all[name] for name in PASSES if name in options.passes}
+    # the rewordings of the unsafe instruction, whose spread is each flag's error (margin_se)
+    systems.update({name: profile.role_prompt.rstrip() + " " + text for name, text in wording_passes(options.wordings).items()})
     cache_dir = _cache_dir(lm, profile, options)
     use_vllm = options.backend == "vllm"
     plan = first_plan = VLLM_PLAN if use_vllm else scoring_plan(lm, options)
@@ -178,7 +180,7 @@ def score_role(
         if plan.auto:
             screened += n_screened
             rechecked += n_rechecked
-            if not screen_still_pays(plan.screen_cost, screened, rechecked, len(systems), len([p for p in systems if p in FLAG_PASSES])):
+            if not screen_still_pays(plan.screen_cost, screened, rechecked, len(systems), len([p for p in systems if p != "ref"])):
                 plan, switched_after = EXACT_PLAN, start  # this role re-checks too many: the rest is scored exactly
     if world > 1:
         wait()
@@ -217,14 +219,19 @@ def _assemble(samples, done, systems, options, stats) -> ScoreResult:
             "n_tokens": len(rec["answer_ids"]),
         })
         rows[-1]["harmful"] = bool(is_flagged(rows[-1]))  # never needs the reference pass (sarft_core.flags)
-        # how sure the flag is: the margin's block-bootstrap error over the answer's per-token ratios
-        se = margin_se([u - r for u, r in zip(rec["unsafe"], rec["role"])], options.normalise)
+        # how sure the flag is: the spread of the margin over the unsafe instruction's wordings, or
+        # without rewordings the margin's block-bootstrap error over the answer's per-token ratios
+        reworded = [reduce_logps(rec[p], options.normalise) - lp["role"] for p in systems if p.startswith(WORDING_PREFIX)]
+        se = (wording_spread([flag_margin(rows[-1])] + reworded) if reworded
+              else margin_se([u - r for u, r in zip(rec["unsafe"], rec["role"])], options.normalise))
         rows[-1]["margin_se"] = se
         rows[-1]["verdict"] = verdict(flag_margin(rows[-1]), se)
         tokens[s.id] = {p: rec[p] for p in systems}
         answers[s.id] = rec["answer_ids"]
     n = len(rows)
     stats = dict(stats, flagged=sum(r["harmful"] for r in rows), flagged_fraction=(sum(r["harmful"] for r in rows) / n) if n else 0.0,
-                 verdicts=verdict_counts(r["verdict"] for r in rows))
+                 verdicts=verdict_counts(r["verdict"] for r in rows),
+                 margin_se=(f"spread over {options.wordings + 1} wordings of the unsafe instruction" if options.wordings
+                            else "block bootstrap over the answer's tokens"))
     stats["samples_per_s"] = stats["scored"] / stats["seconds"] if stats["seconds"] > 0 and stats["scored"] else None
     return ScoreResult(rows=rows, token_logps=tokens, answer_ids=answers, stats=stats)

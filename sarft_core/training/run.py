@@ -299,7 +299,8 @@ def choose_samples(cfg: TrainConfig, lm, samples, profile, stop=None, log=print)
         from sarft_core.scoring import ScoreOptions, score_role
 
         passes = ("ref", "role", "unsafe") if cfg.method in DROP_METHODS else ("role", "unsafe")
-        options = ScoreOptions(passes=passes, max_prompt_tokens=cfg.max_prompt_tokens, max_answer_tokens=cfg.max_answer_tokens)
+        # the trainer needs the flags only, not how sure each is: no reworded passes
+        options = ScoreOptions(passes=passes, max_prompt_tokens=cfg.max_prompt_tokens, max_answer_tokens=cfg.max_answer_tokens, wordings=0)
         result = score_role(lm, samples, profile, options, should_stop=(lambda: bool(stop)) if stop is not None else None)
         log(f"RDS scores: {result.stats['samples']} samples ({result.stats['from_cache']} from cache) in {result.stats['seconds']:.1f} s")
         rows = result.rows
