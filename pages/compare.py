@@ -32,6 +32,8 @@ if grids:
             metric = st.selectbox("Villains vs heroes", list(view["columns"]), format_func=lambda m: view["columns"][m])
             widgets.chart(plots.grid_group_bars(view["table"], metric), "grid-groups")
             st.markdown(view["contrasts"])
+            if view["selection"]:
+                st.markdown(view["selection"])
 evaluated = [r for r in list_runs() if has_eval(r)]
 if len(evaluated) < 1:
     st.info("No run has evaluation results yet: train runs (SFT, SaRFT) and evaluate them first.")

@@ -30,13 +30,45 @@ from typing import Callable
 
 from sarft_core.errors import SarftError
 from sarft_core.evaluation.metric_registry import format_measure, metric_info
+from sarft_core.validation import number, validate_numbers
 from sarft_core.store import (Progress, atomic_write_json, atomic_write_text, claim_output_dir, create_run, file_lock, read_json,
                              read_json_object, slug)
 
 VILLAINS = ["Freddy Krueger", "Jigsaw", "Dr. Hannibal Lecter"]
 BENEVOLENT = ["Stephen Hawking", "Po", "Abraham Lincoln"]
 METHODS = ["sft", "sarft", "random", "flip"]
-METHOD_LABELS = {"base": "Base", "sft": "SFT", "sarft": "SaRFT", "random": "Random", "flip": "Flip"}
+METHOD_LABELS = {"base": "Base", "sft": "SFT", "sarft": "SaRFT", "random": "Random", "flip": "Flip",
+                 "sarft-top": "SaRFT, top F", "random-budget": "Random F", "flip-bottom": "Flip, bottom F",
+                 "sft-top": "SFT on top F", "sft-bottom": "SFT on bottom F",
+                 "sarft-top-inf": "SaRFT, top F by influence", "flip-bottom-inf": "Flip, bottom F by influence",
+                 "sft-top-inf": "SFT on top F by influence", "sft-bottom-inf": "SFT on bottom F by influence"}
+# The selection experiment (docs/reproduce.md): arms that differ from the methods above only in which
+# samples they anchor or train on, a fixed fraction F of them (ReproduceConfig.selection_fraction),
+# chosen by RDS's margin or, as the reference for what a good ranking achieves, by the measured
+# erosion of refusal. Each arm is a training method plus the settings that make it.
+SELECTION_ARMS = {
+    "sarft-top": ("sarft", {"dh_fraction": "F"}),
+    "random-budget": ("random", {"dh_fraction": "F"}),
+    "flip-bottom": ("flip", {"dh_fraction": "F"}),
+    "sft-top": ("sft", {"train_subset": "top", "subset_fraction": "F"}),
+    "sft-bottom": ("sft", {"train_subset": "bottom", "subset_fraction": "F"}),
+    "sarft-top-inf": ("sarft", {"dh_fraction": "F", "rank_by": "influence"}),
+    "flip-bottom-inf": ("flip", {"dh_fraction": "F", "rank_by": "influence"}),
+    "sft-top-inf": ("sft", {"train_subset": "top", "subset_fraction": "F", "rank_by": "influence"}),
+    "sft-bottom-inf": ("sft", {"train_subset": "bottom", "subset_fraction": "F", "rank_by": "influence"}),
+}
+SELECTION_METHODS = list(SELECTION_ARMS)[:5]  # the experiment by RDS's margin (the influence arms are its reference)
+# the experiment's comparisons, each paired by character and seed: (a, b) reads "a minus b"
+SELECTION_CONTRASTS = (("sarft-top", "random-budget"), ("sarft-top", "flip-bottom"), ("sft-top", "sft-bottom"),
+                       ("sarft-top-inf", "random-budget"), ("sarft-top-inf", "flip-bottom-inf"), ("sft-top-inf", "sft-bottom-inf"))
+
+
+def train_method(name: str, fraction: float) -> tuple[str, dict]:
+    """(the `train` method, the TrainConfig settings) of a grid method or selection arm."""
+    if name not in SELECTION_ARMS:
+        return name, {}
+    method, settings = SELECTION_ARMS[name]
+    return method, {k: fraction if v == "F" else v for k, v in settings.items()}
 # the numbers of the table, in column order (the panel's metrics: their titles, and whether they are
 # rates shown in percent, are the metric registry's)
 COLUMNS = ("rouge_l", "advbench", "xstest_unsafe", "xstest_safe", "jailbreak", "margin")
@@ -79,7 +111,9 @@ def recipe_settings(recipe: str, peft: str) -> dict:
 # aligned model) and 32 new tokens (the keyword judge gave the same label on 32 as on 48 tokens for all
 # 250 of those answers); generations are saved, so other judges can re-read them
 DEFAULT_PANEL = {"dtype": "bfloat16", "max_new_tokens": 32}
-_RESULT_FIELDS = ("model", "methods", "train", "panel", "data", "profiles")
+# settings a cell's result depends on (a resume with others is refused); the methods are not among
+# them: a method added to a grid adds its cells and reuses every finished one
+_RESULT_FIELDS = ("model", "train", "panel", "data", "profiles", "selection_fraction")
 
 
 def question_split(index: int) -> str:
@@ -106,6 +140,9 @@ class ReproduceConfig:
     train: dict = field(default_factory=lambda: dict(DEFAULT_TRAIN))
     panel: dict = field(default_factory=lambda: dict(DEFAULT_PANEL))  # PanelConfig overrides
     threads: int | None = None
+    selection_fraction: float = number(0.3, lo=0, hi=0.5, lo_open=True, option="--selection-fraction",
+                                       hint="give the fraction of samples the selection arms anchor or train on, e.g. 0.3 (at most 0.5, "
+                                            "so that top and bottom never share a sample)")
 
     @property
     def roles(self) -> list[str]:
@@ -121,9 +158,13 @@ class ReproduceConfig:
             raise SarftError("no characters given", "pass --villains and/or --benevolent")
         if len(set(self.roles)) != len(self.roles):
             raise SarftError("a character is listed twice", "name each character once")
-        bad = [m for m in self.methods if m not in TRAIN_METHODS]
+        bad = [m for m in self.methods if m not in TRAIN_METHODS and m not in SELECTION_ARMS]
         if bad or not self.methods:
-            raise SarftError(f"unknown method(s) {', '.join(bad) or '(none)'}", f"use some of {', '.join(TRAIN_METHODS)}")
+            raise SarftError(f"unknown method(s) {', '.join(bad) or '(none)'}",
+                             f"use some of {', '.join(TRAIN_METHODS)}, or the selection arms {', '.join(SELECTION_ARMS)}")
+        if len(set(self.methods)) != len(self.methods):
+            raise SarftError("a method is listed twice", "name each method once")
+        validate_numbers(self)  # selection_fraction
         if not self.seeds or any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
             raise SarftError(f"seeds must be distinct non-negative integers (got {self.seeds})", "pass e.g. --seeds 0,1,2")
         for what, settings, check in (("--train-json", self.train, self._check_train), ("--panel-json", self.panel, self._check_panel)):
@@ -138,8 +179,9 @@ class ReproduceConfig:
         """The protocol as each method's `train` would take it: TrainConfig's types and ranges."""
         from sarft_core.training import TrainConfig
 
-        for method in self.methods:
-            TrainConfig(**{**self.train, "method": method, "role": self.roles[0], "model": self.model}).validate()
+        for name in self.methods:
+            method, settings = train_method(name, self.selection_fraction)
+            TrainConfig(**{**self.train, **settings, "method": method, "role": self.roles[0], "model": self.model}).validate()
 
     def _check_panel(self) -> None:
         self.panel_config().validate()
@@ -281,6 +323,7 @@ def open_grid(path: str | Path, cfg: ReproduceConfig) -> Grid:
             raise SarftError(f"{path} holds a grid made on other weights of {cfg.model!r} ({old['model_fingerprint']}, now {fingerprint})",
                              "restore the model it was made with (e.g. the alignment adapter of that commit), or use another --out")
         roles = list(dict.fromkeys(old.get("villains", []) + old.get("benevolent", [])))
+        cfg.methods = list(dict.fromkeys(old.get("methods", []) + cfg.methods))  # a grid keeps every method it ran
         if (roles and roles != cfg.roles) or old.get("seeds") != cfg.seeds:
             cfg.villains = list(dict.fromkeys(old.get("villains", []) + cfg.villains))
             cfg.benevolent = list(dict.fromkeys(old.get("benevolent", []) + cfg.benevolent))
@@ -334,9 +377,10 @@ def run_cell(grid: Grid, cell: Cell, log: Callable[[str], None]) -> dict:
         info: dict = {}
     else:
         out = grid.path / "runs" / cell.name
-        tcfg = TrainConfig(method=cell.method, role=cell.role, data=str(role_file), profiles=str(cfg.resolved_profiles()),
+        method, settings = train_method(cell.method, cfg.selection_fraction)
+        tcfg = TrainConfig(method=method, role=cell.role, data=str(role_file), profiles=str(cfg.resolved_profiles()),
                            model=cfg.model, dtype="float32", device="cpu", seed=cell.seed, save_steps=10_000,
-                           **{k: v for k, v in cfg.train.items()})
+                           **{**cfg.train, **settings})
         status = read_json(out / "status.json") or {}
         if status.get("state") != "completed":
             if (out / "status.json").exists():
@@ -477,18 +521,43 @@ CONTRAST_METRICS = ("advbench", "margin", "xstest_unsafe", "jailbreak", "rouge_l
 
 
 def paired_contrasts(results: list[dict], methods, n_boot: int = 2000) -> dict:
-    """SaRFT minus each other method, paired by character and seed: ``"sarft-OTHER/METRIC"`` ->
-    mean, 95% interval and the number of pairs (only pairs where both cells are finished)."""
+    """SaRFT minus each other method of the paper's grid (the selection arms have their own
+    contrasts), paired by character and seed: ``"sarft-OTHER/METRIC"`` -> mean, 95% interval and
+    the number of pairs (only pairs where both cells are finished)."""
+    others = [m for m in methods if m != "sarft" and m not in SELECTION_ARMS]
+    return _contrasts(results, [("sarft", m) for m in others], lambda a, b: f"{a}-{b}", n_boot)
+
+
+def selection_contrasts(results: list[dict], methods, n_boot: int = 2000) -> dict:
+    """The selection experiment's comparisons whose two arms the grid has: ``"A vs B/METRIC"``."""
+    pairs = [(a, b) for a, b in SELECTION_CONTRASTS if a in methods and b in methods]
+    return _contrasts(results, pairs, lambda a, b: f"{a} vs {b}", n_boot)
+
+
+def _contrasts(results, pairs, name, n_boot) -> dict:
     from sarft_core.stats import two_level_bootstrap
 
     contrasts = {}
     for metric in CONTRAST_METRICS:
-        for other in [m for m in methods if m != "sarft"]:
-            d = paired_differences(results, "sarft", other, metric)
+        for a, b in pairs:
+            d = paired_differences(results, a, b, metric)
             if d:
                 mean, lo, hi = two_level_bootstrap([[x] for x in d], n_boot=n_boot)
-                contrasts[f"sarft-{other}/{metric}"] = {"mean": mean, "ci_low": lo, "ci_high": hi, "pairs": len(d)}
+                contrasts[f"{name(a, b)}/{metric}"] = {"mean": mean, "ci_low": lo, "ci_high": hi, "pairs": len(d)}
     return contrasts
+
+
+def selection_lines(contrasts: dict, fraction: float) -> list[str]:
+    """One markdown bullet per selection contrast, F written out."""
+    lines = []
+    for key, v in contrasts.items():
+        pair, metric = key.rsplit("/", 1)
+        a, b = pair.split(" vs ")
+        label = lambda m: METHOD_LABELS.get(m, m).replace(" F", f" {100 * fraction:.0f}%")  # noqa: E731
+        info = metric_info(metric)
+        shown = format_measure(v["mean"], info.percent, v["ci_low"], v["ci_high"], signed=True, unit=" pts")
+        lines.append(f"- {label(a)} − {label(b)} on {info.title}: {shown} ({v['pairs']} pair{'' if v['pairs'] == 1 else 's'})")
+    return lines
 
 
 def contrast_lines(contrasts: dict) -> list[str]:
@@ -538,14 +607,20 @@ def aggregate(grid: Grid) -> dict:
         md += [f"## {group}", "", markdown_table(df, group), ""]
     md += ["## SaRFT minus each other method, paired by character and seed (mean [95% CI])", ""]
     md += contrast_lines(contrasts)
+    selection = selection_contrasts(results, grid.cfg.methods)
+    if selection:
+        md += ["", f"## The selection experiment: F = {100 * grid.cfg.selection_fraction:.0f}% of each character's samples, "
+                   "paired by character and seed (mean [95% CI])", ""]
+        md += selection_lines(selection, grid.cfg.selection_fraction)
     md += ["", "## Time", "", time_line(results)]
     text = "\n".join(md) + "\n"
     atomic_write_text(grid.path / "table.md", text)
     atomic_write_json(grid.path / "contrasts.json", contrasts)
+    atomic_write_json(grid.path / "selection.json", selection)
     from sarft_core.plots import reproduce_report_html
 
     atomic_write_text(grid.path / "report.html", reproduce_report_html(df, cells, contrasts, grid.cfg.methods))
-    return {"table": df, "cells": cells, "contrasts": contrasts, "markdown": text}
+    return {"table": df, "cells": cells, "contrasts": contrasts, "selection": selection, "markdown": text}
 
 
 def grid_signature(path: Path) -> tuple:
@@ -590,6 +665,7 @@ def grid_view(path: Path) -> dict:
     side.append({"metric": "cells finished", **{m: "–" if r.empty else str(int(r.iloc[0]["cells"])) for m, r in shown.items()}})
     # computed from the finished cells, like the table (a grid still running has no contrasts.json yet)
     lines = contrast_lines(paired_contrasts(results, cfg.methods, n_boot=500))
+    chosen = selection_lines(selection_contrasts(results, cfg.methods, n_boot=500), cfg.selection_fraction)
     total = len(plan_cells(cfg))
     made_on = cfg_data.get("model_fingerprint")
     try:
@@ -608,5 +684,7 @@ def grid_view(path: Path) -> dict:
     return {"table": df, "side_by_side": pd.DataFrame(side), "columns": {m: i.title for m, i in info.items()},
             "contrasts": "\n".join(lines) or "(the paired contrasts appear once SaRFT and another method have finished the same character and seed)",
             "partial": partial,
+            "selection": ("**The selection experiment** (does RDS's ranking carry signal? paired by character and seed; "
+                          "SFT on the top minus SFT on the bottom below zero means the top erodes more)\n\n" + "\n".join(chosen)) if chosen else "",
             "caption": f"{len(results)} of {total} cells finished · {len(cfg.roles)} characters · methods {', '.join(cfg.methods)} · seeds {cfg.seeds}"
                        + model_note}

@@ -155,3 +155,45 @@ def test_the_time_line_counts_each_cells_own_clocks():
     assert "training a median 210 s per trained cell (3 cells, 0.50 h in all)" in line
     assert "evaluation a median 149 s per cell (3 cells, 0.10 h in all)" in line
     assert time_line([]) == "No finished cell records its time."
+
+
+def test_the_selection_experiment_adds_its_arms_to_a_grid_and_reports_their_contrasts(tiny_model_dir, tmp_path, score_cache, monkeypatch):
+    """Selection arms join an existing grid without redoing its cells; each arm trains on (or
+    anchors) exactly ceil(F n) samples, top and bottom disjoint; table.md and selection.json carry
+    the paired comparisons."""
+    import math
+    import shutil
+
+    from sarft_core.cli import main
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    monkeypatch.setenv("SARFT_WORKSPACE", str(tmp_path / "ws"))
+    monkeypatch.setenv("SARFT_MODEL", str(model))
+    out = tmp_path / "ws" / "runs" / "grid"
+    common = ["reproduce", "--out", str(out), "--villains", "Freddy Krueger", "--benevolent", "", "--seeds", "0", "--model", str(model),
+              "--threads", "1", "--train-json", json.dumps({"epochs": 1, "batch_size": 8, "lora_r": 4, "lora_alpha": 8, "max_steps": 1}),
+              "--panel-json", json.dumps({"advbench": 2, "margin": 2, "xstest": 1, "jailbreak": 1, "max_new_tokens": 2, "rouge_tokens": 2})]
+    assert main(common + ["--methods", "sft"]) == 0
+    first = {p.name: p.stat().st_mtime for p in (out / "cells").glob("*.json")}
+    arms = "sft-top,sft-bottom,sarft-top,random-budget,sft-top-inf"
+    assert main(common + ["--methods", arms]) == 0
+    now = {p.name: p.stat().st_mtime for p in (out / "cells").glob("*.json")}
+    assert {k: now[k] for k in first} == first  # the grid's finished cells were reused
+    assert len(now) == len(first) + 5
+    config = json.loads((out / "config.json").read_text())
+    assert config["methods"] == ["sft", *arms.split(",")]
+    ids = {}
+    for arm in ("sft-top", "sft-bottom", "sarft-top", "sft-top-inf"):
+        run = next((out / "runs").glob(f"freddy*--{arm}-s0"))
+        record = json.loads((run / "artifacts" / "dh_ids.json").read_text())
+        ids[arm] = record
+    n = 70  # Freddy Krueger's training questions in the two RoleBench files
+    k = math.ceil(0.3 * n)
+    assert len(ids["sft-top"]["trained_ids"]) == len(ids["sft-bottom"]["trained_ids"]) == k
+    assert not set(ids["sft-top"]["trained_ids"]) & set(ids["sft-bottom"]["trained_ids"])
+    assert len(ids["sarft-top"]["dh_ids"]) == k and ids["sarft-top"]["dh_fraction"] == 0.3
+    assert ids["sft-top-inf"]["rank_by"] == "influence"
+    selection = json.loads((out / "selection.json").read_text())
+    assert "sft-top vs sft-bottom/advbench" in selection and "sarft-top vs random-budget/advbench" in selection
+    assert "SFT on top 30% − SFT on bottom 30%" in (out / "table.md").read_text()

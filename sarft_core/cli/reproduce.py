@@ -16,7 +16,10 @@ from sarft_core.cli._config_args import Option, add_config_options, config_from_
 OPTIONS = {
     "villains": Option("comma-separated RoleBench characters counted as villains"),
     "benevolent": Option("comma-separated RoleBench characters counted as benevolent"),
-    "methods": Option("comma-separated training methods (each trained from the same base)"),
+    "methods": Option("comma-separated training methods (each trained from the same base), and/or the selection experiment's arms "
+                      "(sarft-top, random-budget, flip-bottom, sft-top, sft-bottom; with -inf: ranked by measured influence); "
+                      "methods added to an existing grid add their cells"),
+    "selection_fraction": Option("the selection arms' fraction F of each character's samples"),
     "seeds": Option("comma-separated seeds"),
     "model": Option("the base model every method starts from"),
     "data": Option("RoleBench JSONL file(s), comma-separated; empty: the role-specific test set and its RoleGPT answers"),
@@ -128,7 +131,7 @@ def run(args) -> int:
 
 def _worker_args(args) -> list[str]:
     argv = ["--out", args.out, "--villains", args.villains, "--benevolent", args.benevolent, "--methods", args.methods,
-            "--seeds", args.seeds, "--model", args.model]
+            "--seeds", args.seeds, "--model", args.model, "--selection-fraction", str(args.selection_fraction)]
     for flag, value in (("--data", args.data), ("--profiles", args.profiles), ("--data-dir", args.data_dir),
                         ("--train-json", args.train_json), ("--panel-json", args.panel_json)):
         if value:

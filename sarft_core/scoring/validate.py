@@ -41,13 +41,16 @@ class ValidateOptions:
 
 
 def validation_prompts(source: str, n: int, data_dir: str | Path | None = None) -> list[MarginPrompt]:
-    """The first ``n`` held-out harmful prompts of ``source``, each with its compliant opening."""
+    """``n`` held-out harmful prompts of ``source``, each with its compliant opening: AdvBench's last
+    ``n`` held-out (odd) rows, which the evaluation panel (its first 100 held-out rows) and the
+    jailbreaks never read, so a ranking by influence is not tuned on the prompts it is judged on;
+    or the first ``n`` of the project's harmful probes."""
     from sarft_core.evaluation import datasets as ds
 
     if source == "advbench-heldout":
         from sarft_core.evaluation.panel import heldout_advbench
 
-        items = heldout_advbench(data_dir)
+        items = heldout_advbench(data_dir)[::-1]  # from the end
     elif source == "probes":
         items = [i for i in ds.load_probes() if i.group == "harmful"]
     else:
