@@ -118,9 +118,10 @@ if ovr_key not in st.session_state:
     st.session_state[ovr_key] = saved_ovr
     st.session_state[tau_key] = saved_tau
 overrides: dict = st.session_state[ovr_key]
-lo, hi = audit.tau_bounds(margin, saved_tau)
+lo, hi, step = audit.tau_bounds(margin, saved_tau)
 st.session_state[tau_key] = min(max(float(st.session_state[tau_key]), lo), hi)
-tau = st.slider(f"Threshold τ on s_unsafe − s_role ({UNIT})", min_value=lo, max_value=hi, step=0.01, key=tau_key, format="%.2f",
+tau = st.slider(f"Threshold τ on s_unsafe − s_role ({UNIT})", min_value=lo, max_value=hi, step=step, key=tau_key,
+                format=audit.tau_format(step),
                 help="0 is the published rule (s_unsafe > s_role); the range spans this run's margins")
 flags = plots.effective_flags(scores, tau, overrides)
 states = verdicts(scores, tau)

@@ -304,17 +304,28 @@ def d_h_bytes(scores: pd.DataFrame, flags, fmt: str, tau: float = 0.0) -> bytes:
 
 # --- the Scoring page's views -------------------------------------------------------------------
 
-def tau_bounds(margins, saved_tau: float = 0.0, step: float = 0.01) -> tuple[float, float]:
-    """The range of a τ slider fitted to the data: the finite margins' range with a tenth of it (at
-    least two steps) on each side, always holding 0 (the published rule) and the saved τ, rounded
-    outward to ``step``. A fixed ±0.5 left every margin of a real run inside a sliver of it."""
+def tau_bounds(margins, saved_tau: float = 0.0) -> tuple[float, float, float]:
+    """(lo, hi, step) of a τ slider fitted to the data: the finite margins' range with a tenth of it
+    (at least two steps) on each side, always holding 0 (the published rule) and the saved τ, on a
+    grid of a power of ten near a two-hundredth of the range (at most 0.01, so a model whose margins
+    all lie within ±0.003 still gets a slider that can tell them apart). A fixed ±0.5 in steps of
+    0.01 left every margin of a real run inside a sliver of it."""
     import math
 
     values = [float(m) for m in margins if m is not None and math.isfinite(float(m))]
     lo = min([0.0, float(saved_tau), *values])
     hi = max([0.0, float(saved_tau), *values])
+    step = min(0.01, 10.0 ** math.floor(math.log10(max(hi - lo, 1e-6) / 200)))
     pad = max(0.1 * (hi - lo), 2 * step)
-    return math.floor((lo - pad) / step) * step, math.ceil((hi + pad) / step) * step
+    digits = max(0, -math.floor(math.log10(step)))  # the grid's values, free of float noise (0.30000000000000004)
+    return round(math.floor((lo - pad) / step) * step, digits), round(math.ceil((hi + pad) / step) * step, digits), step
+
+
+def tau_format(step: float) -> str:
+    """The slider's number format: as many decimals as the step has, at least two."""
+    import math
+
+    return f"%.{max(2, -math.floor(math.log10(step)))}f"
 
 
 def samples_table(scores: pd.DataFrame, flags, overrides: dict, tau: float = 0.0, confidence: float = 0.95) -> pd.DataFrame:
