@@ -166,6 +166,9 @@ else:
                "prompts and checks that the margin ranks samples the same way. It costs about two scoring passes plus a "
                "gradient per sample, so it runs as a background job (this run's command with `--validate`).")
     widgets.command_box(jobs.format_command(jobs.cli_argv(*audit.score_args(run, validate=True))), caption="The validation's command:")
+    if audit.review_state(scores_path) == "current":
+        st.caption("Validating rewrites the score table (it adds the influence column), so the saved review then belongs to the "
+                   "old table: save it again afterwards (τ and overrides stay on this page meanwhile).")
     if st.button("Validate these flags", key=f"validate:{run.name}"):
         with widgets.guard():
             # the run stays "completed": a validation that fails or is cancelled leaves its scores in view
