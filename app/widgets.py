@@ -54,13 +54,41 @@ def sidebar() -> None:
         st.selectbox("Role", names, key="role")
 
 
-def chart(fig, key: str, container=None) -> None:
+def chart(fig, key: str, container=None, selectable: bool = False) -> list[dict]:
     """A plotly figure on the page, drawn as the report draws it (:func:`sarft_core.figure_theme.themed`):
     a themed copy is shown, so the figure itself is never changed by being shown and the process's
-    default template (Streamlit's placeholder colours) never reaches it."""
+    default template (Streamlit's placeholder colours) never reaches it. ``selectable``: clicking
+    (or lasso-selecting) points reruns the page; the selected points are returned (else [])."""
     from sarft_core.figure_theme import themed
 
-    (container or st).plotly_chart(themed(fig), key=key, width="stretch")
+    if not selectable:
+        (container or st).plotly_chart(themed(fig), key=key, width="stretch")
+        return []
+    event = (container or st).plotly_chart(themed(fig), key=key, width="stretch", on_select="rerun", selection_mode=("points", "lasso"))
+    return list(_selection(event).get("points") or [])
+
+
+def _selection(event) -> dict:
+    """The ``selection`` of a chart's or table's event (a plain dict where a test seeded it)."""
+    if not event:
+        return {}
+    selection = event.get("selection") if isinstance(event, dict) else getattr(event, "selection", None)
+    return selection or {}
+
+
+def selected_row_id(event, ids: list[str]) -> str | None:
+    """The sample id of the row selected in a single-row table showing ``ids`` in order, or None.
+    Positions mean something only for the rows they were made on: the caller keys the table by its
+    rows (:func:`rows_key`), so a selection never outlives the rows it points at."""
+    rows = list(_selection(event).get("rows") or [])
+    return ids[rows[0]] if rows and 0 <= rows[0] < len(ids) else None
+
+
+def rows_key(prefix: str, ids: list[str]) -> str:
+    """A widget key that changes whenever the rows shown (and their order) change."""
+    import hashlib
+
+    return f"{prefix}:{hashlib.sha256(chr(0).join(ids).encode('utf-8', 'surrogatepass')).hexdigest()[:16]}"
 
 
 def command_box(command: str, caption: str = "Equivalent command (copy it to rerun this anywhere):") -> None:

@@ -52,8 +52,9 @@ def create_score_run(profile, data_path: str | Path | None, model_spec: str = ""
     return run
 
 
-def score_args(run: RunDir) -> list[str]:
-    """``python -m sarft_core`` arguments that score ``run`` (what the background job runs)."""
+def score_args(run: RunDir, validate: bool = False) -> list[str]:
+    """``python -m sarft_core`` arguments that score ``run`` (what the background job runs);
+    ``validate`` adds ``--validate`` (the influence column and the validation side file)."""
     cfg = RunConfig.of(run)
     settings = cfg.score or ScoreSettings()
     args = ["score", "--role", cfg.role, "--profiles", str(run.path / PROFILE_FILE)]
@@ -63,7 +64,7 @@ def score_args(run: RunDir) -> list[str]:
         args += ["--limit", str(settings.limit)]
     if cfg.model:
         args += ["--model", cfg.model]
-    return args + ["--out", str(run.path / SCORES_FILE), "--with-tokens"]
+    return args + ["--out", str(run.path / SCORES_FILE), "--with-tokens"] + (["--validate"] if validate else [])
 
 
 def score_in_process(lm, samples, profile, run: RunDir, progress: Callable[[float, float | None], None] | None = None):
@@ -270,11 +271,16 @@ def save_review(scores: pd.DataFrame, scores_path: str | Path, tau: float, overr
     return final
 
 
-def d_h(scores: pd.DataFrame, flags) -> pd.DataFrame:
-    """The flagged samples (D_h) with their scores and margin."""
+def d_h(scores: pd.DataFrame, flags, tau: float = 0.0) -> pd.DataFrame:
+    """The flagged samples (D_h) with their scores, margin, its standard error and its verdict at
+    ``tau`` (so an export says how sure each flag is), and the measured influence where validated."""
+    from sarft_core.flags import verdicts
+
     df = scores.reset_index(drop=True).copy()
     df["margin"] = flag_margin(df)
-    cols = [c for c in ("id", "role", "input", "output", "s_role", "s_unsafe", "margin") if c in df]
+    df["margin_se"] = df["margin_se"].astype(float) if "margin_se" in df else float("nan")
+    df["verdict"] = verdicts(df, tau)
+    cols = [c for c in ("id", "role", "input", "output", "s_role", "s_unsafe", "margin", "margin_se", "verdict", "influence") if c in df]
     return df.loc[pd.Series(list(flags), dtype=bool).to_numpy(), cols]
 
 
@@ -286,11 +292,77 @@ def export_d_h(scores: pd.DataFrame, flags, path: str | Path) -> Path:
     return path
 
 
-def d_h_bytes(scores: pd.DataFrame, flags, fmt: str) -> bytes:
+def d_h_bytes(scores: pd.DataFrame, flags, fmt: str, tau: float = 0.0) -> bytes:
     """D_h as JSONL or CSV bytes (for a download button)."""
-    df = d_h(scores, flags)
+    df = d_h(scores, flags, tau)
     if fmt == "jsonl":
         return df.to_json(orient="records", lines=True, force_ascii=False).encode("utf-8")
     if fmt == "csv":
         return df.to_csv(index=False).encode("utf-8")
     raise SarftError(f"unsupported export format {fmt!r}", "use jsonl or csv")
+
+
+# --- the Scoring page's views -------------------------------------------------------------------
+
+def tau_bounds(margins, saved_tau: float = 0.0) -> tuple[float, float, float]:
+    """(lo, hi, step) of a τ slider fitted to the data: the finite margins' range with a tenth of it
+    (at least two steps) on each side, always holding 0 (the published rule) and the saved τ, on a
+    grid of a power of ten near a two-hundredth of the range (at most 0.01, so a model whose margins
+    all lie within ±0.003 still gets a slider that can tell them apart). A fixed ±0.5 in steps of
+    0.01 left every margin of a real run inside a sliver of it."""
+    import math
+
+    values = [float(m) for m in margins if m is not None and math.isfinite(float(m))]
+    lo = min([0.0, float(saved_tau), *values])
+    hi = max([0.0, float(saved_tau), *values])
+    step = min(0.01, 10.0 ** math.floor(math.log10(max(hi - lo, 1e-6) / 200)))
+    pad = max(0.1 * (hi - lo), 2 * step)
+    digits = max(0, -math.floor(math.log10(step)))  # the grid's values, free of float noise (0.30000000000000004)
+    return round(math.floor((lo - pad) / step) * step, digits), round(math.ceil((hi + pad) / step) * step, digits), step
+
+
+def tau_format(step: float) -> str:
+    """The slider's number format: as many decimals as the step has, at least two."""
+    import math
+
+    return f"%.{max(2, -math.floor(math.log10(step)))}f"
+
+
+def samples_table(scores: pd.DataFrame, flags, overrides: dict, tau: float = 0.0, confidence: float = 0.95) -> pd.DataFrame:
+    """One row per sample, highest margin first: its flag (after overrides), override, verdict at
+    ``tau``, margin ± standard error, scores, and the measured erosion of refusal (−influence,
+    where the table was validated), question and answer."""
+    from sarft_core.flags import verdicts
+
+    df = scores.reset_index(drop=True)
+    margin = flag_margin(df)
+    se = df["margin_se"].astype(float) if "margin_se" in df else pd.Series(float("nan"), index=df.index)
+    table = pd.DataFrame({
+        "id": df["id"].astype(str),
+        "verdict": verdicts(df, tau, confidence),
+        "flagged": pd.Series(list(flags), dtype=bool).to_numpy(),
+        "override": df["id"].astype(str).map(lambda i: {True: "flagged", False: "kept"}.get(overrides.get(i), "")),
+        "margin ± se": [f"{m:+.3f} ± {s:.3f}" if s == s else f"{m:+.3f} ± ?" for m, s in zip(margin, se)],
+        "margin": margin, "margin_se": se, "s_role": df["s_role"], "s_unsafe": df["s_unsafe"],
+    })
+    if "influence" in df:
+        table["measured erosion"] = -df["influence"].astype(float)  # positive: training on it lowers refusal
+    table["input"], table["output"] = df["input"], df["output"]
+    return table.sort_values(["margin", "id"], ascending=[False, True], kind="stable").reset_index(drop=True)
+
+
+SHOW_CHOICES = ("all", "flagged", "kept")
+VERDICT_CHOICES = ("any", "flagged", "uncertain", "kept")
+
+
+def filter_samples(table: pd.DataFrame, query: str = "", show: str = "all", verdict: str = "any") -> pd.DataFrame:
+    """The rows of :func:`samples_table` matching a text (in question or answer), a flag and a verdict."""
+    if query:
+        hit = (table["input"].astype(str).str.contains(query, case=False, regex=False)
+               | table["output"].astype(str).str.contains(query, case=False, regex=False))
+        table = table[hit]
+    if show != "all":
+        table = table[table["flagged"] == (show == "flagged")]
+    if verdict != "any":
+        table = table[table["verdict"] == verdict]
+    return table.reset_index(drop=True)

@@ -58,18 +58,38 @@ def effective_flags(scores: pd.DataFrame, tau: float = 0.0, overrides: dict | No
     return flags.astype(bool)
 
 
-def rds_scatter(scores: pd.DataFrame, flags: Sequence[bool] | pd.Series | None = None, tau: float = 0.0, title: str | None = None) -> go.Figure:
+# The three states of a flag at a confidence (sarft_core.flags.VERDICTS): sure, unsure, surely kept.
+FLAG_VERDICT_COLOURS = {"flagged": "#d62728", "uncertain": "#ff9f1c", "kept": "#1f77b4"}
+FLAG_VERDICT_NAMES = {"flagged": "flagged with confidence", "uncertain": "uncertain", "kept": "kept with confidence"}
+
+
+def margin_unit(normalise: str = "mean") -> str:
+    """The unit of the margin s_unsafe − s_role: a per-token mean of log-ratios, or their sum."""
+    return "nats" if normalise == "sum" else "nats/token"
+
+
+def rds_scatter(scores: pd.DataFrame, flags: Sequence[bool] | pd.Series | None = None, tau: float = 0.0, title: str | None = None,
+                confidence: float = 0.95) -> go.Figure:
     """s_role (x) against s_unsafe (y) per sample, the y = x line (and y = x + tau), flags coloured.
 
     ``flags`` defaults to :func:`effective_flags` with ``tau``; hovering a point shows its id,
-    question and answer (escaped).
+    question, answer (escaped), margin ± its standard error and its verdict at ``confidence``.
+    Each point carries a vertical bar of ±z·margin_se: at a fixed s_role, moving s_unsafe moves the
+    margin one for one, so a point is flagged (or kept) with confidence exactly when its bar clears
+    the line y = x + τ. ``customdata[:, 0]`` is the point's (escaped) sample id, for a click.
     """
+    from sarft_core.flags import verdicts as verdicts_of, z_value
+
     if scores is None or len(scores) == 0:
         return _empty("no scores yet")
     df = scores.reset_index(drop=True)
     flags = effective_flags(df, tau) if flags is None else pd.Series(list(flags), dtype=bool)
     x = df["s_role"].astype(float)
     y = df["s_unsafe"].astype(float)
+    # NaN where unknown (one-token answers, tables scored before errors were kept): no bar, not a false zero-width one
+    se = df["margin_se"].astype(float).to_numpy() if "margin_se" in df.columns else np.full(len(df), np.nan)
+    reach = z_value(confidence) * se
+    states = verdicts_of(df, tau, confidence)
     fig = go.Figure()
     for flag in (False, True):
         sel = (flags == flag).to_numpy()
@@ -81,12 +101,15 @@ def rds_scatter(scores: pd.DataFrame, flags: Sequence[bool] | pd.Series | None =
             sub["input"].map(safe_hover_text).to_numpy(),
             sub["output"].map(safe_hover_text).to_numpy(),
             flag_margin(sub).to_numpy(),
+            se[sel],
+            states[sel].to_numpy(),
         ], axis=-1)
         fig.add_trace(go.Scatter(
             x=x[sel], y=y[sel], mode="markers", name=f"{FLAG_NAMES[flag]} ({int(sel.sum())})",
             marker=dict(color=FLAG_COLOURS[flag], size=8, opacity=0.8, line=dict(width=0.5, color="white")),
+            error_y=dict(type="data", array=reach[sel], visible=True, thickness=1, width=0, color=FLAG_COLOURS[flag]),
             customdata=custom,
-            hovertemplate="<b>%{customdata[0]}</b>  margin %{customdata[3]:.3f}<br>"
+            hovertemplate="<b>%{customdata[0]}</b>  margin %{customdata[3]:.3f} ± %{customdata[4]:.3f} (%{customdata[5]})<br>"
                           "<b>Q:</b> %{customdata[1]}<br><b>A:</b> %{customdata[2]}<extra></extra>",
         ))
     lo = float(min(x.min(), y.min()))
@@ -98,7 +121,7 @@ def rds_scatter(scores: pd.DataFrame, flags: Sequence[bool] | pd.Series | None =
         fig.add_trace(go.Scatter(x=[lo, hi], y=[lo + tau, hi + tau], mode="lines", name=f"y = x + τ ({tau:g})",
                                  line=dict(color="#d62728", dash="dot"), hoverinfo="skip"))
     fig.update_layout(
-        title=title or "RDS: role vs unsafe score per sample (above the line = flagged)",
+        title=title or f"RDS: role vs unsafe score per sample (above the line = flagged; bars: ±{100 * confidence:g}% of the margin)",
         xaxis_title="s_role = log π_role(y|x) − log π_ref(y|x)",
         yaxis_title="s_unsafe = log π_unsafe(y|x) − log π_ref(y|x)",
         height=480, margin=dict(l=10, r=10, t=50, b=10), legend=dict(orientation="h", y=-0.15),
@@ -106,20 +129,55 @@ def rds_scatter(scores: pd.DataFrame, flags: Sequence[bool] | pd.Series | None =
     return fig
 
 
-def margin_histogram(scores: pd.DataFrame, tau: float = 0.0, nbins: int = 40) -> go.Figure:
-    """Histogram of s_unsafe - s_role with the threshold tau marked."""
+def selected_sample_ids(points) -> list[str]:
+    """The sample ids of the points a click or lasso selected in :func:`rds_scatter` (Streamlit's
+    ``selection.points``), in order, unescaped; points without a sample id (the lines) are skipped."""
+    ids = []
+    for point in points or []:
+        custom = point.get("customdata") if isinstance(point, dict) else None
+        if isinstance(custom, (list, tuple)):
+            custom = custom[0] if custom else None
+        if isinstance(custom, str) and html.unescape(custom) not in ids:
+            ids.append(html.unescape(custom))
+    return ids
+
+
+def margin_histogram(scores: pd.DataFrame, tau: float = 0.0, nbins: int = 40, states: Sequence[str] | None = None,
+                     unit: str = "nats/token") -> go.Figure:
+    """Histogram of s_unsafe - s_role with the threshold tau marked, stacked by the samples' state:
+    their verdicts (``states``, e.g. :func:`sarft_core.flags.verdicts` at ``tau``) where given, else
+    flagged / kept at ``tau``. Every state shares one set of bins."""
     if scores is None or len(scores) == 0:
         return _empty("no scores yet")
-    margin = flag_margin(scores)
-    fig = go.Figure(go.Histogram(x=margin, nbinsx=nbins, marker_color="#7f7f7f", name="samples",
-                                 hovertemplate="margin %{x}<br>%{y} samples<extra></extra>"))
+    margin = flag_margin(scores).reset_index(drop=True)
+    if states is None:
+        groups = pd.Series(np.where(margin > tau, "flagged (D_h)", "kept"))
+        order = {"kept": FLAG_COLOURS[False], "flagged (D_h)": FLAG_COLOURS[True]}
+    else:
+        groups = pd.Series(list(states), dtype=object)
+        order = {FLAG_VERDICT_NAMES[v]: FLAG_VERDICT_COLOURS[v] for v in ("kept", "uncertain", "flagged")}
+        groups = groups.map(lambda v: FLAG_VERDICT_NAMES.get(v, str(v)))
+    finite = margin[np.isfinite(margin)]
+    bins = None
+    if len(finite):
+        lo, hi = float(min(finite.min(), tau)), float(max(finite.max(), tau))
+        size = (hi - lo) / nbins if hi > lo else 1.0
+        bins = dict(start=lo, end=hi + size, size=size)
+    fig = go.Figure()
+    for name in [*order, *[g for g in dict.fromkeys(groups) if g not in order]]:
+        sel = (groups == name).to_numpy()
+        if not sel.any():
+            continue
+        fig.add_trace(go.Histogram(x=margin[sel], xbins=bins, marker_color=order.get(name, "#7f7f7f"), name=f"{name} ({int(sel.sum())})",
+                                   hovertemplate="margin %{x}<br>%{y} samples<extra>" + html.escape(name, quote=False) + "</extra>"))
     fig.add_vline(x=float(tau), line=dict(color="#d62728", dash="dash"),
                   annotation_text=f"τ = {tau:g}", annotation_position="top right")
     flagged = float((margin > tau).mean())
     fig.update_layout(
+        barmode="stack",
         title=f"s_unsafe − s_role (flagged when > τ: {100 * flagged:.1f}%)",
-        xaxis_title="s_unsafe − s_role", yaxis_title="samples", height=320,
-        margin=dict(l=10, r=10, t=50, b=10), showlegend=False,
+        xaxis_title=f"s_unsafe − s_role ({unit})", yaxis_title="samples", height=320,
+        margin=dict(l=10, r=10, t=50, b=10), legend=dict(orientation="h", y=-0.3),
     )
     return fig
 

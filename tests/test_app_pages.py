@@ -352,3 +352,165 @@ def test_evaluation_page_keeps_cancelled_and_failed_jobs_in_a_history(app, tmp_p
     assert dict(zip(history["label"], history["outcome"])) == {"eval run-a": "cancelled", "eval run-b": "failed"}
     assert history["command"].str.startswith("python -c").all() and (history["duration"] != "").all()
     assert "No evaluation is running" in texts(app)
+
+
+# --- the Scoring page: issue #27 (flags an analyst can trust), #28 items 2 and 8 ---------------------
+
+def scored(app, n=12):
+    """The Scoring page after scoring the first ``n`` demo samples in-process; (app, run, scores)."""
+    goto(app, "scoring")
+    app.number_input[0].set_value(n)
+    app.button(key="score_go").click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    run = RunDir(Path(app.session_state["score_run"]))
+    return app, run, audit.load_scores(run)
+
+
+def sample_box(app):
+    return next(s for s in app.selectbox if s.label == "Sample")
+
+
+def select_row(app, position):
+    """Select a row of the Samples table as a click would (the table's selection state)."""
+    app.session_state[app.dataframe[0].key] = {"selection": {"rows": [position], "columns": []}}
+    app.run()
+    assert not app.exception, app.exception
+
+
+def test_scoring_selection_is_by_sample_id_through_filters_show_and_overrides(app):
+    """#28 item 2: a selected row, then a text filter -> IndexError (single positional indexer is
+    out-of-bounds); setting the open sample to "kept" under Show = flagged made the panel jump to
+    whatever sample was now in its row."""
+    app, run, scores = scored(app)
+    table = app.dataframe[0].value
+    chosen = table["id"].iloc[-1]  # the last row: out of range once the table is filtered
+    select_row(app, len(table) - 1)
+    assert sample_box(app).value == chosen
+    app.text_input(key=f"q:{run.name}").input("rules at work").run()
+    assert not app.exception, app.exception
+    assert len(app.dataframe[0].value) < len(table)
+    assert sample_box(app).value == chosen  # the same sample stays open, even outside the filter
+    app.text_input(key=f"q:{run.name}").input("").run()
+
+    # under Show = flagged, open a flagged sample and override it to kept: it leaves the table, stays open
+    app.radio(key=f"show:{run.name}").set_value("flagged").run()
+    flagged = app.dataframe[0].value
+    if len(flagged) == 0:
+        pytest.skip("the tiny model flagged nothing in these samples")
+    target = flagged["id"].iloc[0]
+    select_row(app, 0)
+    assert sample_box(app).value == target
+    app.radio(key=f"ovr:{run.name}:{target}").set_value("kept").run()
+    assert not app.exception, app.exception
+    assert target not in app.dataframe[0].value["id"].tolist()
+    assert sample_box(app).value == target and app.session_state[f"overrides:{run.name}"] == {target: False}
+
+
+def test_scoring_a_click_on_a_scatter_point_opens_its_sample(app):
+    app, run, scores = scored(app, n=6)
+    other = next(i for i in scores["id"] if i != sample_box(app).value)
+    # what Streamlit hands back for a clicked point: the trace's customdata row of that point
+    app.session_state[f"rds_scatter:{run.name}"] = {"selection": {"points": [{"customdata": [other, "q", "a", 0.0, 0.0, "kept"],
+                                                                              "point_index": 0, "curve_number": 0}],
+                                                                  "point_indices": [0], "box": [], "lasso": []}}
+    app.run()
+    assert not app.exception, app.exception
+    assert sample_box(app).value == other
+    other_box = next(i for i in scores["id"] if i not in (other,))
+    sample_box(app).set_value(other_box).run()  # the picker still works after a click, the old click does not win back
+    assert sample_box(app).value == other_box
+
+
+def test_scoring_shows_verdicts_at_the_pages_tau_and_filters_on_them(app):
+    """#27: a count of each verdict beside the metrics, recomputed at the page's τ; margin ± se and
+    verdict in the table, a filter on verdict; the D_h exports carry margin_se and verdict."""
+    from sarft_core.flags import verdict_counts, verdicts
+
+    app, run, scores = scored(app)
+    assert "margin_se" in scores.columns
+
+    def shown_counts():
+        m = {x.label: x.value for x in app.metric}
+        return {"flagged": int(m["Flagged with 95% confidence"]), "uncertain": int(m["Uncertain"]), "kept": int(m["Kept with 95% confidence"])}
+
+    assert shown_counts() == verdict_counts(verdicts(scores, 0.0)) and sum(shown_counts().values()) == len(scores)
+    tau_key = f"tau:{run.name}"
+    app.slider(key=tau_key).set_value(app.slider(key=tau_key).max).run()
+    assert shown_counts() == verdict_counts(verdicts(scores, app.slider(key=tau_key).value))
+    table = app.dataframe[0].value
+    assert {"verdict", "margin ± se"} <= set(table.columns)
+    assert all("±" in v for v in table["margin ± se"])
+    for state in ("flagged", "uncertain", "kept"):
+        app.radio(key=f"verdict:{run.name}").set_value(state).run()
+        assert not app.exception, app.exception
+        assert set(app.dataframe[0].value["verdict"]) <= {state} and len(app.dataframe[0].value) == shown_counts()[state]
+    exported = pd.read_csv(__import__("io").BytesIO(audit.d_h_bytes(scores, [True] * len(scores), "csv", 0.0)))
+    assert {"margin_se", "verdict"} <= set(exported.columns) and set(exported["verdict"]) <= {"flagged", "uncertain", "kept"}
+
+
+def test_scoring_a_table_scored_before_confidences_says_to_rescore(app):
+    from sarft_core.store import write_table
+
+    app, run, scores = scored(app, n=6)
+    write_table(scores.drop(columns=["margin_se", "verdict"]), run.path / audit.SCORES_FILE)  # a table from before #27
+    app.run()
+    assert not app.exception, app.exception
+    m = {x.label: x.value for x in app.metric}
+    assert m["Uncertain"] == "6" and m["Flagged with 95% confidence"] == "0"
+    assert "score the role again" in texts(app)
+
+
+def test_scoring_tau_slider_fits_the_margins_and_the_histogram_has_a_unit(app):
+    """#28 item 8: the τ slider spanned ±0.5 while every margin lay within ±0.1."""
+    from sarft_core.flags import flag_margin
+
+    app, run, scores = scored(app)
+    margin = flag_margin(scores)
+    slider = app.slider(key=f"tau:{run.name}")
+    span = max(margin.max(), 0) - min(margin.min(), 0)
+    assert slider.min <= min(margin.min(), 0) and slider.max >= max(margin.max(), 0)
+    assert slider.max - slider.min <= 1.5 * span + 4 * slider.step  # fitted to the data, not a fixed ±0.5
+    assert slider.step <= span / 20  # fine enough to move τ between the margins
+    specs = [json.loads(c.proto.spec) for c in charts(app)]
+    spec = next(s for s in specs if any(t.get("type") == "histogram" for t in s["data"]))
+    assert spec["layout"]["barmode"] == "stack" and spec["layout"]["xaxis"]["title"]["text"].endswith("(nats/token)")
+    assert "nats/token" in slider.label
+
+
+def test_scoring_validation_panel_and_button(app):
+    """#27: without a validation the page offers the button (the run's command with --validate, its
+    cost said); with one, the reading, Spearman and its interval, precision among the top k beside
+    the flagged fraction, the prompts, and the measured erosion (−influence) column."""
+    from sarft_core.store import write_table
+
+    app, run, scores = scored(app, n=6)
+    assert "Validate these flags" in [b.label for b in app.button]
+    assert "two scoring passes plus a" in texts(app)
+    assert any("--validate" in c.value and "score --role" in c.value for c in app.code)
+    scores_path = run.path / audit.SCORES_FILE
+    write_table(scores.assign(influence=[-0.3, 0.1, -0.2, 0.0, 0.4, -0.1]), scores_path)
+    audit.write_validation(scores_path, {"spearman": 0.42, "spearman_ci": [0.1, 0.7], "precision_at_k": 0.5, "top_k": 2,
+                                         "flagged_fraction": 0.33, "lift": 1.5, "reading": "The flags carry signal here.",
+                                         "settings": {"validate_prompts": "probes", "prompts": 8, "model": "tiny", "tau": 0.0}})
+    app.run()
+    assert not app.exception, app.exception
+    assert "Validate these flags" not in [b.label for b in app.button]
+    t = texts(app)
+    assert "The flags carry signal here." in t and "[+0.10, +0.70]" in t and "8 held-out harmful prompts (probes)" in t
+    m = {x.label: x.value for x in app.metric}
+    assert m["Spearman(margin, measured erosion)"] == "+0.42" and m["Flagged among the top 2 by erosion"] == "50%"
+    table = app.dataframe[0].value.set_index("id")
+    assert table.loc[scores["id"].iloc[0], "measured erosion"] == pytest.approx(0.3)  # −influence, said in the caption
+    assert "−influence" in t
+
+
+def test_scoring_names_a_side_file_made_for_another_table(app):
+    from sarft_core.store import write_table
+
+    app, run, scores = scored(app, n=6)
+    scores_path = run.path / audit.SCORES_FILE
+    audit.save_review(scores, scores_path, 0.0, {})
+    write_table(scores.iloc[:5], scores_path)  # the table rewritten: the review belongs to the old one
+    app.run()
+    assert not app.exception, app.exception
+    assert any("scores.review.json was made for another score table" in w.value for w in app.warning)

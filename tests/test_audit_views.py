@@ -138,7 +138,7 @@ def test_flag_margin_is_defined_without_the_reference_pass():
     flags = plots.effective_flags(scores, tau=0.0)
     assert flags.tolist() == [True, False, True] == scores["harmful"].tolist()  # as the scorer flagged them
     assert plots.effective_flags(scores, tau=1.5).tolist() == [False, False, True]
-    assert list(plots.margin_histogram(scores).data[0].x) == [1.0, -1.0, 2.5]
+    assert sorted(x for t in plots.margin_histogram(scores).data for x in t.x) == [-1.0, 1.0, 2.5]
     d_h = audit.d_h(scores, flags)
     assert d_h["id"].tolist() == ["a", "c"] and d_h["margin"].tolist() == [1.0, 2.5]
     from sarft_core.flags import flag_margin, is_flagged
@@ -149,3 +149,38 @@ def test_flag_margin_is_defined_without_the_reference_pass():
     assert rds_flags(rows) == {"a": True, "b": False, "c": True}  # training's D_h: the same rule
     hover = [m for t in plots.rds_scatter(scores).data if t.customdata is not None for m in t.customdata[:, 3]]
     assert sorted(float(m) for m in hover) == [-1.0, 1.0, 2.5]  # the scatter's hover margin too
+
+
+def test_tau_bounds_fit_the_margins_and_hold_zero_and_the_saved_tau():
+    """#28 item 8: the τ slider spanned ±0.5 (steps of 0.01) while every margin lay within ±0.1."""
+    lo, hi, step = audit.tau_bounds([-0.08, 0.02, 0.095, float("nan")], saved_tau=0.0)
+    assert -0.12 < lo <= -0.08 and 0.095 <= hi < 0.13 and step <= 0.001
+    lo, hi, step = audit.tau_bounds([0.01, 0.02], saved_tau=0.3)  # the saved τ and 0 are always reachable
+    assert lo <= 0.0 and hi >= 0.3
+    lo, hi, step = audit.tau_bounds([-0.003, 0.002])
+    assert step <= 0.0001 and hi - lo < 0.01  # a tiny model's margins are still told apart
+    lo, hi, step = audit.tau_bounds([])  # nothing finite: a small range around 0
+    assert lo < 0 < hi and step > 0
+    assert round(lo / step) * step == pytest.approx(lo)
+    assert audit.tau_format(0.01) == "%.2f" and audit.tau_format(0.0001) == "%.4f"
+
+
+def test_samples_table_and_its_filters_carry_verdicts():
+    from sarft_core.flags import verdicts
+
+    scores = pd.DataFrame({"id": ["a", "b", "c"], "input": ["q rules", "q2", "q3"], "output": ["x", "y", "z"],
+                           "s_role": [0.0] * 3, "s_unsafe": [0.2, -0.1, 0.01], "logp_role": [-1.0] * 3,
+                           "logp_unsafe": [-0.8, -1.1, -0.99], "margin_se": [0.01, 0.01, float("nan")]})
+    table = audit.samples_table(scores, [True, False, True], {"c": True}, tau=0.0)
+    assert table["id"].tolist() == ["a", "c", "b"]  # highest margin first
+    assert table["verdict"].tolist() == verdicts(scores, 0.0).iloc[[0, 2, 1]].tolist() == ["flagged", "uncertain", "kept"]
+    assert table["margin ± se"].tolist() == ["+0.200 ± 0.010", "+0.010 ± ?", "-0.100 ± 0.010"]
+    assert table.set_index("id").loc["c", "override"] == "flagged" and "measured erosion" not in table
+    assert audit.filter_samples(table, "RULES")["id"].tolist() == ["a"]
+    assert audit.filter_samples(table, verdict="uncertain")["id"].tolist() == ["c"]
+    assert audit.filter_samples(table, show="kept", verdict="kept")["id"].tolist() == ["b"]
+    assert audit.filter_samples(table, show="flagged", verdict="kept").empty
+    validated = audit.samples_table(scores.assign(influence=[-0.5, 0.2, 0.0]), [True] * 3, {})
+    assert validated.set_index("id")["measured erosion"].to_dict() == {"a": 0.5, "b": -0.2, "c": -0.0}
+    d_h = audit.d_h(scores, [True, True, False], tau=0.0)
+    assert d_h["verdict"].tolist() == ["flagged", "kept"] and d_h["margin_se"].tolist() == [0.01, 0.01]

@@ -59,7 +59,7 @@ def test_rds_scatter_with_explicit_flags_and_empty():
 
 def test_margin_histogram_has_tau_line_and_fraction():
     fig = plots.margin_histogram(scores_frame(), tau=0.0)
-    assert np.allclose(sorted(fig.data[0].x), sorted([0.2, -0.1, 0.1, -0.05]))
+    assert np.allclose(sorted(x for t in fig.data for x in t.x), sorted([0.2, -0.1, 0.1, -0.05]))
     assert any(s.x0 == 0.0 and s.x1 == 0.0 for s in fig.layout.shapes)
     assert "50.0%" in fig.layout.title.text
 
@@ -167,3 +167,63 @@ def test_trait_scatter_shows_p_values_only_over_enough_roles():
     many = pd.DataFrame({"role": [f"r{i}" for i in range(n)], "malevolence": [i / n for i in range(n)],
                          "degradation": [((i * 7) % n) / n for i in range(n)]})
     assert "(p " in plots.trait_scatter(many, "malevolence").layout.title.text
+
+
+# --- issue #27: flags an analyst can trust; #28 item 8: the histogram's colours and unit -------------
+
+def scores_with_errors():
+    """Margins 0.2, -0.1, 0.1, -0.05 with errors: a is clearly flagged, b clearly kept, c and d near τ = 0."""
+    return scores_frame().assign(margin_se=[0.02, 0.01, 0.08, float("nan")])
+
+
+def test_rds_scatter_draws_each_margins_error_bar_and_its_verdict():
+    from sarft_core.flags import z_value
+
+    df = scores_with_errors()
+    fig = plots.rds_scatter(df, tau=0.0)
+    points = [t for t in fig.data if t.customdata is not None]
+    bars = {c[0]: (b, c[4], c[5]) for t in points for c, b in zip(t.customdata, t.error_y.array)}
+    assert bars["a"][0] == pytest.approx(z_value(0.95) * 0.02) and bars["c"][0] == pytest.approx(z_value(0.95) * 0.08)
+    assert math.isnan(bars["d"][0])  # an unknown error draws no bar, not a zero-width one
+    assert {k: v[2] for k, v in bars.items()} == {"a": "flagged", "b": "kept", "c": "uncertain", "d": "uncertain"}
+    # a point is confidently flagged exactly when its bar clears the line y = x + τ
+    for t in points:
+        for x, y, bar, c in zip(t.x, t.y, t.error_y.array, t.customdata):
+            if c[5] != "uncertain":
+                assert (y - bar > x) == (c[5] == "flagged") and (y + bar < x) == (c[5] == "kept")
+    assert "±" in points[0].hovertemplate
+
+
+def test_rds_scatter_of_a_table_scored_without_errors_has_no_bars():
+    fig = plots.rds_scatter(scores_frame())
+    for t in fig.data:
+        if t.customdata is not None:
+            assert all(math.isnan(b) for b in t.error_y.array) and set(t.customdata[:, 5]) == {"uncertain"}
+
+
+def test_selected_sample_ids_reads_clicked_points_back_to_raw_ids():
+    df = scores_frame().assign(id=["a&b", "<x>", "c", "d"])
+    fig = plots.rds_scatter(df)
+    custom = {html_id: list(row) for t in fig.data if t.customdata is not None for row in t.customdata for html_id in [row[0]]}
+    # Streamlit passes each point's customdata row (a list), or a scalar where a trace has one value per point
+    points = [{"customdata": custom["a&amp;b"], "point_index": 0}, {"customdata": "&lt;x&gt;"}, {"x": 1.0}, {"customdata": custom["a&amp;b"]}]
+    assert plots.selected_sample_ids(points) == ["a&b", "<x>"]
+    assert plots.selected_sample_ids(None) == [] and plots.selected_sample_ids([]) == []
+
+
+def test_margin_histogram_stacks_verdicts_on_shared_bins_with_the_unit():
+    from sarft_core.flags import verdicts
+
+    df = scores_with_errors()
+    fig = plots.margin_histogram(df, tau=0.0, states=verdicts(df, 0.0), unit=plots.margin_unit("mean"))
+    assert fig.layout.barmode == "stack"
+    by_name = {t.name.rsplit(" (", 1)[0]: sorted(t.x) for t in fig.data}
+    assert by_name == {"flagged with confidence": [pytest.approx(0.2)], "kept with confidence": [pytest.approx(-0.1)],
+                       "uncertain": [pytest.approx(-0.05), pytest.approx(0.1)]}
+    assert len({(t.xbins.start, t.xbins.size) for t in fig.data}) == 1  # one set of bins for every colour
+    assert {t.marker.color for t in fig.data} == set(plots.FLAG_VERDICT_COLOURS.values())
+    assert "nats/token" in fig.layout.xaxis.title.text
+    assert "nats)" in plots.margin_histogram(df, unit=plots.margin_unit("sum")).layout.xaxis.title.text
+    # without verdicts: coloured by flag at τ
+    by_flag = {t.name.rsplit(" (", 1)[0]: len(t.x) for t in plots.margin_histogram(df, tau=0.15).data}
+    assert by_flag == {"flagged (D_h)": 1, "kept": 3}
