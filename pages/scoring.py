@@ -143,7 +143,8 @@ if "margin_se" not in scores.columns:
 p1, p2 = st.columns([3, 2])
 clicked = plots.selected_sample_ids(widgets.chart(plots.rds_scatter(scores, flags, tau), f"rds_scatter:{run.name}", p1, selectable=True))
 widgets.chart(plots.margin_histogram(scores, tau, states=states, unit=UNIT), "rds_hist", p2)
-st.caption("Click a point to open its sample. Bars: ±1.96 standard errors of the margin (a block bootstrap over the answer's tokens).")
+st.caption("Click a point to open its sample. Bars: ±1.96 standard errors of the margin: its spread over rewordings of the "
+           "unsafe instruction (a token bootstrap for tables scored with --wordings 0; docs/flags.md).")
 
 # --- how far to trust the flags -----------------------------------------------------------------
 st.subheader("How much to trust these flags on this model")
