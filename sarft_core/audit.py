@@ -270,11 +270,16 @@ def save_review(scores: pd.DataFrame, scores_path: str | Path, tau: float, overr
     return final
 
 
+# how sure each flag is travels with it (a table scored before these were recorded has none of them)
+CONFIDENCE_COLUMNS = ("margin_se", "verdict", "influence")
+
+
 def d_h(scores: pd.DataFrame, flags) -> pd.DataFrame:
-    """The flagged samples (D_h) with their scores and margin."""
+    """The flagged samples (D_h) with their scores, margin and, where the table has them, the
+    margin's standard error, its verdict and its measured influence."""
     df = scores.reset_index(drop=True).copy()
     df["margin"] = flag_margin(df)
-    cols = [c for c in ("id", "role", "input", "output", "s_role", "s_unsafe", "margin") if c in df]
+    cols = [c for c in ("id", "role", "input", "output", "s_role", "s_unsafe", "margin", *CONFIDENCE_COLUMNS) if c in df]
     return df.loc[pd.Series(list(flags), dtype=bool).to_numpy(), cols]
 
 
