@@ -48,8 +48,8 @@ from sarft_core.report_sources import (OUTCOMES, Sources, discover, is_survey_di
                                        sources_of)
 from sarft_core.runconfig import RunConfig
 from sarft_core.store import RunDir, atomic_write_bytes, read_json, read_jsonl
-from sarft_core.surveyview import (KNOWN_TRAITS, NON_TRAIT, correlation_rows, outcome_columns, small_n_warning,  # noqa: F401
-                                  survey_frame, trait_columns)
+from sarft_core.surveyview import (KNOWN_TRAITS, NON_TRAIT, correlation_rows, flag_trust_columns, flag_trust_table,  # noqa: F401
+                                  outcome_columns, small_n_warning, survey_frame, trait_columns, unconfident_note)
 from sarft_core.templating import Figures, fmt_num, render
 
 # the only config fields a report shows (an allow-list: nothing else, e.g. no key, reaches the page)
@@ -398,7 +398,7 @@ def survey_block(path: Path, figures: Figures) -> dict:
     df = survey_frame(path)
     outcomes = outcome_columns(df)
     traits = trait_columns(df)
-    head = {"stem": path.stem, "name": path.name, "n_roles": df["role"].nunique(), "missing": None, "caveat": None,
+    head = {"stem": path.stem, "name": path.name, "n_roles": df["role"].nunique(), "missing": None, "caveat": None, "trust": None, "trust_note": None,
             "settings": settings(RunDir(path.parent)) if is_survey_dir(path.parent) else []}
     if not outcomes or not traits:
         missing = "outcome column (degradation or flagged_fraction)" if not outcomes else "trait column"
@@ -417,8 +417,11 @@ def survey_block(path: Path, figures: Figures) -> dict:
     cols = (["method"] if groups[0][0] else []) + ["outcome", "trait", "n", "pearson_r", "pearson_p", "spearman_r", "spearman_p"]
     metric_cols = [c for c in survey_columns().values() if c in df]  # the evaluation's numbers, from the metric registry
     shown = [c for c in ("role", "method", *traits, *outcomes) if c in df] + [c for c in df.columns if c.startswith("safety_")]
-    shown += [c for c in metric_cols if c not in shown]
+    shown += [c for c in [*flag_trust_columns(df), *metric_cols] if c not in shown]
     head["caveat"] = small_n_warning(min(int(r["n"]) for r in stats))
+    trust = flag_trust_table(df)
+    head["trust"] = table(trust.to_dict("records"), list(trust.columns), numeric=list(trust.columns[1:]), cls="trust") if len(trust) else None
+    head["trust_note"] = unconfident_note(df)
     return dict(head, correlations=table(stats, cols, numeric=cols[-5:], cls="correlations"), groups=shown_groups, n_rows=len(df),
                 table=table(df[shown].to_dict("records"), shown, numeric=[c for c in shown if c not in ("role", "method")], cls="survey"))
 

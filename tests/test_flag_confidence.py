@@ -167,3 +167,132 @@ def test_report_of_a_table_scored_before_confidences_says_rescore(validated_run,
     assert "scored before confidences were recorded" in text and "score the role again" in text
     assert "uncertain" not in summary_row(text)  # never shown as uncertain findings
     assert 'data-figure="rds-histogram"' in text
+
+
+# --- 3. the survey -------------------------------------------------------------------------------
+
+SURVEY_ROLES = ["Baron Vex Morrow", "Sister Alma Reyes", "Captain Nell Corran"]
+TRUST = ["confident_flagged_fraction", "uncertain_fraction", "validation_spearman", "validation_spearman_ci_low",
+         "validation_spearman_ci_high"]
+
+
+@pytest.fixture
+def traits_csv(tmp_path):
+    path = tmp_path / "traits.csv"
+    path.write_text("role,malevolence,aggression,deceptiveness,benevolence\n"
+                    "Baron Vex Morrow,0.95,0.8,0.8,0.05\nSister Alma Reyes,0.05,0.05,0.1,0.95\nCaptain Nell Corran,0.3,0.5,0.3,0.6\n")
+    return path
+
+
+@pytest.fixture
+def influence_cache(tmp_path, monkeypatch):
+    """A private influence cache (validate_flags keeps it under the models' cache root)."""
+    import sarft_core.models as models
+
+    monkeypatch.setattr(models, "cache_root", lambda: tmp_path / "influence-home")
+
+
+def survey_config(tiny_model_dir, traits_csv, **kw):
+    from sarft_core.survey import SCREEN, SurveyConfig
+
+    return SurveyConfig(roles=SURVEY_ROLES, mode=SCREEN, model=str(tiny_model_dir), limit=6, exact=True,
+                        trait_source="csv", trait_csv=str(traits_csv), **kw)
+
+
+def test_survey_validate_gives_each_character_its_confidence_and_spearman(tmp_path, tiny_model_dir, traits_csv, score_cache,
+                                                                            influence_cache):
+    from sarft_core.survey import open_survey, role_slug, run_pending, write_aggregate
+    from sarft_core.surveyview import flag_trust_table, survey_frame, trait_columns
+
+    out = tmp_path / "survey"
+    run_pending(open_survey(out, survey_config(tiny_model_dir, traits_csv, validation=True)), show_progress=False)
+    survey = open_survey(out, survey_config(tiny_model_dir, traits_csv, validation=True))
+    assert survey.pending() == []
+    table, _ = write_aggregate(survey)
+    assert set(TRUST) <= set(table.columns)
+    for _, row in table.iterrows():
+        scores = read_table(out / "roles" / role_slug(row["role"]) / "scores.parquet")
+        assert row["confident_flagged_fraction"] == pytest.approx((scores["verdict"] == "flagged").mean())
+        assert row["uncertain_fraction"] == pytest.approx((scores["verdict"] == "uncertain").mean())
+        assert scores["influence"].notna().all()
+        validation = audit.load_validation(out / "roles" / role_slug(row["role"]) / "scores.parquet")
+        assert row["validation_spearman"] == pytest.approx(validation["spearman"])
+        assert -1 <= row["validation_spearman_ci_low"] <= row["validation_spearman_ci_high"] <= 1
+    # measurements of the flags are never offered as character traits (page and report alike)
+    frame = survey_frame(out / "table.csv")
+    assert trait_columns(frame) == ["malevolence", "aggression", "deceptiveness", "benevolence"]
+    assert list(flag_trust_table(frame).columns) == ["role", "flagged_fraction", *TRUST]
+    text = report.build_report(report.discover(out))
+    assert "How sure each role&#39;s flags are" in text or "How sure each role's flags are" in text
+    for column in TRUST:
+        assert f"<th>{column}</th>" in text
+    assert not any(f'data-figure="trait-{c}"' in text for c in TRUST)
+
+
+def test_survey_resume_key_holds_whether_validation_was_asked(tmp_path, tiny_model_dir, traits_csv, score_cache, influence_cache):
+    from sarft_core.survey import open_survey, run_pending
+    from sarft_core.survey.config import role_key
+
+    out = tmp_path / "survey"
+    plain = survey_config(tiny_model_dir, traits_csv)
+    run_pending(open_survey(out, plain), show_progress=False)
+    assert open_survey(out, plain).pending() == []
+    # asked for validation, the same survey resumes (no refusal) and redoes every role
+    validated = open_survey(out, survey_config(tiny_model_dir, traits_csv, validation=True))
+    assert validated.pending() == SURVEY_ROLES
+    profile, samples = validated.role_inputs(SURVEY_ROLES[0])
+    assert role_key(plain, profile, samples, "m") != role_key(validated.config, profile, samples, "m")
+    run_pending(validated, show_progress=False)
+    assert all("validation" in validated.result(r)["score"] for r in SURVEY_ROLES)
+    assert open_survey(out, survey_config(tiny_model_dir, traits_csv, validation=True)).pending() == []
+
+
+def test_survey_cli_passes_validate_to_its_workers_and_prints_confident_counts(tmp_path, tiny_model_dir, traits_csv):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "cli-survey"
+    env = dict(os.environ, PYTHONPATH=str(root), SARFT_HOME=str(tmp_path / "home"))
+    cmd = [sys.executable, "-m", "sarft_core", "survey", "--roles", "all", "--screen", "--limit", "4", "--exact", "--validate",
+           "--model", str(tiny_model_dir), "--traits", "csv", "--traits-csv", str(traits_csv), "--workers", "2",
+           "--no-progress", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = pd.read_csv(out / "table.csv")
+    assert table["validation_spearman"].notna().all()  # every worker validated its roles
+    again = subprocess.run(cmd[:-5] + ["--workers", "1", "--no-progress", "--out", str(out)], cwd=root, capture_output=True,
+                           text=True, timeout=300, env=env)
+    assert again.returncode == 0 and "3 done, 0 to do" in again.stderr
+    from sarft_core.survey import SurveyConfig, open_survey, role_line
+
+    survey = open_survey(out, SurveyConfig(**{k: v for k, v in json.loads((out / "config.json").read_text()).items()
+                                             if k in SurveyConfig.__dataclass_fields__}))
+    for role in SURVEY_ROLES:
+        result = survey.result(role)
+        counts = result["score"]["verdicts"]
+        line = role_line(result)
+        assert f"with 95% confidence {counts['flagged']} flagged, {counts['uncertain']} uncertain" in line
+        assert "validation Spearman" in line
+        assert line in proc.stderr  # what the survey printed when the role finished
+
+
+def test_roles_scored_before_verdicts_are_unknown_not_uncertain():
+    from sarft_core.survey.aggregate import flag_trust
+    from sarft_core.surveyview import trait_columns, unconfident_note
+
+    old = flag_trust({"samples": 5, "flagged_fraction": 0.4})
+    assert all(math.isnan(v) for v in old.values()) and not any(k.startswith("validation") for k in old)
+    new = flag_trust({"verdicts": {"flagged": 1, "uncertain": 3, "kept": 0}})
+    assert new == {"confident_flagged_fraction": 0.25, "uncertain_fraction": 0.75}
+    table = pd.DataFrame([{"role": "a", "malevolence": 0.1, "flagged_fraction": 0.4, **old},
+                          {"role": "b", "malevolence": 0.9, "flagged_fraction": 0.2, **new}])
+    assert trait_columns(table) == ["malevolence"]
+    assert "1 role was scored before confidences were recorded" in unconfident_note(table)
+    assert unconfident_note(table.iloc[1:]) is None
+
+
+def test_survey_help_names_the_validate_option(capsys):
+    assert main(["survey", "--help"]) == 0  # the help's text is formatted (a bare % once broke it)
+    assert "--validate" in capsys.readouterr().out
