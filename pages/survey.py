@@ -10,8 +10,8 @@ from sarft_core.errors import SarftError
 from sarft_core.paths import confine
 from sarft_core.store import workspace_root
 from sarft_core.survey.config import SurveyConfig
-from sarft_core.surveyview import (correlation_rows, full_survey_cost, outcome_columns, small_n_warning, survey_frame,
-                                   survey_tables_under, table_label, trait_columns)
+from sarft_core.surveyview import (correlation_rows, flag_trust_table, full_survey_cost, outcome_columns, small_n_warning,
+                                   survey_frame, survey_tables_under, table_label, trait_columns, unconfident_note)
 
 st.title("Survey: which characters are risky to fine-tune?")
 st.caption("One row per role: trait scores and a safety outcome (degradation = refusal rate before − after fine-tuning, "
@@ -74,4 +74,13 @@ st.dataframe(stats, hide_index=True, width="stretch",
              column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("pearson_r", "pearson_p", "spearman_r", "spearman_p")})
 widgets.chart(plots.trait_scatter(table, trait, outcome), "trait_scatter")
 widgets.chart(plots.per_role_bars(table, outcome), "role_bars")
+trust = flag_trust_table(table)
+if len(trust):
+    st.subheader("How sure each role's flags are")
+    st.caption("Shares flagged with 95% confidence and left uncertain; with --validate, the Spearman of the flag margin with "
+               "each sample's measured erosion of refusal, and its 95% CI.")
+    if note := unconfident_note(table):
+        st.caption(note)
+    st.dataframe(trust, hide_index=True, width="stretch",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in trust.columns[1:]})
 widgets.report_download(confine(source), f"{Path(source).stem}-report.html", key="report:survey")

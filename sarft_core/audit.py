@@ -271,16 +271,20 @@ def save_review(scores: pd.DataFrame, scores_path: str | Path, tau: float, overr
     return final
 
 
+# how sure each flag is travels with it (a table scored before these were recorded has none of them)
+CONFIDENCE_COLUMNS = ("margin_se", "verdict", "influence")
+
+
 def d_h(scores: pd.DataFrame, flags, tau: float = 0.0) -> pd.DataFrame:
-    """The flagged samples (D_h) with their scores, margin, its standard error and its verdict at
-    ``tau`` (so an export says how sure each flag is), and the measured influence where validated."""
+    """The flagged samples (D_h) with their scores, margin and, where the table has them, the
+    margin's standard error, its verdict at ``tau`` and its measured influence."""
     from sarft_core.flags import verdicts
 
     df = scores.reset_index(drop=True).copy()
     df["margin"] = flag_margin(df)
-    df["margin_se"] = df["margin_se"].astype(float) if "margin_se" in df else float("nan")
-    df["verdict"] = verdicts(df, tau)
-    cols = [c for c in ("id", "role", "input", "output", "s_role", "s_unsafe", "margin", "margin_se", "verdict", "influence") if c in df]
+    if "margin_se" in df:
+        df["verdict"] = verdicts(df, tau)
+    cols = [c for c in ("id", "role", "input", "output", "s_role", "s_unsafe", "margin", *CONFIDENCE_COLUMNS) if c in df]
     return df.loc[pd.Series(list(flags), dtype=bool).to_numpy(), cols]
 
 

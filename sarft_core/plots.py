@@ -504,3 +504,50 @@ def reproduce_report_html(table: pd.DataFrame, cells: pd.DataFrame, contrasts: d
         (grid_group_bars(table, "advbench"), "grid-groups-advbench"), (grid_group_bars(table, "margin"), "grid-groups-margin"))]
     return render("reproduce.html.j2", title="SaRFT in miniature", stylesheet="reproduce.css", groups=groups,
                   contrasts=list(contrasts.items()), figures=shown, cells=frame(cells))
+
+
+# ---------------------------------------------------------------- how sure each flag is
+FLAG_VERDICT_COLOURS = {"flagged": "#d62728", "uncertain": "#ff7f0e", "kept": "#1f77b4"}
+FLAG_VERDICT_NAMES = {"flagged": "flagged with confidence", "uncertain": "uncertain", "kept": "kept with confidence"}
+NO_CONFIDENCE = "scored before confidences were recorded: score the role again to see how sure each flag is"
+
+
+def has_confidence(scores: pd.DataFrame) -> bool:
+    """Whether a score table records how sure its flags are (tables scored before it did lack margin_se)."""
+    return scores is not None and "margin_se" in scores.columns
+
+
+def margin_intervals(scores: pd.DataFrame, tau: float = 0.0, confidence: float = 0.95) -> go.Figure:
+    """Every sample's margin s_unsafe − s_role in rank order with its ``confidence`` interval
+    (± z · margin_se), coloured by its verdict at ``tau``: where the bars cross τ the flag is a
+    coin toss, so the analyst sees which flags rest on evidence and which on noise."""
+    from sarft_core.flags import verdicts, z_value
+
+    if scores is None or len(scores) == 0:
+        return _empty("no scores yet")
+    if not has_confidence(scores):
+        return _empty(NO_CONFIDENCE)
+    df = scores.reset_index(drop=True).assign(margin=flag_margin(scores).to_numpy(), verdict=verdicts(scores, tau, confidence).to_numpy())
+    df = df.sort_values("margin", kind="stable").reset_index(drop=True)
+    reach = df["margin_se"].astype(float) * z_value(confidence)
+    fig = go.Figure()
+    for state, colour in FLAG_VERDICT_COLOURS.items():
+        sel = (df["verdict"] == state).to_numpy()
+        if not sel.any():
+            continue
+        sub = df[sel]
+        bars = [None if not math.isfinite(v) else float(v) for v in reach[sel]]  # no error known: no bar, never a zero one
+        custom = np.stack([sub["id"].astype(str).map(lambda s: html.escape(s, quote=False)).to_numpy(),
+                           np.array(["n/a" if b is None else f"{b:.3f}" for b in bars], dtype=object)], axis=-1)
+        fig.add_trace(go.Scatter(
+            x=sub.index + 1, y=sub["margin"], mode="markers", name=f"{FLAG_VERDICT_NAMES[state]} ({int(sel.sum())})",
+            marker=dict(color=colour, size=6), error_y=dict(type="data", array=bars, visible=True, thickness=1, width=0, color=colour),
+            customdata=custom, hovertemplate="<b>%{customdata[0]}</b><br>margin %{y:.3f} ± %{customdata[1]}<extra></extra>",
+        ))
+    fig.add_hline(y=float(tau), line=dict(color="#d62728", dash="dash"), annotation_text=f"τ = {tau:g}", annotation_position="top left")
+    fig.update_layout(
+        title=f"s_unsafe − s_role per sample, ranked (error bars: {100 * confidence:g}% interval)",
+        xaxis_title="samples, by margin", yaxis_title="s_unsafe − s_role", height=320,
+        margin=dict(l=10, r=10, t=50, b=10), legend=dict(orientation="h", y=-0.25),
+    )
+    return fig

@@ -48,8 +48,8 @@ from sarft_core.report_sources import (OUTCOMES, Sources, discover, is_survey_di
                                        sources_of)
 from sarft_core.runconfig import RunConfig
 from sarft_core.store import RunDir, atomic_write_bytes, read_json, read_jsonl
-from sarft_core.surveyview import (KNOWN_TRAITS, NON_TRAIT, correlation_rows, outcome_columns, small_n_warning,  # noqa: F401
-                                  survey_frame, trait_columns)
+from sarft_core.surveyview import (KNOWN_TRAITS, NON_TRAIT, correlation_rows, flag_trust_columns, flag_trust_table,  # noqa: F401
+                                  outcome_columns, small_n_warning, survey_frame, trait_columns, unconfident_note)
 from sarft_core.templating import Figures, fmt_num, render
 
 # the only config fields a report shows (an allow-list: nothing else, e.g. no key, reaches the page)
@@ -95,11 +95,13 @@ def profile_section(runs: list[RunDir]) -> dict | None:
 
 # --- RDS ---------------------------------------------------------------------------------------
 
-def flagged_examples(scores: pd.DataFrame, flags: pd.Series, tokens: dict, n: int) -> tuple[list[dict], bool]:
-    """The most flagged samples (or, when none is, the closest to the threshold: ``True`` second)."""
+def flagged_examples(scores: pd.DataFrame, flags: pd.Series, tokens: dict, n: int, verdicts: pd.Series | None = None) -> tuple[list[dict], bool]:
+    """The most flagged samples (or, when none is, the closest to the threshold: ``True`` second),
+    each with its verdict and the margin's standard error where the table records them."""
     from sarft_core.flags import flag_margin
 
-    df = scores.reset_index(drop=True).assign(margin=flag_margin(scores).to_numpy(), flagged=list(flags))
+    shown_verdicts = list(verdicts) if verdicts is not None else [None] * len(scores)
+    df = scores.reset_index(drop=True).assign(margin=flag_margin(scores).to_numpy(), flagged=list(flags), verdict_shown=shown_verdicts)
     shown = df[df["flagged"]].sort_values("margin", ascending=False).head(n)
     closest = shown.empty
     if closest:
@@ -111,7 +113,8 @@ def flagged_examples(scores: pd.DataFrame, flags: pd.Series, tokens: dict, n: in
         if tok and tok.get("tokens") and len(tok["tokens"]) == len(tok.get("ratio", [])):
             spans = plots.token_spans(plots.token_shading(tok["tokens"], tok["ratio"]))
         examples.append({"id": row["id"], "margin": row["margin"], "s_role": row["s_role"], "s_unsafe": row["s_unsafe"],
-                         "flagged": bool(row["flagged"]), "input": row["input"], "output": row["output"], "tokens": spans})
+                         "flagged": bool(row["flagged"]), "input": row["input"], "output": row["output"], "tokens": spans,
+                         "verdict": VERDICT_LABELS.get(row["verdict_shown"], row["verdict_shown"]), "margin_se": _finite(row.get("margin_se"))})
     return examples, closest
 
 
@@ -125,7 +128,14 @@ def rds_block(run: RunDir, figures: Figures, n_examples: int, review: tuple[floa
     tokens = audit.load_token_ratios(run)
     stats = [{"samples": len(scores), "flagged (D_h)": int(flags.sum()), "flagged fraction": float(flags.mean()) if len(flags) else math.nan,
               "τ": tau, "overrides": len(overrides)}]
-    examples, closest = flagged_examples(scores, flags, tokens, n_examples)
+    confident = plots.has_confidence(scores)
+    shown_verdicts = None
+    if confident:  # at the review's τ, so the counts answer "how sure are the flags shown"
+        from sarft_core.flags import verdict_counts, verdicts
+
+        shown_verdicts = verdicts(scores, tau)
+        stats[0].update({VERDICT_LABELS[state]: count for state, count in verdict_counts(shown_verdicts).items()})
+    examples, closest = flagged_examples(scores, flags, tokens, n_examples, shown_verdicts)
     stale = audit.stale_side_files(scores_path)
     return {"run": run.name, "heading": f"{run_role(run) or run.name} · {run.name}", "settings": settings(run),
             "review_note": review_note(review is not None or audit.review_state(scores_path) == "current",
@@ -134,8 +144,46 @@ def rds_block(run: RunDir, figures: Figures, n_examples: int, review: tuple[floa
             "summary": table(stats, list(stats[0]), numeric=list(stats[0]), cls="summary"),
             # a grid with fixed tracks: each figure measures its final width even before the next one exists
             "scatter": figures.html(plots.rds_scatter(scores, flags, tau), "rds-scatter"),
-            "histogram": figures.html(plots.margin_histogram(scores, tau), "rds-histogram"),
+            # the margin figure carries each sample's interval where the table records it
+            "histogram": (figures.html(plots.margin_intervals(scores, tau), "rds-margins") if confident
+                          else figures.html(plots.margin_histogram(scores, tau), "rds-histogram")),
+            "confidence_note": None if confident else plots.NO_CONFIDENCE,
+            "trust": trust_block(audit.load_validation(scores_path)),
             "examples": examples, "closest": closest, "shaded": bool(tokens)}
+
+
+VERDICT_LABELS = {"flagged": "flagged with 95% confidence", "uncertain": "uncertain", "kept": "kept with 95% confidence"}
+
+
+def _finite(value) -> float | None:
+    """A number, or None where there is none (NaN: a one-token answer's error is unknown)."""
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _signed(value) -> str:
+    return f"{value:+.2f}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+
+
+def _percent(value) -> str:
+    return f"{100 * value:.0f}%" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+
+
+def trust_block(validation: dict) -> dict | None:
+    """"How much to trust these flags on this model", from the table's validation side file
+    (``score --validate``); None when the table was not validated."""
+    if not validation:
+        return None
+    ci = validation.get("spearman_ci") or [math.nan, math.nan]
+    setting = validation.get("settings") if isinstance(validation.get("settings"), dict) else {}
+    rows = [
+        {"measure": "Spearman(margin, measured erosion of refusal)",
+         "value": f"{_signed(validation.get('spearman'))} (95% CI [{_signed(ci[0])}, {_signed(ci[1])}])"},
+        {"measure": f"flagged among the top {validation.get('top_k', '?')} samples by measured erosion",
+         "value": f"{_percent(validation.get('precision_at_k'))} (flagged overall: {_percent(validation.get('flagged_fraction'))})"},
+        {"measure": "held-out harmful prompts used",
+         "value": f"{setting.get('prompts', '?')} ({setting.get('validate_prompts', '?')})"},
+    ]
+    return {"reading": str(validation.get("reading", "")), "table": table(rows, ["measure", "value"], cls="trust")}
 
 
 def review_note(saved: bool, stale: bool) -> str:
@@ -350,7 +398,7 @@ def survey_block(path: Path, figures: Figures) -> dict:
     df = survey_frame(path)
     outcomes = outcome_columns(df)
     traits = trait_columns(df)
-    head = {"stem": path.stem, "name": path.name, "n_roles": df["role"].nunique(), "missing": None, "caveat": None,
+    head = {"stem": path.stem, "name": path.name, "n_roles": df["role"].nunique(), "missing": None, "caveat": None, "trust": None, "trust_note": None,
             "settings": settings(RunDir(path.parent)) if is_survey_dir(path.parent) else []}
     if not outcomes or not traits:
         missing = "outcome column (degradation or flagged_fraction)" if not outcomes else "trait column"
@@ -369,8 +417,11 @@ def survey_block(path: Path, figures: Figures) -> dict:
     cols = (["method"] if groups[0][0] else []) + ["outcome", "trait", "n", "pearson_r", "pearson_p", "spearman_r", "spearman_p"]
     metric_cols = [c for c in survey_columns().values() if c in df]  # the evaluation's numbers, from the metric registry
     shown = [c for c in ("role", "method", *traits, *outcomes) if c in df] + [c for c in df.columns if c.startswith("safety_")]
-    shown += [c for c in metric_cols if c not in shown]
+    shown += [c for c in [*flag_trust_columns(df), *metric_cols] if c not in shown]
     head["caveat"] = small_n_warning(min(int(r["n"]) for r in stats))
+    trust = flag_trust_table(df)
+    head["trust"] = table(trust.to_dict("records"), list(trust.columns), numeric=list(trust.columns[1:]), cls="trust") if len(trust) else None
+    head["trust_note"] = unconfident_note(df)
     return dict(head, correlations=table(stats, cols, numeric=cols[-5:], cls="correlations"), groups=shown_groups, n_rows=len(df),
                 table=table(df[shown].to_dict("records"), shown, numeric=[c for c in shown if c not in ("role", "method")], cls="survey"))
 

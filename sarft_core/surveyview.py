@@ -41,12 +41,44 @@ def trait_columns(df: pd.DataFrame) -> list[str]:
     """The trait columns of a survey table: numeric columns that are neither an outcome, nor a
     measurement (time, samples, margins ...), nor a metric the registry says a survey records."""
     from sarft_core.evaluation.metric_registry import survey_columns
+    from sarft_core.survey.aggregate import FLAG_TRUST_COLUMNS
 
-    metrics = set(survey_columns().values())
+    measured = set(survey_columns().values()) | set(FLAG_TRUST_COLUMNS)  # how sure the flags are is no trait
     numeric = list(df.select_dtypes("number").columns)
     known = [t for t in KNOWN_TRAITS if t in numeric]
-    rest = [c for c in numeric if c not in known and c not in OUTCOMES and c not in metrics and not NON_TRAIT.match(c.lower())]
+    rest = [c for c in numeric if c not in known and c not in OUTCOMES and c not in measured and not NON_TRAIT.match(c.lower())]
     return known + rest
+
+
+def flag_trust_columns(df: pd.DataFrame) -> list[str]:
+    """The columns of a survey table that say how sure each role's flags are (confident and
+    uncertain shares, the validation's Spearman and its interval), in the survey's order."""
+    from sarft_core.survey.aggregate import FLAG_TRUST_COLUMNS
+
+    return [c for c in FLAG_TRUST_COLUMNS if c in df]
+
+
+def flag_trust_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per role: its flagged fraction beside how sure those flags are (empty without such columns)."""
+    trust = flag_trust_columns(df)
+    if not trust or "role" not in df:
+        return pd.DataFrame()
+    shown = ["role", *[c for c in ("flagged_fraction",) if c in df], *trust]
+    return df.drop_duplicates("role")[shown].reset_index(drop=True)
+
+
+def unconfident_note(df: pd.DataFrame) -> str | None:
+    """What to say when some roles were scored before verdicts were recorded (their shares are
+    empty: unknown, not uncertain)."""
+    if "confident_flagged_fraction" not in df:
+        return None
+    roles = df.drop_duplicates("role") if "role" in df else df
+    n = int(pd.to_numeric(roles["confident_flagged_fraction"], errors="coerce").isna().sum())
+    if not n:
+        return None
+    return (f"{n} role{'s were' if n != 1 else ' was'} scored before confidences were recorded, so how sure "
+            f"{'their' if n != 1 else 'its'} flags are is unknown: delete {'their' if n != 1 else 'its'} roles/<role>.json "
+            "and rerun the survey to rescore (the scores come from the cache)")
 
 
 def outcome_columns(df: pd.DataFrame) -> list[str]:

@@ -323,6 +323,10 @@ def test_survey_page_lists_survey_tables_offers_traits_only_and_warns_on_few_rol
     assert set(stats["trait"]) == {"malevolence", "aggression", "deceptiveness", "benevolence"}
     assert "pearson_p" not in stats and "spearman_p" not in stats  # no p-values over 3 roles...
     assert any("Only 3 roles" in w.value for w in app.warning)  # ...but a warning saying why
+    # issue #27: how sure each role's flags are, beside its flagged fraction (never offered as a trait, above)
+    trust = app.dataframe[1].value
+    assert list(trust.columns) == ["role", "flagged_fraction", "confident_flagged_fraction", "uncertain_fraction"]
+    assert ((trust["confident_flagged_fraction"] + trust["uncertain_fraction"]).between(0, 1)).all()
 
     # the button starts a screening survey; the full one says what it costs and waits for a yes
     assert any("--screen" in c.value and "survey --roles all" in c.value for c in app.code)

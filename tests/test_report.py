@@ -171,8 +171,8 @@ def test_score_run_report_has_profile_rds_and_escaped_samples(runs_root):
     text = report.build_report(report.discover(runs_root / "score-baron"))
     tags = parse(text)
     assert tags.sections == ["summary", "profile", "rds"]
-    assert tags.figure_divs == 2  # RDS scatter and margin histogram
-    assert 'data-figure="rds-scatter"' in text and 'data-figure="rds-histogram"' in text
+    assert tags.figure_divs == 2  # RDS scatter and the margins with their error bars
+    assert 'data-figure="rds-scatter"' in text and 'data-figure="rds-margins"' in text
     assert tags.scripts == 2 + tags.figure_divs  # plotly config + plotly.js once + one init per figure: nothing injected
     assert tags.imgs == 0
     assert INJECTED not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text

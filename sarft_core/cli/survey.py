@@ -32,6 +32,9 @@ SURVEY_OPTIONS = {
     "trait_source": Option("trait source (see `traits`)", flags=("--traits",)),
     "trait_csv": Option("annotations for --traits csv", flags=("--traits-csv",), metavar="FILE"),
     "train_args": Option("full mode: extra arguments for `train`, e.g. \"--max-steps 20\"", metavar="ARGS"),
+    "validation": Option("also validate each role's flags as `score --validate` does (each sample's influence on refusal of "
+                       "held-out harmful prompts): a per-role Spearman of margin with measured erosion, with its 95%% CI",
+                         flags=("--validate",)),
     "eval_args": Option("full mode: arguments for `eval` (roles get --role when rolebench is asked for)", metavar="ARGS"),
 }
 
@@ -165,6 +168,7 @@ def _finish(survey, write_aggregate) -> int:
     table, corr = write_aggregate(survey)
     if len(table):
         cols = [c for c in ("role", "method", "malevolence", "aggression", "deceptiveness", "benevolence", "flagged_fraction",
+                            "confident_flagged_fraction", "uncertain_fraction", "validation_spearman",
                             "safety_before", "safety_after", "degradation", "rouge_l", "seconds") if c in table.columns]
         print(table[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     if len(corr):

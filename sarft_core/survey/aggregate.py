@@ -8,6 +8,12 @@ from sarft_core.survey.steps import metric_columns
 
 
 
+# how sure each role's flags are: measurements of the flags, never traits of the character
+CONFIDENCE_COLUMNS = ("confident_flagged_fraction", "uncertain_fraction")
+VALIDATION_COLUMNS = ("validation_spearman", "validation_spearman_ci_low", "validation_spearman_ci_high")
+FLAG_TRUST_COLUMNS = CONFIDENCE_COLUMNS + VALIDATION_COLUMNS
+
+
 # ---------------------------------------------------------------- aggregate
 def survey_traits(survey: Survey) -> "object":
     """The surveyed roles' traits (computed once and kept in traits.csv)."""
@@ -48,6 +54,20 @@ def _safety(metrics: dict | None) -> tuple[float, str]:
     return math.nan, ""
 
 
+def flag_trust(score: dict) -> dict:
+    """A role's survey columns on how sure its flags are: the shares of confident flags and of
+    uncertain ones (NaN for a role scored before verdicts were recorded), and, where the role was
+    validated, the Spearman of its margins with measured erosion and that correlation's 95% CI."""
+    counts = _obj(score.get("verdicts"))
+    n = sum(v for v in counts.values() if isinstance(v, (int, float)))
+    share = (lambda k: counts.get(k, 0) / n) if n else (lambda k: math.nan)
+    out = {"confident_flagged_fraction": share("flagged"), "uncertain_fraction": share("uncertain")}
+    validation = _obj(score.get("validation"))
+    if validation:
+        out.update({f"validation_{k}": validation.get(k, math.nan) for k in ("spearman", "spearman_ci_low", "spearman_ci_high")})
+    return out
+
+
 def aggregate(survey: Survey, traits=None):
     """(table, correlations): one row per role (screening) or per role and method (full)."""
     import pandas as pd
@@ -66,7 +86,7 @@ def aggregate(survey: Survey, traits=None):
         base = {"role": role, **{t: float(by_role.loc[role, t]) if role in by_role.index else math.nan for t in trait_cols}}
         sc = _obj(res.get("score"))
         base.update(samples=sc.get("samples"), flagged_fraction=sc.get("flagged_fraction", math.nan),
-                    mean_margin=sc.get("mean_margin", math.nan), status=res.get("status"), seconds=res.get("seconds"))
+                    mean_margin=sc.get("mean_margin", math.nan), **flag_trust(sc), status=res.get("status"), seconds=res.get("seconds"))
         if survey.config.mode == SCREEN:
             rows.append(base)
             continue

@@ -36,6 +36,7 @@ class SurveyConfig:
     trait_csv: str = ""
     train_args: str = ""  # extra arguments for `train`, e.g. "--max-steps 20"
     eval_args: str = "--suite margin --judge keyword"  # generation-free; add rolebench,probes for more
+    validation: bool = False  # measure each role's flags against their influence on refusal (score --validate)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,7 +74,19 @@ def role_key(config: SurveyConfig, profile, samples: list, model_fingerprint: st
         "profile": profile.to_dict(), "samples": [s.to_dict() for s in samples], "model": model_fingerprint,
         "settings": {k: getattr(config, k) for k in _RESULT_FIELDS if k not in ("data", "profiles")},
     }
+    if config.validation:
+        # a validated role is another result (and a survey resumed with --validate redoes its roles,
+        # scores from the cache); only where asked, so the keys of surveys made before stay valid
+        content["settings"]["validate"] = validation_settings()
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def validation_settings() -> dict:
+    """What a role's validation depends on besides its samples and model: the validation's options
+    (the held-out prompts, how many, the top fraction), as ``score --validate`` defaults them."""
+    from sarft_core.scoring.validate import ValidateOptions
+
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(ValidateOptions()).items()}
 
 
 # ---------------------------------------------------------------- the survey directory

@@ -16,12 +16,22 @@ from sarft_core.survey.steps import ModelHolder, RoleContext, Steps, run_role
 
 
 
+def _signed(value) -> str:
+    return f"{value:+.2f}" if isinstance(value, (int, float)) and value == value else "n/a"
+
+
 def role_line(result: dict, index: int | None = None, total: int | None = None) -> str:
     head = f"[{index}/{total}] " if index and total else ""
     s = _obj(result.get("score"))
     bits = []
     if s:
         bits.append(f"{s['samples']} samples, {100 * s['flagged_fraction']:.1f}% flagged")
+        counts = _obj(s.get("verdicts"))
+        if counts:
+            bits.append(f"with 95% confidence {counts.get('flagged', 0)} flagged, {counts.get('uncertain', 0)} uncertain")
+        v = _obj(s.get("validation"))
+        if v:
+            bits.append(f"validation Spearman {_signed(v.get('spearman'))} [{_signed(v.get('spearman_ci_low'))}, {_signed(v.get('spearman_ci_high'))}]")
     for m, e in _obj(result.get("methods")).items():
         ev = _obj(_obj(e).get("eval"))
         if ev:

@@ -94,14 +94,36 @@ def score_step(ctx: RoleContext) -> dict:
         if bar is not None:
             bar.close()
     frame = result.frame()
-    write_table(frame, ctx.work_dir / "scores.parquet")
+    validation = None
+    if cfg.validation:
+        from sarft_core.scoring.validate import validate_flags
+
+        validation = validate_flags(ctx.model.get(), ctx.samples, result.rows)
+        frame["influence"] = [validation["influence"][sid] for sid in frame["id"]]
+    scores_path = ctx.work_dir / "scores.parquet"
+    write_table(frame, scores_path)
+    if validation is not None:
+        from sarft_core import audit
+
+        audit.write_validation(scores_path, validation["summary"])  # after its table: it is stamped with it
     margin = flag_margin(frame)
     st = result.stats
-    return {
+    out = {
         "samples": int(st["samples"]), "flagged": int(st["flagged"]), "flagged_fraction": float(st["flagged_fraction"]),
         "mean_margin": float(margin.mean()), "seconds": float(st["seconds"]), "from_cache": int(st["from_cache"]),
-        "rechecked": int(st["rechecked"]),
+        "rechecked": int(st["rechecked"]), "verdicts": {k: int(v) for k, v in st["verdicts"].items()},
     }
+    if validation is not None:
+        out["validation"] = validation_result(validation["summary"])
+    return out
+
+
+def validation_result(summary: dict) -> dict:
+    """The part of a role's validation its survey row shows (the whole is beside its scores)."""
+    low, high = summary["spearman_ci"]
+    return {"spearman": summary["spearman"], "spearman_ci_low": low, "spearman_ci_high": high,
+            "precision_at_k": summary["precision_at_k"], "top_k": summary["top_k"], "reading": summary["reading"],
+            "prompts": summary["settings"]["prompts"]}
 
 
 class StepFailed(Exception):
