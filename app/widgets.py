@@ -57,9 +57,15 @@ def sidebar() -> None:
 def chart(fig, key: str, container=None) -> None:
     """A plotly figure on the page, drawn as the report draws it (:func:`sarft_core.figure_theme.themed`):
     a themed copy is shown, so the figure itself is never changed by being shown and the process's
-    default template (Streamlit's placeholder colours) never reaches it."""
+    default template (Streamlit's placeholder colours) never reaches it. A figure with nothing to
+    draw is its message in one line, not a blank frame."""
     from sarft_core.figure_theme import themed
+    from sarft_core.plots import empty_message
 
+    message = empty_message(fig)
+    if message is not None:
+        (container or st).caption(f"{message[:1].upper()}{message[1:]}.")
+        return
     (container or st).plotly_chart(themed(fig), key=key, width="stretch")
 
 
