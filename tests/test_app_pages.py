@@ -352,3 +352,31 @@ def test_evaluation_page_keeps_cancelled_and_failed_jobs_in_a_history(app, tmp_p
     assert dict(zip(history["label"], history["outcome"])) == {"eval run-a": "cancelled", "eval run-b": "failed"}
     assert history["command"].str.startswith("python -c").all() and (history["duration"] != "").all()
     assert "No evaluation is running" in texts(app)
+
+
+def test_evaluation_offers_the_base_model_and_labels_results_by_model(app, tiny_model_dir):
+    """Issue #28 item 3: only finished training runs could be evaluated from the dashboard (the model
+    training starts from needed the shell), and Compare named an evaluation by its folder
+    (eval-embedded-aligned-greedy-93a8810c) instead of by its model."""
+    from sarft_core.runview import model_target
+    from sarft_core.store import workspace_root
+
+    write_train_run(workspace_root(), "r1-sft", "sft", 0.0, 0.5, 31.0, ["compliance", "refusal", "compliance"])
+    goto(app, "evaluation")
+    targets = next(m for m in app.multiselect if m.label == "What to evaluate")
+    assert str(tiny_model_dir) in targets.options[0] and "r1-sft" in targets.options[1]  # the sidebar's model, then the runs
+    targets.set_value([model_target(str(tiny_model_dir))])
+    next(m for m in app.multiselect if m.label == "Suites").set_value(["probes"])
+    next(n for n in app.number_input if n.label.startswith("Prompts per suite")).set_value(1)
+    next(b for b in app.button if b.label == "Evaluate").click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    assert any(f"eval --model {tiny_model_dir} --suite probes" in c.value for c in app.code)
+    job = jobs.list_jobs("eval")[0]
+    assert jobs.wait(job, timeout_s=300) == "completed", job.log_tail()
+
+    goto(app, "compare")
+    runs = next(m for m in app.multiselect if m.label == "Runs")
+    model_label = f"{tiny_model_dir.name} (eval, greedy)"
+    assert model_label in runs.options and not any(o.startswith("eval-") for o in runs.options), runs.options
+    assert any(model_label in c.proto.spec for c in charts(app))
+    assert not any('"eval-' in c.proto.spec for c in charts(app))
