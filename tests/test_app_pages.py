@@ -380,3 +380,42 @@ def test_evaluation_offers_the_base_model_and_labels_results_by_model(app, tiny_
     assert model_label in runs.options and not any(o.startswith("eval-") for o in runs.options), runs.options
     assert any(model_label in c.proto.spec for c in charts(app))
     assert not any('"eval-' in c.proto.spec for c in charts(app))
+
+
+def score_and_review(app, n: int, override: bool) -> RunDir:
+    """Score the role's first ``n`` samples on the Scoring page and save a review there."""
+    goto(app, "scoring")
+    app.number_input[0].set_value(n)
+    app.button(key="score_go").click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    run = RunDir(Path(app.session_state["score_run"]))
+    if override:
+        sid = next(s for s in app.selectbox if s.label == "Sample").value
+        app.radio(key=f"ovr:{run.name}:{sid}").set_value("flagged").run()
+    app.button[[b.label for b in app.button].index("Save review (τ and overrides)")].click().run()
+    assert audit.review_state(run.path / audit.SCORES_FILE) == "current"
+    return run
+
+
+def test_training_defaults_to_the_latest_saved_review_and_shows_its_command(app):
+    """Issue #28 item 7: right after a review was saved on the Scoring page the Training form still
+    defaulted to "(computed by the trainer)", the picker said nothing of the review, and the command
+    was shown only after launch; the learning rate's help contradicted its default."""
+    first = score_and_review(app, 3, override=False)
+    time.sleep(1.1)  # reviews are ordered by when they were saved
+    latest = score_and_review(app, 4, override=True)
+    goto(app, "training")
+    flags = next(s for s in app.selectbox if s.label.startswith("Flags (D_h)"))
+    assert flags.value == str(latest.path)  # the latest review, not the trainer's own flags
+    review = read_json(audit.review_path(latest.path / audit.SCORES_FILE))
+    shown = flags.options[0]
+    assert latest.name in shown and f"τ {review['tau']:.2f}" in shown and f"{review['flagged']} of 4 flagged" in shown
+    assert time.strftime("%Y-%m-%d", time.localtime(review["saved"])) in shown
+    assert first.name in flags.options[1] and flags.options[-1] == "(computed by the trainer)"
+    assert "No command yet: no method chosen" in texts(app)  # before a method is picked, the form says why
+    next(s for s in app.selectbox if s.label == "Method").set_value("sarft").run()
+    command = next(c.value for c in app.code if c.value.startswith("python -m sarft_core train"))
+    assert f"--overrides {audit.flags_path(latest.path / audit.SCORES_FILE)}" in command, command
+    assert "--method sarft" in command and "--out RUN_DIR" in command
+    lr = next(t for t in app.text_input if t.label == "Learning rate")
+    assert f"default: {lr.value}" in lr.help  # the help names the default the field holds
