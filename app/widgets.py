@@ -16,6 +16,9 @@ STATE_ICONS = {"created": ":material/radio_button_unchecked:", "starting": ":mat
 
 
 def show_error(err: SarftError) -> None:
+    if isinstance(err, state.AwaitingInput):  # nothing is wrong yet: say what to type
+        st.info(err.problem, icon=":material/info:")
+        return
     st.error(f"{err.problem}" + (f"\n\n**Fix:** {err.fix}" if err.fix else ""), icon=":material/error:")
 
 
@@ -46,7 +49,8 @@ def sidebar() -> None:
         try:
             names = sorted(state.profiles())
         except SarftError as err:
-            show_error(err)
+            if not isinstance(err, state.AwaitingInput):  # the fields right above already ask for the paths
+                show_error(err)
             st.session_state.pop("role", None)
             return
         if st.session_state.get("role") not in names:

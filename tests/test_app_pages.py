@@ -419,3 +419,19 @@ def test_training_defaults_to_the_latest_saved_review_and_shows_its_command(app)
     assert "--method sarft" in command and "--out RUN_DIR" in command
     lr = next(t for t in app.text_input if t.label == "Learning rate")
     assert f"default: {lr.value}" in lr.help  # the help names the default the field holds
+
+
+def test_files_source_asks_for_paths_before_any_error(app):
+    """Issue #28 item 8: choosing "Files" showed "no path given" errors before anything was typed."""
+    app.radio(key="data_source").set_value("files").run()
+    for page in ("overview", "role", "scoring", "training"):
+        goto(app, page)
+        assert not app.error, (page, [e.value for e in app.error])
+        assert not any("no path given" in t for t in texts(app).split("\n")), page
+    assert any("Type the samples and profiles files' paths" in i.value for i in app.info)  # a hint, on the page only
+    app.text_input(key="samples_path").input("/etc/passwd").run()  # what is typed is checked at once
+    assert "outside the folders the dashboard may read" in texts(app) and not app.exception
+    if not ROLEBENCH_SPE.is_file():
+        pytest.skip(f"shared RoleBench data absent: {ROLEBENCH_SPE}")
+    app.text_input(key="samples_path").input(str(ROLEBENCH_SPE)).run()
+    assert not app.error and any("profiles file's path" in i.value for i in app.info)
