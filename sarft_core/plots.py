@@ -371,10 +371,13 @@ def pareto_scatter(points: pd.DataFrame, x: str = "roleplay", y: str = "safety",
         return _empty("no run has both a role-play and a safety score yet")
     pts = points.dropna(subset=[x, y]).copy()
     pts["_label"] = pts[label].map(lambda s: html.escape(str(s), quote=False))
+    # a label runs inwards from its point: centred over a point at the chart's edge it is cut off
+    middle = (pts[x].min() + pts[x].max()) / 2
+    pts["_side"] = np.where(pts[x] > middle, "top left", "top right")
     fig = go.Figure()
     groups = pts.groupby(colour, dropna=False, sort=False) if colour and colour in pts else [("runs", pts)]
     for name, sub in groups:
-        fig.add_trace(go.Scatter(x=sub[x], y=sub[y], mode="markers+text", text=sub["_label"], textposition="top center",
+        fig.add_trace(go.Scatter(x=sub[x], y=sub[y], mode="markers+text", text=sub["_label"], textposition=list(sub["_side"]),
                                  name=html.escape(str(name), quote=False), marker=dict(size=11), cliponaxis=False,
                                  hovertemplate="%{text}<br>" + x + " %{x:.3f}<br>" + y + " %{y:.3f}<extra></extra>"))
     front = pareto_front(pts, x, y)
