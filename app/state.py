@@ -72,16 +72,25 @@ def data_source() -> str:
     return st.session_state.get("data_source", "demo")
 
 
+class AwaitingInput(SarftError):
+    """Input the analyst has not typed yet: shown as a hint (or not at all), never as an error."""
+
+
 def data_paths() -> tuple[Path, Path]:
-    """(samples file, profiles file) of the chosen source, confined to the allowed folders."""
+    """(samples file, profiles file) of the chosen source, confined to the allowed folders. A path
+    typed is checked at once; one not typed yet is :class:`AwaitingInput`, not a "no path given" error."""
     if data_source() == "demo":
         return DEMO_SAMPLES, DEMO_PROFILES
-    samples = confine(st.session_state.get("samples_path", ""))
-    profiles = confine(st.session_state.get("profiles_path", ""))
-    for p, what in ((samples, "samples"), (profiles, "profiles")):
+    typed = {what: str(st.session_state.get(f"{what}_path", "") or "").strip() for what in ("samples", "profiles")}
+    paths = {what: confine(text) for what, text in typed.items() if text}
+    for what, p in paths.items():
         if p.is_dir():
             raise SarftError(f"the {what} path {p} is a folder", "give a file")
-    return samples, profiles
+    missing = [what for what, text in typed.items() if not text]
+    if missing:
+        raise AwaitingInput(f"Type the {' and '.join(missing)} file's path in the sidebar to use your own data"
+                            if len(missing) == 1 else "Type the samples and profiles files' paths in the sidebar to use your own data")
+    return paths["samples"], paths["profiles"]
 
 
 def profiles() -> dict[str, RoleProfile]:
@@ -95,10 +104,10 @@ def role_name() -> str | None:
 
 def current_profile() -> RoleProfile:
     """The chosen role's profile with the analyst's prompt edits applied."""
+    all_profiles = profiles()  # first: with no data to choose from, the missing data is the thing to say
     name = role_name()
     if not name:
         raise SarftError("no role chosen", "pick a role in the sidebar")
-    all_profiles = profiles()
     if name not in all_profiles:
         raise SarftError(f"unknown role {name!r} for this data source", "pick a role in the sidebar")
     base = all_profiles[name]

@@ -16,6 +16,9 @@ STATE_ICONS = {"created": ":material/radio_button_unchecked:", "starting": ":mat
 
 
 def show_error(err: SarftError) -> None:
+    if isinstance(err, state.AwaitingInput):  # nothing is wrong yet: say what to type
+        st.info(err.problem, icon=":material/info:")
+        return
     st.error(f"{err.problem}" + (f"\n\n**Fix:** {err.fix}" if err.fix else ""), icon=":material/error:")
 
 
@@ -46,7 +49,8 @@ def sidebar() -> None:
         try:
             names = sorted(state.profiles())
         except SarftError as err:
-            show_error(err)
+            if not isinstance(err, state.AwaitingInput):  # the fields right above already ask for the paths
+                show_error(err)
             st.session_state.pop("role", None)
             return
         if st.session_state.get("role") not in names:
@@ -57,10 +61,16 @@ def sidebar() -> None:
 def chart(fig, key: str, container=None, selectable: bool = False) -> list[dict]:
     """A plotly figure on the page, drawn as the report draws it (:func:`sarft_core.figure_theme.themed`):
     a themed copy is shown, so the figure itself is never changed by being shown and the process's
-    default template (Streamlit's placeholder colours) never reaches it. ``selectable``: clicking
-    (or lasso-selecting) points reruns the page; the selected points are returned (else [])."""
+    default template (Streamlit's placeholder colours) never reaches it. A figure with nothing to
+    draw is its message in one line, not a blank frame. ``selectable``: clicking (or lasso-selecting)
+    points reruns the page; the selected points are returned (else [])."""
     from sarft_core.figure_theme import themed
+    from sarft_core.plots import empty_message
 
+    message = empty_message(fig)
+    if message is not None:
+        (container or st).caption(f"{message[:1].upper()}{message[1:]}.")
+        return []
     if not selectable:
         (container or st).plotly_chart(themed(fig), key=key, width="stretch")
         return []

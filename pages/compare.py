@@ -6,7 +6,7 @@ import streamlit as st
 from app import state, widgets
 from sarft_core import plots
 from sarft_core.errors import SarftError
-from sarft_core.runview import (compare_metrics, disagreements, has_eval, kind_tables, pareto_points, read_generations, run_label,
+from sarft_core.runview import (compare_metrics, disagreements, has_eval, kind_tables, pareto_points, read_generations, run_labels,
                                 runs_of_kind, suite_axis)
 from sarft_core.store import RunDir, list_runs
 
@@ -39,7 +39,8 @@ if len(evaluated) < 1:
     st.info("No run has evaluation results yet: train runs (SFT, SaRFT) and evaluate them first.")
     st.stop()
 paths = [str(r.path) for r in evaluated]
-picked = st.multiselect("Runs", paths, default=paths[:4], format_func=lambda p: run_label(RunDir(Path(p))))
+labels = run_labels(evaluated)  # an evaluation of a model is named by the model, not by its folder's digest
+picked = st.multiselect("Runs", paths, default=paths[:4], format_func=labels.__getitem__)
 runs = [RunDir(Path(p)) for p in picked]
 if not runs:
     st.caption("Pick runs to compare.")
@@ -62,8 +63,8 @@ if len(runs) < 2:
     st.caption("Pick two runs to see the prompts where their verdicts differ.")
     st.stop()
 c1, c2 = st.columns(2)
-a = c1.selectbox("Run A", picked, index=0, format_func=lambda p: Path(p).name)
-b = c2.selectbox("Run B", picked, index=1, format_func=lambda p: Path(p).name)
+a = c1.selectbox("Run A", picked, index=0, format_func=labels.__getitem__)
+b = c2.selectbox("Run B", picked, index=1, format_func=labels.__getitem__)
 try:
     diff = disagreements(read_generations(RunDir(Path(a))), read_generations(RunDir(Path(b))), "A", "B")
 except SarftError as err:

@@ -3,23 +3,28 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import widgets
+from app import state, widgets
 from sarft_core import jobs, plots
 from sarft_core.errors import SarftError
 from sarft_core.evaluation import review
 from sarft_core.evaluation.judges import judge_specs
 from sarft_core.evaluation.suites import SUITES
 from sarft_core.evaluation.results import find_eval_runs
-from sarft_core.runview import has_eval, read_generations, read_metrics, run_label, runs_of_kind
+from sarft_core.runview import (eval_target_args, eval_target_label, has_eval, model_target, read_generations, read_metrics, run_label,
+                                runs_of_kind)
 from sarft_core.store import RunDir, list_runs
 
 st.title("Evaluation")
 runs = list_runs()
 trained = [r for r in runs_of_kind("train", runs) if r.is_complete]
 
+# the model training starts from is a target too: "SFT vs SaRFT vs the model you started from"
+targets = [model_target(state.model_spec())] + [str(r.path) for r in trained]
 with st.form("eval"):
-    picked = st.multiselect("Runs to evaluate", [str(r.path) for r in trained], format_func=lambda p: run_label(RunDir(Path(p))),
-                            placeholder="completed training runs")
+    picked = st.multiselect("What to evaluate", targets, format_func=eval_target_label, placeholder="the model, or completed training runs",
+                            help="the sidebar's model as it is (change it there), and every completed training run")
+    other = st.text_input("Another model (optional)", placeholder="embedded, a local model folder, a .gguf file or a hub id",
+                          help="evaluated as it is, like the sidebar's model")
     suites = st.multiselect("Suites", list(SUITES), default=None)  # the registry: every suite the CLI accepts
     specs = judge_specs()  # the registry: every judge the CLI accepts
     judge = st.selectbox("Judge", list(specs), key="judge", format_func=lambda n: f"{n}: {specs[n].description}")
@@ -30,8 +35,9 @@ with st.form("eval"):
     go = st.form_submit_button("Evaluate", type="primary")
 if go:
     try:
+        picked = picked + ([model_target(other)] if other.strip() else [])
         if not picked:
-            raise SarftError("no run chosen", "pick at least one completed training run")
+            raise SarftError("nothing chosen to evaluate", "pick the model or a completed training run, or type another model")
         if not suites:
             raise SarftError("no suite chosen", "pick at least one suite")
         extra = jobs.cli_args([
@@ -39,11 +45,13 @@ if go:
             ("--judge-model", judge_model.strip() or None if "model" in specs[judge].options else None),
             ("--limit", int(limit) or None),
         ])
-        for path in picked:
-            args = ["eval", "--run", path, "--suite", ",".join(suites), "--judge", judge, *extra]
-            job = jobs.start(args, kind="eval", run_dir=path, label=f"eval {Path(path).name}")
+        for target in dict.fromkeys(picked):
+            args = ["eval", *eval_target_args(target), "--suite", ",".join(suites), "--judge", judge, *extra]
+            # a model's results go to a folder named by its weights and settings, which the command works out
+            run_dir = None if eval_target_args(target)[0] == "--model" else target
+            job = jobs.start(args, kind="eval", run_dir=run_dir, label=f"eval {eval_target_label(target)}")
             widgets.command_box(job.command)
-        st.success(f"Started {len(picked)} evaluation job(s).")
+        st.success(f"Started {len(dict.fromkeys(picked))} evaluation job(s).")
     except SarftError as err:
         widgets.show_error(err)
 

@@ -14,7 +14,16 @@ from sarft_core.runview import runs_of_kind, runs_table
 from sarft_core.store import RunDir, list_runs, runs_root
 from sarft_core.cli.train import recipe_args
 from sarft_core.reproduce import TRAIN_RECIPES as RECIPES, recipe_settings
-from sarft_core.training.run import KL_METHODS, METHODS, PEFT_KINDS
+from sarft_core.training.run import DEFAULT_LR, KL_METHODS, METHODS, PEFT_KINDS
+
+COMPUTED = "(computed by the trainer)"
+
+
+def lr_help(default: str) -> str:
+    """The learning rate's help, from the values in force, so it can never contradict the field's default."""
+    return (f"this recipe's default: {default}. Left out of the command, the trainer uses {DEFAULT_LR['lora']:g} for LoRA "
+            f"and {DEFAULT_LR['full']:g} for full weights (the published value).")
+
 
 st.title("Training")
 st.caption("SFT fine-tunes on all the role's samples; SaRFT adds λ·KL(reference ‖ model) on the flagged samples D_h, "
@@ -26,7 +35,7 @@ except SarftError as err:
     widgets.show_error(err)
     st.stop()
 # only a review saved for the run's present table: a leftover one would hand training another table's flags
-reviewed = [r for r in audit.score_runs(list_runs(), profile.name) if audit.review_state(r.path / audit.SCORES_FILE) == "current"]
+reviews = dict((str(run.path), review) for run, review in audit.current_reviews(list_runs(), profile.name))  # latest first
 config_dirs = [PROJECT_ROOT / "configs" / "accelerate", PROJECT_ROOT / "accelerate", PROJECT_ROOT / "configs"]
 configs = sorted({p for d in config_dirs if d.is_dir() for p in d.glob("*.y*ml")
                   if d.name == "accelerate" or "accelerate" in p.name})
@@ -36,44 +45,60 @@ recipe = st.radio("Recipe", list(RECIPES), horizontal=True, format_func=lambda r
                        "weights the recipe's LoRA settings do not apply; lower the learning rate there (published: 2e-5).")
 chosen = RECIPES[recipe]
 st.caption(chosen["about"])
-with st.form("train"):
-    c1, c2, c3 = st.columns(3)
-    method = c1.selectbox("Method", list(METHODS), index=None,
-                          placeholder="choose a method")
-    lam = c2.number_input("λ (weight of the KL term)", min_value=0.0, value=float(chosen["lam"]), step=0.1, format="%.2f", key=f"lam-{recipe}")
-    peft = c3.radio("Weights", list(PEFT_KINDS), horizontal=True)
-    c4, c5, c6 = st.columns(3)
-    epochs = c4.number_input("Epochs", min_value=1, value=int(chosen["epochs"]), step=1, key=f"epochs-{recipe}")
-    lr = c5.text_input("Learning rate", value=chosen["lr"], key=f"lr-{recipe}",
-                       help="published: 2e-5 for full fine-tuning; LoRA usually needs ~1e-4")
-    limit = c6.number_input("Samples (0 = all)", min_value=0, value=0, step=8)
-    flags_run = st.selectbox("Flags (D_h) from a reviewed scoring run", ["(computed by the trainer)"] + [str(r.path) for r in reviewed],
-                             format_func=lambda p: p if p.startswith("(") else Path(p).name)
-    accel = st.selectbox("Accelerate config", ["(none: one process)"] + [str(c) for c in configs],
-                         format_func=lambda p: p if p.startswith("(") else Path(p).name)
-    go = st.form_submit_button("Launch training", type="primary")
-if go:
+# plain widgets, not a form: the command below follows every change, as the Scoring page's does
+c1, c2, c3 = st.columns(3)
+method = c1.selectbox("Method", list(METHODS), index=None, placeholder="choose a method")
+lam = c2.number_input("λ (weight of the KL term)", min_value=0.0, value=float(chosen["lam"]), step=0.1, format="%.2f", key=f"lam-{recipe}")
+peft = c3.radio("Weights", list(PEFT_KINDS), horizontal=True)
+c4, c5, c6 = st.columns(3)
+epochs = c4.number_input("Epochs", min_value=1, value=int(chosen["epochs"]), step=1, key=f"epochs-{recipe}")
+lr = c5.text_input("Learning rate", value=chosen["lr"], key=f"lr-{recipe}", help=lr_help(chosen["lr"]))
+limit = c6.number_input("Samples (0 = all)", min_value=0, value=0, step=8)
+# the latest review saved on the Scoring page is the default: the analyst's τ and overrides are what training should use
+flags_run = st.selectbox("Flags (D_h) from a reviewed scoring run", list(reviews) + [COMPUTED],
+                         format_func=lambda p: p if p == COMPUTED else f"{Path(p).name} · {audit.review_summary(reviews[p])}",
+                         help="a scoring run whose review (τ and overrides) was saved on the Scoring page, the latest first; "
+                              "or let the trainer score the samples itself (τ 0)")
+accel = st.selectbox("Accelerate config", ["(none: one process)"] + [str(c) for c in configs],
+                     format_func=lambda p: p if p.startswith("(") else Path(p).name)
+
+
+def train_args(out: str) -> list[str]:
+    """The train command the form stands for, writing to ``out``; one SarftError for a form that cannot run."""
+    if method is None:
+        raise SarftError("no method chosen", "pick sft, sarft or another method")
     try:
-        if method is None:
-            raise SarftError("no method chosen", "pick sft, sarft or another method")
-        try:
-            lr_value = float(lr)
-        except ValueError:
-            raise SarftError(f"learning rate {lr!r} is not a number", "write it like 2e-4") from None
-        if not 0 < lr_value < 1:
-            raise SarftError(f"learning rate {lr_value} is out of range", "use a value between 0 and 1, e.g. 2e-4")
+        lr_value = float(lr)
+    except ValueError:
+        raise SarftError(f"learning rate {lr!r} is not a number", "write it like 2e-4") from None
+    if not 0 < lr_value < 1:
+        raise SarftError(f"learning rate {lr_value} is out of range", "use a value between 0 and 1, e.g. 2e-4")
+    flags_file = tau = None
+    if flags_run != COMPUTED and method in KL_METHODS:  # the reviewed flags are a D_h: other methods have none
+        reviewed_scores = Path(flags_run) / audit.SCORES_FILE
+        flags_file = str(audit.flags_path(reviewed_scores))  # {sample_id: bool}: the final D_h of the scored samples
+        tau = audit.load_review(reviewed_scores)[0]  # for samples that run did not score
+    return ["train", *jobs.cli_args([
+        ("--method", method), ("--role", profile.name), ("--lambda", lam if method != "sft" else None), ("--peft", peft),
+        ("--epochs", int(epochs)), ("--lr", lr), ("--limit", int(limit) or None), ("--overrides", flags_file), ("--tau", tau),
+    ]), *recipe_args(recipe_settings(recipe, peft)), *state.data_args(), *state.model_args(), "--out", out]
+
+
+launcher = None if accel.startswith("(") else jobs.accelerate_launcher(accel)
+try:
+    shown = train_args("RUN_DIR")
+    preview = jobs.format_command([*launcher, *shown] if launcher else jobs.cli_argv(*shown))  # as jobs.start builds it
+except SarftError as err:
+    preview, not_ready = None, err
+with st.expander("Equivalent command", expanded=True):
+    if preview is not None:
+        widgets.command_box(preview, caption="The command Launch runs (RUN_DIR: a new folder under the workspace's runs):")
+    else:
+        st.caption(f"No command yet: {not_ready.problem}.")
+if st.button("Launch training", type="primary"):
+    try:
         out = runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-train-{method}-{re.sub(r'[^A-Za-z0-9]+', '-', profile.name).strip('-')}"
-        flags_file = tau = None
-        if not flags_run.startswith("(") and method in KL_METHODS:  # the reviewed flags are a D_h: other methods have none
-            reviewed_scores = Path(flags_run) / audit.SCORES_FILE
-            flags_file = str(audit.flags_path(reviewed_scores))  # {sample_id: bool}: the final D_h of the scored samples
-            tau = audit.load_review(reviewed_scores)[0]  # for samples that run did not score
-        args = ["train", *jobs.cli_args([
-            ("--method", method), ("--role", profile.name), ("--lambda", lam if method != "sft" else None), ("--peft", peft),
-            ("--epochs", int(epochs)), ("--lr", lr), ("--limit", int(limit) or None), ("--overrides", flags_file), ("--tau", tau),
-        ]), *recipe_args(recipe_settings(recipe, peft)), *state.data_args(), *state.model_args(), "--out", str(out)]
-        launcher = None if accel.startswith("(") else jobs.accelerate_launcher(accel)
-        job = jobs.start(args, kind="train", run_dir=out, label=f"train {method} · {profile.name}", launcher=launcher)
+        job = jobs.start(train_args(str(out)), kind="train", run_dir=out, label=f"train {method} · {profile.name}", launcher=launcher)
         st.session_state["train_watch"] = str(out)
         st.success(f"Started job {job.id}.")
         widgets.command_box(job.command)

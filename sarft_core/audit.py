@@ -271,6 +271,32 @@ def save_review(scores: pd.DataFrame, scores_path: str | Path, tau: float, overr
     return final
 
 
+def current_reviews(runs: list[RunDir], role: str | None = None) -> list[tuple[RunDir, dict]]:
+    """The score runs (of ``role``) whose saved review belongs to their present table, each with that
+    review (tau, flagged, samples, saved), the latest saved first: what training may take its D_h from.
+    A leftover review of an older table is none: it would hand training another table's flags."""
+    found = []
+    for run in score_runs(runs, role):
+        state, review = _read_review(run.path / SCORES_FILE)
+        if state == "current":
+            found.append((run, review))
+    saved = lambda item: item[1].get("saved") if isinstance(item[1].get("saved"), (int, float)) else 0.0  # noqa: E731
+    return sorted(found, key=saved, reverse=True)
+
+
+def review_summary(review: dict) -> str:
+    """``τ 0.10 · 3 of 12 flagged · saved 2025-05-01 14:02``, with the parts the review recorded."""
+    def number(key):
+        value = review.get(key)
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    tau, flagged, samples, saved = number("tau"), number("flagged"), number("samples"), number("saved")
+    bits = [f"τ {tau:.2f}" if tau is not None else "",
+            f"{flagged} of {samples} flagged" if flagged is not None and samples is not None else "",
+            f"saved {time.strftime('%Y-%m-%d %H:%M', time.localtime(saved))}" if saved is not None else ""]
+    return " · ".join(b for b in bits if b)
+
+
 # how sure each flag is travels with it (a table scored before these were recorded has none of them)
 CONFIDENCE_COLUMNS = ("margin_se", "verdict", "influence")
 

@@ -42,8 +42,37 @@ def _empty(message: str) -> go.Figure:
     fig.add_annotation(text=html.escape(message, quote=False), showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
-    fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10))
+    # the message rides along in meta, so a page can say it in a line instead of drawing a blank frame
+    fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), meta={"empty": message})
     return fig
+
+
+def empty_message(fig: go.Figure) -> str | None:
+    """The message of a figure that has nothing to draw (built by a builder here), else None."""
+    meta = fig.layout.meta
+    return meta.get("empty") if isinstance(meta, dict) and isinstance(meta.get("empty"), str) else None
+
+
+TITLE_WRAP = 40  # characters per line of a chart or axis title: a phone's chart is ~350 px wide
+
+
+def wrapped_title(text: str, width: int = TITLE_WRAP) -> str:
+    """A title broken into lines plotly draws (``<br>``): one long line is clipped at the chart's
+    edge, and a long y-axis title runs past the plot into the chart's title."""
+    lines = textwrap.wrap(str(text), width=width) or [""]
+    return "<br>".join(html.escape(line, quote=False) for line in lines)
+
+
+def integer_step_axis(steps: pd.Series, max_ticks: int = 8) -> dict:
+    """x-axis settings for optimiser steps, which are whole numbers: ticks every ``dtick`` steps,
+    never at 2.5."""
+    steps = pd.to_numeric(pd.Series(steps), errors="coerce").dropna()
+    span = float(steps.max() - steps.min()) if len(steps) else 0.0
+    return dict(tickmode="linear", tick0=0, dtick=max(1, math.ceil(span / max_ticks)), tickformat="d")
+
+
+# plain or e-notation tick labels: plotly's default SI prefixes print a KL of 2e-5 as "20μ"
+PLAIN_NUMBERS = dict(exponentformat="e")
 
 
 # --- RDS -----------------------------------------------------------------------------------
@@ -261,38 +290,61 @@ def token_heatstrip(shading: TokenShading, per_row: int = 14) -> go.Figure:
 # --- training ------------------------------------------------------------------------------
 
 def training_curves(logs: Iterable[dict] | pd.DataFrame) -> go.Figure:
-    """CE and KL (and total loss) against step from a run's logs.jsonl rows."""
+    """Total loss and CE (left) and KL (right) against step from a run's logs.jsonl rows, each
+    chart with its own legend beneath it."""
     from plotly.subplots import make_subplots
 
     df = logs if isinstance(logs, pd.DataFrame) else pd.DataFrame(list(logs))
     if df.empty or "step" not in df:
         return _empty("no training steps logged yet")
     df = df[pd.to_numeric(df["step"], errors="coerce").notna()].sort_values("step")
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("cross-entropy on D (and total loss)", "KL on D_h (λ-weighted term: λ·KL)"))
-    for name, col, colour in (("CE", "ce", "#1f77b4"), ("loss", "loss", "#7f7f7f")):
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12,
+                        subplot_titles=("loss and cross-entropy on D", "KL on D_h (the loss adds λ·KL)"))
+    # the loss first, wide and pale, CE dashed on top: with λ·KL = 0 they are one line, and CE must stay visible
+    for name, col, line in (("loss", "loss", dict(color="#9a9a9a", width=4)), ("CE", "ce", dict(color="#1f77b4", width=2, dash="dash"))):
         if col in df and df[col].notna().any():
-            fig.add_trace(go.Scatter(x=df["step"], y=df[col], mode="lines+markers", name=name, line=dict(color=colour), marker=dict(size=4)), row=1, col=1)
+            fig.add_trace(go.Scatter(x=df["step"], y=df[col], mode="lines+markers", name=name, line=line, marker=dict(size=4),
+                                     legend="legend"), row=1, col=1)
+    if loss_equals_ce(df):
+        fig.add_annotation(text="loss = CE (λ·KL is 0)", showarrow=False, x=1, y=1, xanchor="right", yanchor="bottom",
+                           xref="x domain", yref="y domain", font=dict(size=11, color="#555"))
     if "kl" in df and df["kl"].notna().any():
-        fig.add_trace(go.Scatter(x=df["step"], y=df["kl"], mode="lines+markers", name="KL", line=dict(color="#d62728"), marker=dict(size=4)), row=1, col=2)
+        fig.add_trace(go.Scatter(x=df["step"], y=df["kl"], mode="lines+markers", name="KL", line=dict(color="#d62728"), marker=dict(size=4),
+                                 legend="legend2"), row=1, col=2)
     else:
         fig.add_annotation(text="no KL logged (SFT or no flagged samples yet)", showarrow=False, row=1, col=2, x=0.5, y=0.5, xref="x2 domain", yref="y2 domain")
-    fig.update_xaxes(title_text="step")
-    fig.update_layout(height=340, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2))
+    fig.update_xaxes(title_text="step", **integer_step_axis(df["step"]))
+    fig.update_yaxes(**PLAIN_NUMBERS)
+    right = fig.layout.xaxis2.domain[0]
+    below = dict(orientation="h", yanchor="top", y=-0.3, xanchor="left")
+    fig.update_layout(height=360, margin=dict(l=10, r=10, t=40, b=10), legend=dict(below, x=0), legend2=dict(below, x=right))
     return fig
+
+
+def loss_equals_ce(df: pd.DataFrame) -> bool:
+    """Whether the logged total loss is the CE at every step (no KL term contributed)."""
+    if not {"loss", "ce"} <= set(df.columns):
+        return False
+    both = df[["loss", "ce"]].apply(pd.to_numeric, errors="coerce").dropna()
+    return bool(len(both)) and bool(np.allclose(both["loss"], both["ce"], rtol=1e-6, atol=1e-9))
 
 
 def curves_overlay(logs_by_run: dict[str, pd.DataFrame], column: str = "ce") -> go.Figure:
     """One logged quantity (e.g. CE) against step for several runs on one axis."""
     fig = go.Figure()
+    steps = []
     for label, df in logs_by_run.items():
         if df is None or df.empty or "step" not in df or column not in df or not df[column].notna().any():
             continue
         df = df.sort_values("step")
+        steps.append(df["step"])
         name = html.escape(str(label), quote=False)
         fig.add_trace(go.Scatter(x=df["step"], y=df[column], mode="lines+markers", name=name, marker=dict(size=4),
                                  hovertemplate="step %{x}: %{y:.4f}<extra>" + name + "</extra>"))
     if not fig.data:
         return _empty(f"no run logged {column!r}")
+    fig.update_xaxes(**integer_step_axis(pd.concat(steps)))
+    fig.update_yaxes(**PLAIN_NUMBERS)
     fig.update_layout(title=f"{column} per step, runs overlaid", xaxis_title="step", yaxis_title=column, height=340,
                       margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
     return fig
@@ -314,8 +366,11 @@ def refusal_bars(metrics: pd.DataFrame, metric_label: str = "refusal rate") -> g
             err = dict(type="data", symmetric=False, array=(sub["ci_high"] - sub["value"]).clip(lower=0), arrayminus=(sub["value"] - sub["ci_low"]).clip(lower=0))
         fig.add_trace(go.Bar(x=sub["suite"], y=sub["value"], name=html.escape(str(run), quote=False), error_y=err,
                              hovertemplate="%{x}: %{y:.3f}<extra>" + html.escape(str(run), quote=False) + "</extra>"))
-    fig.update_layout(barmode="group", yaxis_title=metric_label, height=380, margin=dict(l=10, r=10, t=40, b=10),
-                      title=f"{metric_label} per suite", legend=dict(orientation="h", y=-0.2))
+    # titles wrapped: the kind's title is a sentence, too long for one line on a narrow chart or up its y axis
+    fig.update_layout(barmode="group", yaxis_title=wrapped_title(metric_label, 28), height=400,
+                      margin=dict(l=10, r=10, t=70, b=10), title=wrapped_title(f"{metric_label} per suite"),
+                      legend=dict(orientation="h", yanchor="top", y=-0.15, x=0))
+    fig.update_yaxes(**PLAIN_NUMBERS)
     return fig
 
 
@@ -374,16 +429,23 @@ def pareto_scatter(points: pd.DataFrame, x: str = "roleplay", y: str = "safety",
         return _empty("no run has both a role-play and a safety score yet")
     pts = points.dropna(subset=[x, y]).copy()
     pts["_label"] = pts[label].map(lambda s: html.escape(str(s), quote=False))
+    # a label runs inwards from its point: centred over a point at the chart's edge it is cut off
+    middle = (pts[x].min() + pts[x].max()) / 2
+    pts["_side"] = np.where(pts[x] > middle, "top left", "top right")
     fig = go.Figure()
     groups = pts.groupby(colour, dropna=False, sort=False) if colour and colour in pts else [("runs", pts)]
     for name, sub in groups:
-        fig.add_trace(go.Scatter(x=sub[x], y=sub[y], mode="markers+text", text=sub["_label"], textposition="top center",
-                                 name=html.escape(str(name), quote=False), marker=dict(size=11),
+        fig.add_trace(go.Scatter(x=sub[x], y=sub[y], mode="markers+text", text=sub["_label"], textposition=list(sub["_side"]),
+                                 name=html.escape(str(name), quote=False), marker=dict(size=11), cliponaxis=False,
                                  hovertemplate="%{text}<br>" + x + " %{x:.3f}<br>" + y + " %{y:.3f}<extra></extra>"))
     front = pareto_front(pts, x, y)
     fig.add_trace(go.Scatter(x=front[x], y=front[y], mode="lines", name="Pareto front", line=dict(color="grey", dash="dot"), hoverinfo="skip"))
-    fig.update_layout(xaxis_title=f"role-play ({x})", yaxis_title=f"safety ({y})", height=420,
-                      margin=dict(l=10, r=10, t=40, b=10), title="Role-play vs safety across runs (up and right is better)")
+    # the legend beneath the plot: at its right it takes a third of a phone-wide chart
+    fig.update_layout(xaxis_title=f"role-play ({x})", yaxis_title=f"safety ({y})", height=440,
+                      margin=dict(l=10, r=10, t=70, b=10), title=wrapped_title("Role-play vs safety across runs (up and right is better)"),
+                      legend=dict(orientation="h", yanchor="top", y=-0.2, x=0))
+    fig.update_xaxes(**PLAIN_NUMBERS)
+    fig.update_yaxes(**PLAIN_NUMBERS)
     return fig
 
 
@@ -466,8 +528,8 @@ def grid_pareto(table: pd.DataFrame, x: str = "rouge_l", y: str = "advbench", gr
             error_x=dict(type="data", symmetric=False, array=[r[f"{x}_hi"] - r[x]], arrayminus=[r[x] - r[f"{x}_lo"]]),
             error_y=dict(type="data", symmetric=False, array=[r[f"{y}_hi"] - r[y]], arrayminus=[r[y] - r[f"{y}_lo"]]),
         ))
-    fig.update_layout(title=f"role-play vs safety ({group}); up and right is better", xaxis_title=x, yaxis_title=y,
-                      showlegend=False, height=420, margin=dict(t=50, b=40))
+    fig.update_layout(title=wrapped_title(f"role-play vs safety ({group}); up and right is better"), xaxis_title=x, yaxis_title=y,
+                      showlegend=False, height=420, margin=dict(t=70, b=40))
     return fig
 
 
@@ -484,8 +546,8 @@ def grid_group_bars(table: pd.DataFrame, metric: str = "advbench") -> go.Figure:
             error_y=dict(type="data", symmetric=False, array=(part[f"{metric}_hi"] - part[metric]).tolist(),
                          arrayminus=(part[metric] - part[f"{metric}_lo"]).tolist()),
         ))
-    fig.update_layout(barmode="group", title=f"{metric}: villains vs benevolent characters", yaxis_title=metric,
-                      height=380, margin=dict(t=50, b=40))
+    fig.update_layout(barmode="group", title=wrapped_title(f"{metric}: villains vs benevolent characters"), yaxis_title=metric,
+                      height=380, margin=dict(t=70, b=40))
     return fig
 
 

@@ -204,8 +204,23 @@ class RunConfig:
         """Whether the run's label names λ: a KL weight was recorded and the method has a KL term."""
         return self.lam is not None and self.method not in ("", *NO_KL_LABEL)
 
+    @property
+    def model_name(self) -> str:
+        """The recorded model as a person names it: the spec (``embedded-aligned``, a hub id), or
+        a local folder's or training run's own name rather than its whole path."""
+        spec = self.model.strip()
+        if "/" in spec and (spec.startswith(("/", ".", "~")) or Path(spec).expanduser().exists()):
+            return Path(spec.rstrip("/")).name or spec
+        return spec
+
     def label(self, name: str) -> str:
-        """``name (method, role, λ=...)`` with the parts the run has."""
+        """``name (method, role, λ=...)`` with the parts the run has. An evaluation of a model is
+        named by that model and its decoding (``embedded-aligned (eval, greedy)``): its folder
+        name is a digest that tells a reader nothing."""
+        if self.kind == "eval" and self.model_name:
+            decoding = (self.eval.generation if self.eval is not None else {}).get("decoding")
+            detail = ", ".join(b for b in ("eval", decoding if isinstance(decoding, str) else "") if b)
+            return f"{self.model_name} ({detail})"
         bits = [self.method, self.role] + ([f"λ={self.lam}"] if self.shows_lambda else [])
         detail = ", ".join(b for b in bits if b)
         return f"{name} ({detail})" if detail else name

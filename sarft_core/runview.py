@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import pandas as pd
 
@@ -21,8 +22,40 @@ GENERATION_COLUMNS = ["suite", "prompt", "response", "verdict"]
 
 
 def run_label(run: RunDir) -> str:
-    """``name (method, role, λ=...)``: :meth:`sarft_core.runconfig.RunConfig.label`."""
+    """``name (method, role, λ=...)``, or an evaluation's model: :meth:`sarft_core.runconfig.RunConfig.label`."""
     return RunConfig.of(run).label(run.name)
+
+
+def run_labels(runs: list[RunDir]) -> dict[str, str]:
+    """{run path: label} for runs shown together: a label two runs share (one model evaluated with
+    two settings) gets its folder's name, so charts that group by label never merge two runs."""
+    labels = {str(run.path): run_label(run) for run in runs}
+    counts = pd.Series(list(labels.values())).value_counts()
+    return {path: f"{label} · {Path(path).name}" if counts[label] > 1 else label for path, label in labels.items()}
+
+
+# --- what the Evaluation page can evaluate: a finished training run (--run) or a model (--model)
+MODEL_TARGET = "model:"
+
+
+def model_target(spec: str) -> str:
+    """The target for a model spec; blank is the default model, named (the command says what ran)."""
+    from sarft_core.models import DEFAULT_MODEL
+
+    return MODEL_TARGET + (spec.strip() or DEFAULT_MODEL)
+
+
+def eval_target_args(target: str) -> list[str]:
+    """The ``eval`` command's arguments that choose what ``target`` names."""
+    if target.startswith(MODEL_TARGET):
+        return ["--model", target[len(MODEL_TARGET):]]
+    return ["--run", target]
+
+
+def eval_target_label(target: str) -> str:
+    if target.startswith(MODEL_TARGET):
+        return f"model {target[len(MODEL_TARGET):]} (as it is, before any training)"
+    return run_label(RunDir(Path(target)))
 
 
 def runs_of_kind(kind: str, runs: list[RunDir] | None = None, role: str | None = None) -> list[RunDir]:
@@ -129,12 +162,13 @@ def kind_mean(metrics: pd.DataFrame, kind: str) -> float:
 def compare_metrics(runs: list[RunDir]) -> pd.DataFrame:
     """All runs' metrics in one long table with a ``run`` column (label) and ``run_dir``."""
     frames = []
+    labels = run_labels(runs)
     for run in runs:
         df = read_metrics(run)
         if df.empty:
             continue
         df = df.copy()
-        df.insert(0, "run", run_label(run))
+        df.insert(0, "run", labels[str(run.path)])
         df["run_dir"] = str(run.path)
         frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", *METRIC_COLUMNS, "kind", "run_dir"])
@@ -144,10 +178,11 @@ def pareto_points(runs: list[RunDir], long: pd.DataFrame | None = None) -> pd.Da
     """Per run: the mean role-play score and the mean refusal rate (safety), from the metrics'
     kinds; ``long`` (with ``run_dir``, as :func:`compare_metrics` writes) saves reading them again."""
     rows = []
+    labels = run_labels(runs)
     for run in runs:
         df = read_metrics(run) if long is None else long[long["run_dir"] == str(run.path)]
         cfg = RunConfig.of(run)
-        rows.append({"run": cfg.label(run.name), "method": cfg.method or cfg.kind, "lambda": cfg.lam,
+        rows.append({"run": labels[str(run.path)], "method": cfg.method or ("model" if cfg.kind == "eval" else cfg.kind), "lambda": cfg.lam,
                      "roleplay": kind_mean(df, "role-play"), "safety": kind_mean(df, "refusal")})
     return pd.DataFrame(rows, columns=["run", "method", "lambda", "roleplay", "safety"])
 

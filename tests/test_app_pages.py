@@ -518,3 +518,86 @@ def test_scoring_names_a_side_file_made_for_another_table(app):
     app.run()
     assert not app.exception, app.exception
     assert any("scores.review.json was made for another score table" in w.value for w in app.warning)
+
+
+def test_evaluation_offers_the_base_model_and_labels_results_by_model(app, tiny_model_dir):
+    """Issue #28 item 3: only finished training runs could be evaluated from the dashboard (the model
+    training starts from needed the shell), and Compare named an evaluation by its folder
+    (eval-embedded-aligned-greedy-93a8810c) instead of by its model."""
+    from sarft_core.runview import model_target
+    from sarft_core.store import workspace_root
+
+    write_train_run(workspace_root(), "r1-sft", "sft", 0.0, 0.5, 31.0, ["compliance", "refusal", "compliance"])
+    goto(app, "evaluation")
+    targets = next(m for m in app.multiselect if m.label == "What to evaluate")
+    assert str(tiny_model_dir) in targets.options[0] and "r1-sft" in targets.options[1]  # the sidebar's model, then the runs
+    targets.set_value([model_target(str(tiny_model_dir))])
+    next(m for m in app.multiselect if m.label == "Suites").set_value(["probes"])
+    next(n for n in app.number_input if n.label.startswith("Prompts per suite")).set_value(1)
+    next(b for b in app.button if b.label == "Evaluate").click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    assert any(f"eval --model {tiny_model_dir} --suite probes" in c.value for c in app.code)
+    job = jobs.list_jobs("eval")[0]
+    assert jobs.wait(job, timeout_s=300) == "completed", job.log_tail()
+
+    goto(app, "compare")
+    runs = next(m for m in app.multiselect if m.label == "Runs")
+    model_label = f"{tiny_model_dir.name} (eval, greedy)"
+    assert model_label in runs.options and not any(o.startswith("eval-") for o in runs.options), runs.options
+    assert any(model_label in c.proto.spec for c in charts(app))
+    assert not any('"eval-' in c.proto.spec for c in charts(app))
+
+
+def score_and_review(app, n: int, override: bool) -> RunDir:
+    """Score the role's first ``n`` samples on the Scoring page and save a review there."""
+    goto(app, "scoring")
+    app.number_input[0].set_value(n)
+    app.button(key="score_go").click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    run = RunDir(Path(app.session_state["score_run"]))
+    if override:
+        sid = next(s for s in app.selectbox if s.label == "Sample").value
+        app.radio(key=f"ovr:{run.name}:{sid}").set_value("flagged").run()
+    app.button[[b.label for b in app.button].index("Save review (τ and overrides)")].click().run()
+    assert audit.review_state(run.path / audit.SCORES_FILE) == "current"
+    return run
+
+
+def test_training_defaults_to_the_latest_saved_review_and_shows_its_command(app):
+    """Issue #28 item 7: right after a review was saved on the Scoring page the Training form still
+    defaulted to "(computed by the trainer)", the picker said nothing of the review, and the command
+    was shown only after launch; the learning rate's help contradicted its default."""
+    first = score_and_review(app, 3, override=False)
+    time.sleep(1.1)  # reviews are ordered by when they were saved
+    latest = score_and_review(app, 4, override=True)
+    goto(app, "training")
+    flags = next(s for s in app.selectbox if s.label.startswith("Flags (D_h)"))
+    assert flags.value == str(latest.path)  # the latest review, not the trainer's own flags
+    review = read_json(audit.review_path(latest.path / audit.SCORES_FILE))
+    shown = flags.options[0]
+    assert latest.name in shown and f"τ {review['tau']:.2f}" in shown and f"{review['flagged']} of 4 flagged" in shown
+    assert time.strftime("%Y-%m-%d", time.localtime(review["saved"])) in shown
+    assert first.name in flags.options[1] and flags.options[-1] == "(computed by the trainer)"
+    assert "No command yet: no method chosen" in texts(app)  # before a method is picked, the form says why
+    next(s for s in app.selectbox if s.label == "Method").set_value("sarft").run()
+    command = next(c.value for c in app.code if c.value.startswith("python -m sarft_core train"))
+    assert f"--overrides {audit.flags_path(latest.path / audit.SCORES_FILE)}" in command, command
+    assert "--method sarft" in command and "--out RUN_DIR" in command
+    lr = next(t for t in app.text_input if t.label == "Learning rate")
+    assert f"default: {lr.value}" in lr.help  # the help names the default the field holds
+
+
+def test_files_source_asks_for_paths_before_any_error(app):
+    """Issue #28 item 8: choosing "Files" showed "no path given" errors before anything was typed."""
+    app.radio(key="data_source").set_value("files").run()
+    for page in ("overview", "role", "scoring", "training"):
+        goto(app, page)
+        assert not app.error, (page, [e.value for e in app.error])
+        assert not any("no path given" in t for t in texts(app).split("\n")), page
+    assert any("Type the samples and profiles files' paths" in i.value for i in app.info)  # a hint, on the page only
+    app.text_input(key="samples_path").input("/etc/passwd").run()  # what is typed is checked at once
+    assert "outside the folders the dashboard may read" in texts(app) and not app.exception
+    if not ROLEBENCH_SPE.is_file():
+        pytest.skip(f"shared RoleBench data absent: {ROLEBENCH_SPE}")
+    app.text_input(key="samples_path").input(str(ROLEBENCH_SPE)).run()
+    assert not app.error and any("profiles file's path" in i.value for i in app.info)

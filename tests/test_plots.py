@@ -227,3 +227,45 @@ def test_margin_histogram_stacks_verdicts_on_shared_bins_with_the_unit():
     # without verdicts: coloured by flag at τ
     by_flag = {t.name.rsplit(" (", 1)[0]: len(t.x) for t in plots.margin_histogram(df, tau=0.15).data}
     assert by_flag == {"flagged (D_h)": 1, "kept": 3}
+
+
+def test_training_curves_read_plainly():
+    """Issue #28 item 8: fractional step ticks, "μ" tick labels, the CE line hidden under the loss line
+    (λ·KL = 0), the KL legend under the CE chart."""
+    sarft = [{"step": i, "loss": 2.0 - 0.1 * i + 0.5 * 2e-5 * i, "ce": 2.0 - 0.1 * i, "kl": 2e-5 * i} for i in range(1, 4)]
+    fig = plots.training_curves(sarft)
+    for axis in (fig.layout.xaxis, fig.layout.xaxis2):
+        assert axis.dtick >= 1 and float(axis.dtick).is_integer() and axis.tickmode == "linear"  # whole steps only
+    for axis in (fig.layout.yaxis, fig.layout.yaxis2):
+        assert axis.exponentformat in ("e", "E", "power", "none")  # never SI prefixes (20μ)
+    names = [t.name for t in fig.data]
+    assert names.index("CE") > names.index("loss")  # drawn last: on top
+    ce = fig.data[names.index("CE")]
+    assert ce.line.dash not in (None, "solid")  # the loss shows through where they coincide
+    kl = fig.data[names.index("KL")]
+    assert kl.legend == "legend2" and fig.layout.legend2.x >= fig.layout.xaxis2.domain[0]  # beneath the KL chart
+    assert fig.layout.legend.x < fig.layout.xaxis.domain[1]
+    assert not any("λ·KL is 0" in (a.text or "") for a in fig.layout.annotations)
+    sft = plots.training_curves([{"step": s, "loss": 2.0 - 0.1 * s, "ce": 2.0 - 0.1 * s, "kl": 0.0} for s in range(1, 40)])
+    assert any("loss = CE" in (a.text or "") for a in sft.layout.annotations)  # said, not hidden
+    assert float(sft.layout.xaxis.dtick).is_integer() and sft.layout.xaxis.dtick > 1  # 39 steps: not 39 ticks
+    overlay = plots.curves_overlay({"a": pd.DataFrame(sarft)}, "kl")
+    assert overlay.layout.yaxis.exponentformat == "e" and float(overlay.layout.xaxis.dtick).is_integer()
+
+
+def test_compare_figures_wrap_titles_and_say_when_empty():
+    """Issue #28 item 8: chart and axis titles that overlapped or ran off a narrow chart; an empty
+    Pareto plot that drew a large blank frame."""
+    m = pd.DataFrame({"run": ["sft", "sarft"], "suite": ["advbench"] * 2, "value": [0.6, 0.9]})
+    long_title = "refusal rate on harmful prompts (higher is safer)"
+    bars = plots.refusal_bars(m, long_title)
+    pts = pd.DataFrame({"run": ["a", "b"], "method": ["sft", "sarft"], "roleplay": [30, 28], "safety": [0.5, 0.9]})
+    pareto = plots.pareto_scatter(pts)
+    for fig in (bars, pareto):
+        for title in (fig.layout.title.text, fig.layout.yaxis.title.text):
+            assert all(len(line) <= plots.TITLE_WRAP for line in title.split("<br>")), title
+        assert plots.empty_message(fig) is None
+    assert pareto.layout.legend.orientation == "h"  # beneath, not eating the plot's width
+    assert all(t.cliponaxis is False for t in pareto.data if t.mode == "markers+text")  # labels at the edge stay whole
+    empty = plots.pareto_scatter(pts.assign(roleplay=float("nan")))
+    assert "role-play and a safety score" in plots.empty_message(empty)

@@ -130,3 +130,21 @@ def test_the_readers_import_neither_torch_nor_the_training_code():
             "print(sorted(m for m in ('torch', 'sarft_core.training.run') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_an_evaluation_is_labelled_by_its_model_and_labels_shown_together_stay_apart(tmp_path):
+    """Issue #28 item 3: Compare showed `eval-embedded-aligned-greedy-93a8810c`."""
+    from sarft_core.runview import run_labels
+
+    def evaluation(name, model, decoding="greedy"):
+        config = RunConfig.for_evaluation(model, "fp-" + name, None, {"decoding": decoding}, ["probes"], [])
+        return create_run("eval", config.to_dict(), path=tmp_path / name)
+
+    aligned = evaluation("eval-embedded-aligned-greedy-93a8810c", "embedded-aligned")
+    local = evaluation("eval-tiny-greedy-1234", str(tmp_path / "models" / "tiny-llama"))
+    assert run_label(aligned) == "embedded-aligned (eval, greedy)"
+    assert run_label(local) == "tiny-llama (eval, greedy)"  # a folder by its name, not its whole path
+    twice = evaluation("eval-embedded-aligned-greedy-ffff0000", "embedded-aligned")  # the same model, other settings
+    labels = run_labels([aligned, twice, local])
+    assert len(set(labels.values())) == 3 and labels[str(local.path)] == "tiny-llama (eval, greedy)"
+    assert all(label.startswith("embedded-aligned (eval, greedy)") for label in (labels[str(aligned.path)], labels[str(twice.path)]))
