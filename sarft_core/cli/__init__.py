@@ -118,6 +118,7 @@ def check_output(out, inputs: dict | None = None, writable: bool = True, types: 
                              "give --out a new file, e.g. " + str(out.with_name(out.stem + ".out" + suffix)))
     if types and out.suffix.lower() not in types:  # before check_writable, which may make the folder
         raise SarftError(f"unsupported output type {out.suffix or '(none)'} for --out",
-                         "use " + (", ".join(types[:-1]) + " or " + types[-1] if len(types) > 1 else types[0]))
+                         "use " + (", ".join(types[:-1]) + " or " + types[-1] if len(types) > 1 else types[0])
+                         + f", e.g. {out.with_suffix(types[0]).name}")
     if writable:
         check_writable(out)
