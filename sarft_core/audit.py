@@ -170,14 +170,7 @@ def write_validation(scores_path: str | Path, summary: dict) -> Path:
 
 def _read_validation(scores_path: str | Path) -> tuple[str, dict]:
     """("none" | "current" | "stale", the validation of the current table)."""
-    path = validation_path(scores_path)
-    if not path.is_file():
-        return "none", {}
-    data = read_json_object(path, None)
-    stamp = table_fingerprint(scores_path)
-    if data is None or stamp is None or data.get(SCORES_STAMP) != stamp:
-        return "stale", {}
-    return "current", data
+    return _read_side_json(validation_path(scores_path), scores_path)
 
 
 def load_validation(scores_path: str | Path) -> dict:
@@ -187,10 +180,15 @@ def load_validation(scores_path: str | Path) -> dict:
 
 def _read_review(scores_path: str | Path) -> tuple[str, dict]:
     """("none" | "current" | "stale", the saved review of the current table)."""
-    path = review_path(scores_path)
+    return _read_side_json(review_path(scores_path), scores_path)
+
+
+def _read_side_json(path: Path, scores_path: str | Path) -> tuple[str, dict]:
+    """("none" | "current" | "stale", the side file's object when it was made for this very table);
+    a damaged file is no side file of this table either."""
     if not path.is_file():
         return "none", {}
-    data = read_json_object(path, None)  # a damaged file is no review of this table either
+    data = read_json_object(path, None)
     stamp = table_fingerprint(scores_path)
     if data is None or stamp is None or data.get(SCORES_STAMP) != stamp:
         return "stale", {}

@@ -167,21 +167,6 @@ def read_json(path: str | Path, default: Any = None) -> Any:
         return default
 
 
-def file_digest(path: str | Path, length: int = 16) -> str:
-    """The first ``length`` hex digits of the SHA-256 of a file's bytes: what a resume check keys on
-    (a path can name other content tomorrow; the content cannot)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    except OSError as exc:
-        raise write_error(exc, path, "read") from None
-    return h.hexdigest()[:length]
-
-
 def append_jsonl(path: str | Path, obj: Any) -> None:
     """Append one JSON line; a crash can cut only this last line, which readers skip."""
     path = Path(path)

@@ -118,8 +118,9 @@ def test_damaged_cached_answers_are_recomputed_not_served(tiny_model_dir, tmp_pa
 def _training_run(tiny_model_dir, path, state):
     from sarft_core.training.run import TrainConfig, run_config
 
-    shutil.copytree(tiny_model_dir, path / "artifacts" / "model")
+    # the run's config first, as training writes it (create_run refuses a folder holding files of no run)
     run = create_run("train", run_config(TrainConfig(model=str(tiny_model_dir), method="sft", role="Baron Vex Morrow")), path=path)
+    shutil.copytree(tiny_model_dir, path / "artifacts" / "model")
     run.set_status(state)
     return run
 

@@ -421,9 +421,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, stop=None, lo
         claim_output_dir(out, "train", "training run")  # a run of another kind is named as such
         raise SarftError(f"{out} already holds a run (state: {existing.status().get('state')})", "add --resume to continue it, or choose another --out")
     cfg.validate()
-    claim_output_dir(out, "train", "training run")
     check_launch_environment()
-    check_model_depth(cfg)
+    check_model_depth(cfg)  # every option is checked before the claim, which may make the folder
+    claim_output_dir(out, "train", "training run")
     samples, profile = _load_inputs(cfg)  # bad input fails here, before a run directory exists
     if resume:
         check_same_inputs(out, stored, cfg)
