@@ -254,12 +254,13 @@ def main(argv=None) -> dict:
     mean_tokens = sum(len(p) + len(a) for p, a in zip(prompts["role"], answers)) / n
     print(f"mean tokens per sequence (role prompt + answer): {mean_tokens:.0f}")
 
-    configs = {"two": ScoreOptions(passes=("role", "unsafe")), "three": ScoreOptions()}
+    # the published method scores its passes only: no reworded passes on either side
+    configs = {"two": ScoreOptions(passes=("role", "unsafe"), wordings=0), "three": ScoreOptions(wordings=0)}
     if on_cpu:  # the fast mode and the bf16 screen are about the float32 model on the CPU
         configs.update({
-            "fast": ScoreOptions(passes=("role", "unsafe"), fast=True),
-            "screen": ScoreOptions(passes=("role", "unsafe"), fast=True, recheck_band=PACKED_BF16_RECHECK_BAND),
-            "screen-raw": ScoreOptions(passes=("role", "unsafe"), fast=True, recheck_band=0.0),
+            "fast": ScoreOptions(passes=("role", "unsafe"), fast=True, wordings=0),
+            "screen": ScoreOptions(passes=("role", "unsafe"), fast=True, recheck_band=PACKED_BF16_RECHECK_BAND, wordings=0),
+            "screen-raw": ScoreOptions(passes=("role", "unsafe"), fast=True, recheck_band=0.0, wordings=0),
         })
     publish = lambda k, subset=samples: published_logps(lm.model, tok, systems[k], subset, batch_size=args.batch_size)  # noqa: E731
 

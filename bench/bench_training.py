@@ -178,7 +178,7 @@ def child(args) -> dict:
     flags = {s.id: False for s in samples}
     if args.child in ("sarft", "sarft-bf16ref"):
         t = time.perf_counter()
-        result = score_role(lm, samples, profile, ScoreOptions(passes=("role", "unsafe")))
+        result = score_role(lm, samples, profile, ScoreOptions(passes=("role", "unsafe"), wordings=0))
         score_seconds = time.perf_counter() - t
         flags = rds_flags(result.rows)
     ref_model = copy.deepcopy(lm.model).eval().requires_grad_(False) if args.child == "published" else None
@@ -243,7 +243,7 @@ def main() -> int:
     samples, profile = load_inputs(args.role, args.samples)
     lm = load_model(None, dtype="float32", device="cpu")
     t = time.perf_counter()
-    result = score_role(lm, samples, profile, ScoreOptions(passes=("role", "unsafe")))
+    result = score_role(lm, samples, profile, ScoreOptions(passes=("role", "unsafe"), wordings=0))
     print(f"RDS flags for {len(samples)} samples of {profile.name}: {result.stats['flagged']} flagged "
           f"({result.stats['from_cache']} from cache, {time.perf_counter() - t:.1f} s)", file=sys.stderr)
     del lm
