@@ -37,6 +37,18 @@ def model_label(spec: str | None = None) -> str:
 
 
 @st.cache_resource(show_spinner="Loading the model (once per process)…", max_entries=2)
+@st.cache_data(show_spinner=False)
+def default_fingerprint() -> str | None:
+    """Today's fingerprint of the default model's weights (None where it cannot be worked out)."""
+    from sarft_core.errors import SarftError
+    from sarft_core.models import model_fingerprint
+
+    try:
+        return model_fingerprint("embedded-aligned")
+    except SarftError:
+        return None
+
+
 def get_model(spec: str):
     from sarft_core.models import load_model
 

@@ -4,6 +4,7 @@ import streamlit as st
 from app import state, widgets
 from sarft_core import jobs
 from sarft_core.alignment import figures_table
+from sarft_core.scoring.validate import measured_agreement
 from sarft_core.data import PROJECT_ROOT
 from sarft_core.paths import allowed_roots
 from sarft_core.runview import runs_table
@@ -38,6 +39,11 @@ if figures:
                 "against raw SmolLM2 (`--model embedded`), measured on prompts the alignment never trained on (`bench/bench_aligned.py`, "
                 "keyword judge, greedy):")
     st.dataframe(figures, hide_index=True, width="stretch")
+    agreement = measured_agreement(fingerprint=state.default_fingerprint())
+    if agreement:
+        st.markdown("**Do its RDS flags carry signal?** " + agreement["reading"])
+        st.dataframe(agreement["table"], hide_index=True, width="stretch")
+        st.caption(agreement["caption"] + " · docs/flags.md")
 
 active = [j for j in jobs.list_jobs() if j.is_active]
 st.subheader(f"Background jobs ({len(active)} running)")

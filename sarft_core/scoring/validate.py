@@ -24,6 +24,8 @@ from sarft_core.scoring.influence import COMPLIANCE, INFLUENCE_TARGETS, REFUSAL,
 from sarft_core.validation import choice, number, validate_choices, validate_numbers
 
 SCHEMA = "flag-validation-v1"
+# what bench/bench_validation.py measured on the default model (the Overview shows it)
+MEASURED = Path(__file__).resolve().parents[2] / "data" / "aligned" / "flag_validation.json"
 PROMPT_SOURCES = ("advbench-heldout", "probes")
 
 
@@ -164,9 +166,36 @@ def validate_flags(lm, samples, rows: Sequence[dict], options: ValidateOptions |
     agreement = flag_agreement(margins, values, flagged, [s.id for s in samples], options.validate_top)
     summary = {
         "schema": SCHEMA, "role": rows[0].get("role") if rows else None, **agreement, "reading": reading(agreement),
-        "refusal_margin": result["margin"], "from_cache": from_cache,
+        "refusal_margin": result["margin"],
         "settings": {**{k: v for k, v in asdict(options).items() if k != "targets"}, "targets": list(options.targets),
                      "prompts": len(prompts), "model": lm.spec, "model_fingerprint": lm.fingerprint, "dtype": str(lm.dtype),
                      "tau": tau, "step_nats": STEP_NATS, "key": key},
     }
-    return {"influence": {s.id: v for s, v in zip(samples, values)}, "summary": summary}
+    return {"influence": {s.id: v for s, v in zip(samples, values)}, "summary": summary, "from_cache": from_cache}
+
+
+def measured_agreement(path: Path = MEASURED, fingerprint: str | None = None) -> dict | None:
+    """The shipped measurement of the flags' agreement with measured erosion, per character, as the
+    Overview shows it: {"table": rows, "reading": one sentence, "caption": where it comes from};
+    None when there is none. ``fingerprint``: today's weights of the measured model; a measurement
+    of other weights says so in its caption."""
+    from sarft_core.store import read_json_object
+
+    data = read_json_object(path, None) if Path(path).is_file() else None
+    rows = data.get("rows") if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not rows:
+        return None
+    table = [{"character": r["role"], "samples": r["samples"], "flagged": f"{100 * r['flagged_fraction']:.0f}%",
+              "Spearman(margin, erosion) [95% CI]": f"{r['spearman']:+.2f} [{r['spearman_ci'][0]:+.2f}, {r['spearman_ci'][1]:+.2f}]",
+              "flags among the top 30% by erosion": f"{100 * r['precision_at_k']:.0f}%"} for r in rows]
+    above = [r["role"] for r in rows if r["spearman_ci"][0] > 0]
+    below = [r["role"] for r in rows if r["spearman_ci"][1] < 0]
+    reading = (f"RDS's margin ranks samples by their measured erosion of refusal for {len(above)} of {len(rows)} characters "
+               f"(interval above zero{': ' + ', '.join(above) if above else ''})"
+               + (f", the wrong way for {', '.join(below)}" if below else "")
+               + f"; for the other {len(rows) - len(above) - len(below)} the evidence does not tell.")
+    caption = (f"bench/bench_validation.py, {data.get('date', '?')}, {data.get('model', '?')}: 70 training samples per character, "
+               "influence on 32 held-out AdvBench prompts")
+    if fingerprint and data.get("model_fingerprint") not in (None, fingerprint):
+        caption += f" (measured on other weights than today's: {data.get('model_fingerprint')})"
+    return {"table": table, "reading": reading, "caption": caption}
