@@ -48,6 +48,21 @@ def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+CHECK = "check"  # each record's digest of its own content, written with it
+
+
+def record_check(rec: dict) -> str:
+    """The digest of a record's content (every field but the digest itself). JSON keeps floats
+    exactly, so a record read back gives the digest it was written with."""
+    return _hash({k: v for k, v in rec.items() if k != CHECK})[:16]
+
+
+def seal(rec: dict) -> dict:
+    """``rec`` with its digest: any later change to it, even a finite number edited to another, is
+    caught on read (:func:`record_problem`) and the sample scored again."""
+    return {**rec, CHECK: record_check(rec)}
+
+
 def record_problem(rec: dict) -> str | None:
     """Why a cache record cannot be used, or None when it is whole. A record is data from disk:
     an edit, a bug of an older version or bit rot can leave arrays that no longer match its answer,
@@ -65,6 +80,8 @@ def record_problem(rec: dict) -> str | None:
             return f"{name} log-probs do not match the answer's {len(ids)} tokens"
         if not all(_is_number(x) for x in logps):
             return f"{name} log-probs are not all finite numbers"
+    if rec.get(CHECK) != record_check(rec):
+        return "its digest does not match its content (edited, or written before records carried one)"
     return None
 
 

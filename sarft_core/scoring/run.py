@@ -15,7 +15,7 @@ from sarft_core.scoring.engine import Cancelled, encode_passes, reduce_logps, sc
 from sarft_core.scoring.machine import screen_still_pays
 from sarft_core.flags import flag_margin, is_flagged, margin_se, verdict, verdict_counts, wording_spread
 from sarft_core.store import append_jsonl
-from sarft_core.scoring.cache import _cache_dir, _sample_key, read_records
+from sarft_core.scoring.cache import _cache_dir, _sample_key, read_records, seal
 from sarft_core.scoring.options import (
     EXACT_PLAN, PASSES, REF_SYSTEM_PROMPT, SCREEN_PROBE_SAMPLES, VLLM_PLAN, ScoreOptions, ScoreResult,
     WORDING_PREFIX, batch_tokens, machine_plan, scoring_plan, wording_passes,
@@ -25,8 +25,8 @@ from sarft_core.scoring.options import (
 def _record(sample, enc, i: int, logps: dict, rechecked: bool, tag: str) -> dict:
     """The cache record of sample ``i`` of a chunk: its key, answer ids, truncation flags, the plan
     that scored it and the per-token log-probs of each pass."""
-    return {"key": _sample_key(sample), "answer_ids": enc.answer_ids[i], "prompt_truncated": enc.prompt_truncated[i],
-            "answer_truncated": enc.answer_truncated[i], "rechecked": rechecked, "plan": tag, **logps}
+    return seal({"key": _sample_key(sample), "answer_ids": enc.answer_ids[i], "prompt_truncated": enc.prompt_truncated[i],
+                 "answer_truncated": enc.answer_truncated[i], "rechecked": rechecked, "plan": tag, **logps})
 
 
 def _score_chunk(lm, systems, chunk, options, plan, emit, on_progress, should_stop, prefix_caches) -> tuple[int, int]:
