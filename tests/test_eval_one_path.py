@@ -110,3 +110,46 @@ def test_one_registration_of_a_prompt_file_reaches_eval(tiny_model_dir, tmp_path
         assert suites["harmbench-mini"]["items"] == 2
     finally:
         SUITES.pop("harmbench-mini", None)
+
+
+# --- #29 item 5: names that say one thing each, one rule each -----------------------------------
+
+def test_one_cancelled_for_scoring_and_generation(tiny_lm):
+    from sarft_core.evaluation import generation
+    from sarft_core.scoring import Cancelled
+
+    assert generation.Cancelled is Cancelled  # training's cancel catches both
+    with pytest.raises(Cancelled):
+        generate(tiny_lm, ["hi"], GenerationConfig(max_new_tokens=2), should_stop=lambda: True)
+
+
+def test_the_two_normalisations_have_their_own_names():
+    import sarft_core.scoring.options as options
+    import sarft_core.training.losses as losses
+
+    assert options.LOGP_REDUCTIONS == ("mean", "sum") and losses.LOSS_NORMALISATIONS == ("answer", "published")
+    assert not hasattr(options, "NORMALISATIONS") and not hasattr(losses, "NORMALISATIONS")
+
+
+def test_the_grids_characters_are_not_the_trait_studys_villains():
+    import sarft_core.reproduce as reproduce
+    from sarft_core import trait_labels
+
+    assert not hasattr(reproduce, "VILLAINS") and set(reproduce.GRID_VILLAINS) <= set(trait_labels.VILLAINS)
+    assert not hasattr(reproduce, "format_ci")  # report.format_ci is the one format_ci
+
+
+def test_flags_page_and_training_share_the_d_h_rule_on_unknown_ids():
+    import pandas as pd
+
+    from sarft_core import plots
+    from sarft_core.errors import SarftError
+    from sarft_core.training.selection import apply_overrides, rds_flags
+
+    # margins s_unsafe - s_role of 1 and -1, with the columns the scorer writes
+    scores = pd.DataFrame({"id": ["a", "b"], "s_role": [0.0, 0.0], "s_unsafe": [1.0, -1.0], "logp_ref": [-1.0, -1.0]})
+    scores = scores.assign(logp_role=scores["s_role"] + scores["logp_ref"], logp_unsafe=scores["s_unsafe"] + scores["logp_ref"])
+    assert plots.effective_flags(scores, 0.0, {"b": True}).tolist() == list(apply_overrides(rds_flags(scores.to_dict("records")), {"b": True}).values())
+    for decide in (lambda o: plots.effective_flags(scores, 0.0, o), lambda o: apply_overrides(rds_flags(scores.to_dict("records")), o)):
+        with pytest.raises(SarftError, match="not in this data"):
+            decide({"stale-id": True})
