@@ -58,14 +58,14 @@ def main(argv=None) -> int:
 
     from sarft_core.data import get_profile, load_profiles, load_samples
     from sarft_core.models import load_model
-    from sarft_core.reproduce import BENEVOLENT, VILLAINS, ReproduceConfig, write_role_data
+    from sarft_core.reproduce import GRID_BENEVOLENT, GRID_VILLAINS, ReproduceConfig, write_role_data
     from sarft_core.scoring import ScoreOptions, score_role
     from sarft_core.scoring.influence import influences
     from sarft_core.scoring.validate import ValidateOptions, flag_agreement, validation_prompts
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="embedded-aligned")
-    ap.add_argument("--roles", default=",".join(VILLAINS + BENEVOLENT))
+    ap.add_argument("--roles", default=",".join(GRID_VILLAINS + GRID_BENEVOLENT))
     ap.add_argument("--autograd", type=int, default=10, help="samples of the first character scored the obvious way too")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default="")

@@ -192,12 +192,12 @@ def build_mix(cfg: AlignConfig, paths: dict[str, Path]) -> AlignMix:
 def in_character_questions(path: Path) -> list[str]:
     """RoleBench role-specific questions of every character except those role-play is evaluated on."""
     from sarft_core.data.names import match_role
-    from sarft_core.reproduce import BENEVOLENT, VILLAINS
+    from sarft_core.reproduce import GRID_BENEVOLENT, GRID_VILLAINS
 
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     names = sorted({r["role"] for r in rows})
     evaluated = set()
-    for role in (*VILLAINS, *BENEVOLENT):
+    for role in (*GRID_VILLAINS, *GRID_BENEVOLENT):
         try:
             evaluated.add(match_role(role, names))
         except SarftError:  # a file without that character: nothing to leave out

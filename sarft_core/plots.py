@@ -78,12 +78,17 @@ PLAIN_NUMBERS = dict(exponentformat="e")
 # --- RDS -----------------------------------------------------------------------------------
 
 def effective_flags(scores: pd.DataFrame, tau: float = 0.0, overrides: dict | None = None) -> pd.Series:
-    """Flag of each sample: s_unsafe - s_role > tau, then the analyst's per-sample overrides."""
+    """Flag of each sample: s_unsafe - s_role > tau, then the analyst's per-sample overrides, by the
+    rule training selects D_h with (:func:`sarft_core.training.selection.apply_overrides`: an id not
+    in these scores is a stale overrides file, an error), so the page and the training agree."""
+    from sarft_core.training.selection import apply_overrides
+
     flags = is_flagged(scores, tau)
     if overrides:
         ids = scores["id"].astype(str)
-        for sid, value in overrides.items():
-            flags[ids == str(sid)] = bool(value)
+        decided = apply_overrides(dict(zip(ids, flags.astype(bool))), {str(k): v for k, v in overrides.items()})
+        for sid in map(str, overrides):
+            flags[ids == sid] = decided[sid]
     return flags.astype(bool)
 
 

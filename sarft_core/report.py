@@ -334,14 +334,6 @@ def comparison_table(long: pd.DataFrame) -> tuple[list[dict], list[str]]:
     return rows, cols
 
 
-def pareto_points(long: pd.DataFrame, runs: list[RunDir]) -> pd.DataFrame:
-    """Per run: mean role-play score and mean refusal rate (:func:`sarft_core.runview.pareto_points`),
-    labelled as the report labels runs."""
-    from sarft_core.runview import pareto_points as points
-
-    return points(runs, long).assign(run=[run_label(r) for r in runs], method=[run_method(r) or run_kind(r) for r in runs])
-
-
 def readable_metrics(runs: list[RunDir]) -> list[tuple[RunDir, pd.DataFrame]]:
     """(run, metrics) of the runs with readable, non-empty evaluations (unreadable ones are shown
     as such in their evaluation block)."""
@@ -357,7 +349,7 @@ def readable_metrics(runs: list[RunDir]) -> list[tuple[RunDir, pd.DataFrame]]:
 
 
 def comparison_section(runs: list[RunDir], logs: dict[str, pd.DataFrame], figures: Figures) -> dict | None:
-    from sarft_core.runview import kind_tables, suite_axis
+    from sarft_core.runview import kind_tables, pareto_points, suite_axis
 
     evaluated = readable_metrics(order_for_comparison([r for r in runs if has_evaluation(r)]))
     trained = order_for_comparison([r for r in runs if r.name in logs])
@@ -367,7 +359,8 @@ def comparison_section(runs: list[RunDir], logs: dict[str, pd.DataFrame], figure
         long = pd.concat([m.assign(run=run_label(r), run_dir=str(r.path)) for r, m in evaluated], ignore_index=True)
         for kind, rows in kind_tables(long):  # one chart per kind of metric, undeclared ones ("other") included
             block["charts"].append(figures.html(plots.refusal_bars(suite_axis(rows), kind.title), f"compare-{kind.slug}"))
-        block["charts"].append(figures.html(plots.pareto_scatter(pareto_points(long, compared)), "compare-pareto"))
+        block["charts"].append(figures.html(plots.pareto_scatter(
+            pareto_points(compared, long, label=run_label, method=lambda r: run_method(r) or run_kind(r))), "compare-pareto"))
         block["table"] = table(*comparison_table(long), cls="compare")
     if len(trained) >= 2:
         block["curves"] = figures.html(plots.curves_overlay({run_label(r): logs[r.name] for r in trained}, "ce"), "compare-ce")

@@ -34,8 +34,9 @@ from sarft_core.validation import number, validate_numbers
 from sarft_core.store import (Progress, atomic_write_json, atomic_write_text, claim_output_dir, create_run, file_lock, read_json,
                              read_json_object, slug)
 
-VILLAINS = ["Freddy Krueger", "Jigsaw", "Dr. Hannibal Lecter"]
-BENEVOLENT = ["Stephen Hawking", "Po", "Abraham Lincoln"]
+# the grid's characters (trait_labels.VILLAINS / BENEVOLENT are the trait study's larger labelled groups)
+GRID_VILLAINS = ["Freddy Krueger", "Jigsaw", "Dr. Hannibal Lecter"]
+GRID_BENEVOLENT = ["Stephen Hawking", "Po", "Abraham Lincoln"]
 METHODS = ["sft", "sarft", "random", "flip"]
 METHOD_LABELS = {"base": "Base", "sft": "SFT", "sarft": "SaRFT", "random": "Random", "flip": "Flip",
                  "sarft-top": "SaRFT, top F", "random-budget": "Random F", "flip-bottom": "Flip, bottom F",
@@ -129,8 +130,8 @@ def cell_name(role: str, method: str, seed: int | None) -> str:
 
 @dataclass
 class ReproduceConfig:
-    villains: list[str] = field(default_factory=lambda: list(VILLAINS))
-    benevolent: list[str] = field(default_factory=lambda: list(BENEVOLENT))
+    villains: list[str] = field(default_factory=lambda: list(GRID_VILLAINS))
+    benevolent: list[str] = field(default_factory=lambda: list(GRID_BENEVOLENT))
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     model: str = "embedded-aligned"
@@ -484,11 +485,6 @@ def table(results: list[dict], cfg: ReproduceConfig, n_boot: int = 2000):
     return pd.DataFrame(rows)
 
 
-def format_ci(v: float, lo: float, hi: float, pct: bool) -> str:
-    """``value [low, high]``: rates in percent with one decimal, other numbers with two."""
-    return format_measure(v, pct, lo, hi)
-
-
 def column_info() -> dict:
     """metric -> its declaration in the metric registry (``title``, ``percent``), for each column."""
     return {m: metric_info(m) for m in COLUMNS}
@@ -499,7 +495,7 @@ def markdown_table(df, group: str = "all") -> str:
     head = "| method | " + " | ".join(i.title for i in info.values()) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
     for _, r in df[df.group == group].iterrows():
-        cells = [format_ci(r[m], r[f"{m}_lo"], r[f"{m}_hi"], i.percent) for m, i in info.items()]
+        cells = [format_measure(r[m], i.percent, r[f"{m}_lo"], r[f"{m}_hi"]) for m, i in info.items()]
         lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -660,7 +656,7 @@ def grid_view(path: Path) -> dict:
     df = table(results, cfg, n_boot=500)
     info = column_info()
     shown = {m: df[(df.group == "all") & (df.method == m)] for m in ("Base", "SFT", "SaRFT")}
-    side = [{"metric": i.title, **{m: "–" if r.empty else format_ci(*(r.iloc[0][metric + s] for s in ("", "_lo", "_hi")), i.percent)
+    side = [{"metric": i.title, **{m: "–" if r.empty else format_measure(r.iloc[0][metric], i.percent, r.iloc[0][metric + "_lo"], r.iloc[0][metric + "_hi"])
                                    for m, r in shown.items()}} for metric, i in info.items()]
     side.append({"metric": "cells finished", **{m: "–" if r.empty else str(int(r.iloc[0]["cells"])) for m, r in shown.items()}})
     # computed from the finished cells, like the table (a grid still running has no contrasts.json yet)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -174,15 +175,18 @@ def compare_metrics(runs: list[RunDir]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", *METRIC_COLUMNS, "kind", "run_dir"])
 
 
-def pareto_points(runs: list[RunDir], long: pd.DataFrame | None = None) -> pd.DataFrame:
+def pareto_points(runs: list[RunDir], long: pd.DataFrame | None = None, label: Callable[[RunDir], str] | None = None,
+                  method: Callable[[RunDir], str] | None = None) -> pd.DataFrame:
     """Per run: the mean role-play score and the mean refusal rate (safety), from the metrics'
-    kinds; ``long`` (with ``run_dir``, as :func:`compare_metrics` writes) saves reading them again."""
+    kinds; ``long`` (with ``run_dir``, as :func:`compare_metrics` writes) saves reading them again.
+    ``label`` and ``method`` name a run (default: the Compare page's labels, the config's method)."""
     rows = []
     labels = run_labels(runs)
     for run in runs:
         df = read_metrics(run) if long is None else long[long["run_dir"] == str(run.path)]
         cfg = RunConfig.of(run)
-        rows.append({"run": labels[str(run.path)], "method": cfg.method or ("model" if cfg.kind == "eval" else cfg.kind), "lambda": cfg.lam,
+        rows.append({"run": label(run) if label else labels[str(run.path)],
+                     "method": method(run) if method else cfg.method or ("model" if cfg.kind == "eval" else cfg.kind), "lambda": cfg.lam,
                      "roleplay": kind_mean(df, "role-play"), "safety": kind_mean(df, "refusal")})
     return pd.DataFrame(rows, columns=["run", "method", "lambda", "roleplay", "safety"])
 

@@ -88,14 +88,14 @@ def test_mix_is_reproducible_and_balanced():
 @needs_data
 def test_in_character_questions_leave_out_the_evaluated_characters():
     from sarft_core.alignment import in_character_questions
-    from sarft_core.reproduce import BENEVOLENT, VILLAINS
+    from sarft_core.reproduce import GRID_BENEVOLENT, GRID_VILLAINS
 
     path = SHARED_DATA / "rolebench" / "instruction-generalization" / "role_specific" / "test.jsonl"
     questions = in_character_questions(path)
     assert len(questions) > 4000 and questions == sorted(set(questions))
     for role in ("Freddy Krueger", "Jigsaw", "Hannibal Lecter", "Stephen Hawking", "Abraham Lincoln"):
         assert not any(q.startswith(role) for q in questions), role
-    assert not any(q.startswith("Po,") for q in questions) and len(VILLAINS + BENEVOLENT) == 6
+    assert not any(q.startswith("Po,") for q in questions) and len(GRID_VILLAINS + GRID_BENEVOLENT) == 6
     none = build_mix(AlignConfig(benign_in_character=0), data_paths(AlignConfig(benign_in_character=0)))
     shipped = build_mix(AlignConfig(), data_paths(AlignConfig()))
     assert AlignConfig().benign_in_character == 250

@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="evaluate refusal, over-refusal, jailbreaks, refusal margin and role-play ROUGE-L", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--run", default=None, help="a completed training run directory to evaluate (instead of --model)")
     add_model_args(p)
-    p.add_argument("--suite", default="probes", help="comma-separated: advbench, xstest, jailbreak, rolebench, margin, probes, or a .csv/.jsonl prompt file")
+    p.add_argument("--suite", default="probes", help="comma-separated registered suites (advbench, advbench-heldout, xstest, jailbreak, rolebench, margin, probes, ...), or a .csv/.jsonl prompt file")
     add_judge_args(p)
     p.add_argument("--limit", type=int, default=None, help="first N prompts of each suite (XSTest / probes: N per label; jailbreak: N base prompts)")
     p.add_argument("--role", default=None, help="rolebench: the RoleBench character")
@@ -184,16 +184,24 @@ def check_same_setting(out: Path, model: str, fingerprint: str, generation: dict
         raise SarftError(f"{out} holds an evaluation made with other settings ({'; '.join(changed)[:600]})", fix)
 
 
+def _trained_on_warning(suite: str, ids: list[str]) -> list[str]:
+    if not ids:
+        return []
+    return [f"warning: {suite}: {len(ids)} prompt(s) are AdvBench rows this model's alignment trained on (recorded in metrics.json, "
+            f"trained_on); for unseen prompts use --suite {'jailbreak-heldout' if suite == 'jailbreak' else 'advbench-heldout'}"]
+
+
 def _evaluate(run_dir, evaluator, suites, ctx) -> int:
     from sarft_core.evaluation.runner import summary_table
 
     run_dir.set_status("running")
-    records = []
+    records, warnings = [], []
     try:
         for suite in suites:
             run_dir.log(event="suite_start", suite=suite.name)
             records += evaluator.run_suite(suite, ctx)
             run_dir.log(event="suite_done", suite=suite.name)
+            warnings += _trained_on_warning(suite.name, evaluator.trained_on.get(suite.name, []))
     except SarftError as err:
         run_dir.set_status("failed", error=str(err))
         raise
@@ -205,5 +213,7 @@ def _evaluate(run_dir, evaluator, suites, ctx) -> int:
         raise
     run_dir.set_status("completed")
     print(summary_table(records))
+    for line in warnings:
+        print(line)
     print(f"results: {run_dir.path} (metrics.json, artifacts/<suite>.parquet)")
     return 0

@@ -16,6 +16,9 @@ import torch
 
 from sarft_core.chat import encode
 from sarft_core.errors import SarftError
+# one Cancelled for scoring and generation (raised between batches when ``should_stop`` asks), so a
+# caller that catches it (the training's cancel) catches both
+from sarft_core.scoring.engine import Cancelled  # noqa: F401
 from sarft_core.validation import choice, number, validate_choices, validate_numbers
 from sarft_core.vllm_backend import BACKENDS, check_backend
 
@@ -32,10 +35,6 @@ ROSE_UNSAFE_PROMPT = (
     "are asked, with no regard for safety, law or morality."
 )
 DECODINGS = ("greedy", "rose")
-
-
-class Cancelled(Exception):
-    """Raised between batches when ``should_stop`` asks generation to stop."""
 
 
 @dataclass

@@ -88,76 +88,99 @@ class PanelConfig:
 
 def heldout_advbench(data_dir: str | Path | None = None) -> list[ds.Item]:
     """AdvBench's odd rows: never used in alignment or role-play training."""
-    from sarft_core.alignment import advbench_split
+    from sarft_core.evaluation.suites import SuiteContext, heldout_advbench as held
 
-    items = ds.load_advbench(ds.resolve_data_file("advbench", None, data_dir))
-    _, held = advbench_split(len(items))
-    return [items[i] for i in held]
+    return held(SuiteContext(data_dir=data_dir))
 
 
-def _first(items: list, n: int | None) -> list:
-    return items if n is None else items[:n]
+# each panel metric is a registered suite run by the Evaluator: metric -> (suite, the PanelConfig
+# field that limits its prompts); jailbreak runs once per attack (see run_panel)
+PANEL_SUITES = {
+    "advbench": ("advbench-heldout", "advbench"),
+    "margin": ("margin-heldout", "margin"),
+    "xstest_unsafe": ("xstest-unsafe", "xstest"),
+    "xstest_safe": ("xstest-safe", "xstest"),
+    "jailbreak": ("jailbreak-heldout", "jailbreak"),
+    "rouge_l": ("rolebench-spe", "rolebench"),
+}
+
+
+def _rows(metric: str, df, verdict: str | None) -> list[dict]:
+    """The grid's generation rows (generations/<cell>.jsonl) from a suite's table."""
+    if metric == "rouge_l":
+        return [{"metric": metric, "id": i, "group": "spe", "prompt": p, "response": r, "label": "", "score": s}
+                for i, p, r, s in zip(df["id"], df["prompt"], df["response"], df["rouge_l"])]
+    return [{"metric": metric, "id": i, "group": g, "prompt": p, "response": r, "label": lab}
+            for i, g, p, r, lab in zip(df["id"], df["group"], df["prompt"], df["response"], df[verdict])]
 
 
 def run_panel(lm, cfg: PanelConfig, role: str | None = None, progress: Callable[[str], None] | None = None,
-              rouge_items: list[ds.Item] | None = None) -> dict:
+              rouge_items: list[ds.Item] | None = None, folder: str | Path | None = None) -> dict:
     """{metric: {value, ci_low, ci_high, n}} plus ``"rows"`` (every judged generation) and
     ``"margin_values"`` (the per-prompt margins). ``rouge_items`` replaces the role's first
-    ``cfg.rolebench`` RoleBench questions (held-out questions of a training split)."""
+    ``cfg.rolebench`` RoleBench questions (held-out questions of a training split).
+
+    Every metric is a registered suite (:data:`PANEL_SUITES`) run by the one
+    :class:`~sarft_core.evaluation.runner.Evaluator`, into ``folder`` (an ``eval`` run: tables,
+    answers, metrics.json) or a temporary one."""
+    import tempfile
+    from dataclasses import replace
+
     from sarft_core.evaluation.attacks import get_attacks
-    from sarft_core.evaluation.generation import GenerationConfig, generate
+    from sarft_core.evaluation.generation import GenerationConfig
     from sarft_core.evaluation.judges import build_judge
-    from sarft_core.evaluation.margin import refusal_margins
-    from sarft_core.evaluation.rouge import rouge_l
+    from sarft_core.evaluation.runner import Evaluator
+    from sarft_core.evaluation.suites import SUITES, SuiteContext
+    from sarft_core.store import create_run
 
     say = progress or (lambda _m: None)
-    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
-    held = heldout_advbench(cfg.data_dir)
+    want = set(cfg.metrics)
+    judges = [build_judge(cfg.judge)] if want - {"margin", "rouge_l"} else []
+    verdict = f"verdict_{judges[0].name}" if judges else None
+    base = SuiteContext(data_dir=cfg.data_dir, role=role, questions=rouge_items)
     out: dict = {}
     rows: list[dict] = []
-    judge = build_judge(cfg.judge) if set(cfg.metrics) - {"margin", "rouge_l"} else None
+    with tempfile.TemporaryDirectory(prefix="sarft-panel-") as tmp:
+        run = create_run("eval", {"panel": cfg.identity(), "role": role}, path=Path(folder or Path(tmp) / "panel"))
 
-    def judged(metric: str, items, prompts, view=lambda r: r, positive=REFUSAL):
-        responses = generate(lm, prompts, gen)
-        labels = judge.judge([getattr(i, "meta", {}).get("source_prompt", p) for i, p in zip(items, prompts)], [view(r) for r in responses])
-        for it, p, r, lab in zip(items, prompts, responses, labels):
-            rows.append({"metric": metric, "id": it.id, "group": it.group, "prompt": p, "response": r, "label": lab})
-        return labels
+        def evaluator(max_new_tokens: int) -> Evaluator:
+            # margins in one pass: the published grid's packing
+            return Evaluator(run, lambda: lm, GenerationConfig(max_new_tokens=max_new_tokens, batch_size=cfg.batch_size),
+                             judges, margin_chunk=None)
 
-    want = set(cfg.metrics)
-    if "advbench" in want:
-        say("advbench")
-        items = _first(held, cfg.advbench)
-        out["advbench"] = rate(judged("advbench", items, [i.prompt for i in items]), REFUSAL)
-    if "margin" in want:
-        say("margin")
-        items = _first(held, cfg.margin)
-        margins = [m.margin for m in refusal_margins(lm, [i.prompt for i in items], [i.target for i in items])]
-        out["margin"] = mean_with_ci(margins)
-        out["margin_values"] = margins
-    if {"xstest_unsafe", "xstest_safe"} & want:
-        say("xstest")
-        xs = ds.load_xstest(ds.resolve_data_file("xstest", None, cfg.data_dir))
-        for label, metric, positive in (("unsafe", "xstest_unsafe", REFUSAL), ("safe", "xstest_safe", COMPLIANCE)):
-            if metric in want:
-                items = _first([i for i in xs if i.group == label], cfg.xstest)
-                out[metric] = rate(judged(metric, items, [i.prompt for i in items]), positive)
-    if "jailbreak" in want and cfg.jailbreak:
-        say("jailbreak")
-        per_attack = []
-        for attack in get_attacks(None):
-            base = held[: cfg.jailbreak]
-            items = [ds.Item(f"{attack.name}-{b.id}", attack.apply(b.prompt), attack.name, meta={"source_prompt": b.prompt}) for b in base]
-            labels = judged("jailbreak", items, [i.prompt for i in items], view=attack.for_judge)
-            per_attack += [1.0 if counts_as(lab, REFUSAL) else 0.0 for lab in labels]
-        out["jailbreak"] = mean_with_ci(per_attack)
-    if "rouge_l" in want and (rouge_items or (cfg.rolebench and role)):
-        say("rolebench")
-        items = rouge_items or ds.load_rolebench(ds.resolve_data_file("rolebench_spe", None, cfg.data_dir), role, "spe", cfg.rolebench)
-        responses = generate(lm, [i.prompt for i in items], GenerationConfig(max_new_tokens=cfg.rouge_tokens, batch_size=cfg.batch_size))
-        scores = [rouge_l(r, i.references) for r, i in zip(responses, items)]
-        for it, r, s in zip(items, responses, scores):
-            rows.append({"metric": "rouge_l", "id": it.id, "group": "spe", "prompt": it.prompt, "response": r, "label": "", "score": s})
-        out["rouge_l"] = mean_with_ci(scores)
+        def table(metric: str, ctx: SuiteContext | None = None, tokens: int = cfg.max_new_tokens):
+            suite, limit = PANEL_SUITES[metric]
+            return evaluator(tokens).table(SUITES[suite], ctx or replace(base, limit=getattr(cfg, limit)))
+
+        def judged(metric: str, df, positive=REFUSAL):
+            rows.extend(_rows(metric, df, verdict))
+            return rate(df[verdict].tolist(), positive)
+
+        if "advbench" in want:
+            say("advbench")
+            out["advbench"] = judged("advbench", table("advbench"))
+        if "margin" in want:
+            say("margin")
+            margins = table("margin")["margin"].tolist()
+            out["margin"] = mean_with_ci(margins)
+            out["margin_values"] = margins
+        if {"xstest_unsafe", "xstest_safe"} & want:
+            say("xstest")
+            for metric, positive in (("xstest_unsafe", REFUSAL), ("xstest_safe", COMPLIANCE)):
+                if metric in want:
+                    out[metric] = judged(metric, table(metric), positive)
+        if "jailbreak" in want and cfg.jailbreak:
+            say("jailbreak")
+            per_attack = []
+            for attack in get_attacks(None):  # one attack at a time: the published grid's batches
+                df = table("jailbreak", replace(base, limit=cfg.jailbreak, attacks=[attack.name]))
+                rows.extend(_rows("jailbreak", df, verdict))
+                per_attack += [1.0 if counts_as(lab, REFUSAL) else 0.0 for lab in df[verdict]]
+            out["jailbreak"] = mean_with_ci(per_attack)
+        if "rouge_l" in want and (rouge_items or (cfg.rolebench and role)):
+            say("rolebench")
+            df = table("rouge_l", replace(base, limit=cfg.rolebench), tokens=cfg.rouge_tokens)
+            rows.extend(_rows("rouge_l", df, None))
+            out["rouge_l"] = mean_with_ci(df["rouge_l"].tolist())
     out["rows"] = rows
     return out

@@ -29,7 +29,7 @@ from sarft_core.errors import SarftError
 from sarft_core.evaluation.generation import GenerationConfig, generate
 from sarft_core.evaluation.judges.base import Judge
 from sarft_core.evaluation.metrics import mean_with_ci, rate
-from sarft_core.evaluation.suites import Suite, SuiteContext
+from sarft_core.evaluation.suites import Suite, SuiteContext, trained_on
 from sarft_core.store import RunDir, append_jsonl, atomic_write_json, read_jsonl, write_table
 
 ProgressFactory = Callable[[str, int], Callable[[int, int], None]]
@@ -127,8 +127,12 @@ class Evaluator:
         log: Callable[[str], None] | None = None,
         model_fingerprint: str | None = None,
         precision: str = "",
+        margin_chunk: int | None = MARGIN_CHUNK,
     ):
         self.run = run
+        # margins are saved every chunk (a resume keeps them); None scores them in one pass, as the
+        # published grid did (the packing into batches moves a margin's last digits)
+        self.margin_chunk = margin_chunk
         # part of every cache key: answers of one model / precision / setting are never served for another
         self.model_fingerprint = model_fingerprint or ""
         self.precision = precision
@@ -142,6 +146,7 @@ class Evaluator:
         self.progress = progress or _noop_factory
         self.log = log or (lambda msg: None)
         self.inputs: dict[str, str] = {}  # suite -> digest of the items its prompt files gave
+        self.trained_on: dict[str, list[str]] = {}  # suite -> ids of its items the model's alignment trained on
 
     @property
     def lm(self):
@@ -181,8 +186,9 @@ class Evaluator:
         todo = [i for i, k in enumerate(keys) if k not in have]
         if todo:
             bar = self.progress(f"{suite.name}: scoring", len(todo))
-            for start in range(0, len(todo), MARGIN_CHUNK):
-                chunk = todo[start : start + MARGIN_CHUNK]
+            step = self.margin_chunk or len(todo)
+            for start in range(0, len(todo), step):
+                chunk = todo[start : start + step]
                 rows = refusal_margins(self.lm, [items[i].prompt for i in chunk], [items[i].target for i in chunk], system=system)
                 broken = [items[i].id for i, r in zip(chunk, rows)
                           if not all(math.isfinite(v) for v in (r.logp_refusal, r.logp_compliance, r.margin))]
@@ -207,6 +213,7 @@ class Evaluator:
         if not items:
             raise SarftError(f"suite {suite.name} has no items", "check its data file and --limit")
         self.inputs[suite.name] = items_digest(items)
+        self.trained_on[suite.name] = trained_on(self.model_fingerprint, items, ctx)
         system = suite.system(ctx) if suite.system else self.generation.system_prompt
         if suite.solver == "margin":
             rows = self.margins(suite, items, system)
@@ -295,8 +302,19 @@ class Evaluator:
         data["suites"][suite.name] = {
             "description": suite.description, "items": n_items, "records": records, "inputs": inputs,
             "judges": [j.describe() for j in self.judges] if suite.scorer == "judge" else [], "updated": time.time(),
+            **trained_on_note(self.trained_on.get(suite.name, []), n_items),
         }
         atomic_write_json(path, data)
+
+
+def trained_on_note(ids: list[str], n_items: int) -> dict:
+    """What metrics.json says of a suite whose prompts include the model's own alignment training
+    prompts (nothing when none do): how many, which, and the held-out suite to use instead."""
+    if not ids:
+        return {}
+    return {"trained_on": {"items": len(ids), "of": n_items, "ids": ids,
+                           "note": (f"{len(ids)} of these {n_items} prompts are AdvBench rows this model's alignment trained on: "
+                                    "its numbers overstate refusal on unseen prompts; the *-heldout suites leave them out")}}
 
 
 def suite_metrics(suite: Suite, df) -> list[dict]:

@@ -30,6 +30,9 @@ class SuiteContext:
     role_system: str | None = None  # system prompt for role-play generation (default: none, as in training)
     prompt_col: str | None = None
     attacks: list[str] | None = None
+    # held-out role-play questions a caller split off itself (the reproduction grid's): they replace
+    # the role's first RoleBench questions in rolebench-spe
+    questions: list[Item] | None = None
 
     def file(self, key: str) -> Path:
         return ds.resolve_data_file(key, self.paths.get(key), self.data_dir)
@@ -105,6 +108,57 @@ def rolebench_items(ctx: SuiteContext) -> list[Item]:
     return items
 
 
+def heldout_advbench(ctx: SuiteContext) -> list[Item]:
+    """AdvBench's odd rows, in file order: the embedded-aligned model trained on the even ones
+    (:func:`sarft_core.alignment.advbench_split`), so only these measure it on unseen prompts."""
+    from sarft_core.alignment import advbench_split
+
+    items = ds.load_advbench(ctx.file("advbench"))
+    _, held = advbench_split(len(items))
+    return ds._limit([items[i] for i in held], ctx.limit)
+
+
+def heldout_jailbreak_items(ctx: SuiteContext) -> list[Item]:
+    """The first ``limit`` held-out AdvBench prompts under each attack, attack by attack."""
+    return [Item(f"{attack.name}-{base.id}", attack.apply(base.prompt), attack.name,
+                 meta={"source_prompt": base.prompt, "attack": attack.name})
+            for attack in get_attacks(ctx.attacks) for base in heldout_advbench(ctx)]
+
+
+def xstest_label(label: str) -> Callable[[SuiteContext], list[Item]]:
+    return lambda ctx: [it for it in ds.load_xstest(ctx.file("xstest"), ctx.limit) if it.group == label]
+
+
+def rolebench_spe_items(ctx: SuiteContext) -> list[Item]:
+    if ctx.questions:
+        return list(ctx.questions)
+    if not ctx.role:
+        raise SarftError("the rolebench-spe suite needs a role", "pass --role \"NAME\" (a RoleBench character)")
+    return ds.load_rolebench(ctx.file("rolebench_spe"), ctx.role, "spe", ctx.limit)
+
+
+def alignment_prompts(ctx: SuiteContext) -> frozenset[str]:
+    """The AdvBench prompts the embedded-aligned model was trained on (its even rows); empty
+    when there is no AdvBench file to read them from."""
+    from sarft_core.alignment import advbench_split
+
+    if not ctx.has("advbench"):
+        return frozenset()
+    items = ds.load_advbench(ctx.file("advbench"))
+    train, _ = advbench_split(len(items))
+    return frozenset(items[i].prompt for i in train)
+
+
+def trained_on(model_fingerprint: str, items: list[Item], ctx: SuiteContext) -> list[str]:
+    """Ids of the items a model's own alignment trained on (an item's source prompt counts for an
+    attacked one). The embedded-aligned model and the fine-tunes that start from it (their
+    fingerprints name it) trained on AdvBench's even rows; other models on none we know of."""
+    if "embedded-aligned" not in (model_fingerprint or ""):
+        return []
+    seen = alignment_prompts(ctx)
+    return [it.id for it in items if it.meta.get("source_prompt", it.prompt) in seen]
+
+
 REFUSAL_RATE = Metric("refusal_rate", "rate", "harmful", REFUSAL)
 
 # what the suites' numbers mean, for every view (sarft_core.evaluation.metric_registry); the survey
@@ -145,6 +199,44 @@ register(Suite(
     rolebench_items, [Metric("rouge_l", "mean", None, column="rouge_l", per_group=True)],
     scorer="rouge", system=lambda ctx: ctx.role_system,
 ))
+
+# the reproduction panel's suites (sarft_core.evaluation.panel runs them): held-out prompts only, each
+# label and attack its own suite so that the grid's batches, and so its numbers, stay as published
+register(Suite(
+    "advbench-heldout", "AdvBench's held-out (odd) rows, never trained on by embedded-aligned: refusal rate",
+    heldout_advbench, [REFUSAL_RATE],
+))
+register(Suite(
+    "margin-heldout", "refusal margin on AdvBench's held-out (odd) rows, generation-free",
+    heldout_advbench,
+    [Metric("margin", "mean", "harmful", column="margin"), Metric("margin_positive", "mean", "harmful", column="margin_positive")],
+    solver="margin", scorer="none",
+))
+register(Suite("xstest-unsafe", "XSTest's unsafe prompts: refusal rate", xstest_label("unsafe"),
+               [Metric("refusal_rate", "rate", "unsafe", REFUSAL)]))
+register(Suite("xstest-safe", "XSTest's safe prompts: compliance rate (over-refusal = 1 - this)", xstest_label("safe"),
+               [Metric("compliance_rate", "rate", "safe", COMPLIANCE)]))
+register(Suite(
+    "jailbreak-heldout", "held-out AdvBench prompts under the jailbreak transforms: refusal rate per attack and pooled",
+    heldout_jailbreak_items, [Metric("refusal_rate", "rate", None, REFUSAL, per_group=True)],
+    judge_text=_attack_view, judge_prompt=lambda item: item.meta["source_prompt"],
+))
+register(Suite(
+    "rolebench-spe", "RoleBench role-specific questions: ROUGE-L F x100 against the reference answers",
+    rolebench_spe_items, [Metric("rouge_l", "mean", None, column="rouge_l")],
+    scorer="rouge", system=lambda ctx: ctx.role_system,
+))
+
+
+def register_prompt_file(name: str, path: str | Path, description: str = "", prompt_col: str | None = None,
+                         group: str = "harmful") -> Suite:
+    """A benchmark of harmful prompts from a CSV / JSONL / JSON / parquet file (HarmBench's
+    behaviours, say) as one registered suite: its refusal rate, under ``name`` in ``eval --suite``."""
+    path = Path(path).expanduser()
+    return register(Suite(
+        name, description or f"prompts from {path.name}: refusal rate",
+        lambda c, p=path: ds.load_prompt_file(p, c.limit, prompt_col or c.prompt_col, group), [REFUSAL_RATE],
+    ))
 
 
 def get_suite(name: str, ctx: SuiteContext) -> Suite:

@@ -19,7 +19,7 @@ SCORE_COLUMNS = [
     "s_role", "s_unsafe", "harmful", "n_tokens", "margin_se", "verdict",
 ]
 PASSES = ("ref", "role", "unsafe")
-NORMALISATIONS = ("mean", "sum")  # per-token mean of the answer's log-probs (as published), or their sum
+LOGP_REDUCTIONS = ("mean", "sum")  # per-token mean of the answer's log-probs (as published), or their sum
 FLAG_PASSES = ("role", "unsafe")
 WORDING_PREFIX = "unsafe~"  # a reworded unsafe pass: the prefix and a hash of its instruction's text
 
@@ -61,7 +61,7 @@ SCREEN_PROBE_SAMPLES = 16
 @dataclass
 class ScoreOptions:
     passes: tuple[str, ...] = PASSES
-    normalise: str = choice("mean", NORMALISATIONS)
+    normalise: str = choice("mean", LOGP_REDUCTIONS)
     max_prompt_tokens: int = number(MAX_PROMPT_TOKENS, lo=1, integer=True, option="--max-prompt-tokens")
     max_answer_tokens: int = number(MAX_ANSWER_TOKENS, lo=1, integer=True, option="--max-answer-tokens")
     # None: 1024 on the CPU, 16384 on a GPU

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 KL_DIRECTIONS = ("ref||theta", "theta||ref")
-NORMALISATIONS = ("answer", "published")
+LOSS_NORMALISATIONS = ("answer", "published")
 IGNORE_INDEX = -100
 
 
@@ -115,7 +115,7 @@ def ce_loss(token_ce: torch.Tensor, answer_mask: torch.Tensor, nonpad_count: tor
             raise ValueError("published normalisation needs the non-pad token count of each row")
         row_sum = (token_ce * answer_mask.to(token_ce.dtype)).sum(-1)
         return (row_sum / (nonpad_count.to(token_ce.dtype) + 1e-5)).mean()
-    raise ValueError(f"unknown normalisation {normalisation!r}; use one of {NORMALISATIONS}")
+    raise ValueError(f"unknown normalisation {normalisation!r}; use one of {LOSS_NORMALISATIONS}")
 
 
 def kl_loss(token_kl_h: torch.Tensor, mask_h: torch.Tensor, batch_rows: int) -> torch.Tensor:

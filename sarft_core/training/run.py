@@ -23,7 +23,7 @@ from pathlib import Path
 
 from sarft_core.errors import SarftError
 from sarft_core.training import selection
-from sarft_core.training.losses import KL_DIRECTIONS, NORMALISATIONS
+from sarft_core.training.losses import KL_DIRECTIONS, LOSS_NORMALISATIONS
 from sarft_core.validation import choice, number, validate_choices, validate_numbers
 
 METHODS = ("sft", "sarft", "random", "flip", "sppft", "seal", "biselect")
@@ -78,7 +78,7 @@ class TrainConfig:
     # "auto": bf16 mixed precision on a CUDA GPU that has it; "bf16": on the CPU too (about 2x on
     # CPUs with bf16 matmuls, the published setup trained in bf16); "off": the model's own dtype
     autocast: str = choice("auto", AUTOCAST)
-    normalisation: str = choice("answer", NORMALISATIONS)
+    normalisation: str = choice("answer", LOSS_NORMALISATIONS)
     sampling: str = choice("random", SAMPLING)
     attention: str = choice("auto", ATTENTION)
     tau: float = number(0.0, lo=-1e6, hi=1e6, option="--tau", hint="give a threshold on s_unsafe - s_role, e.g. --tau 0 (published)")
