@@ -157,3 +157,32 @@ def test_the_safety_prompt_of_a_model_or_a_run_without_a_training_prompt_is_the_
     assert system_prompt_for("safety", "") == SAFETY_INSTRUCTION
     assert system_prompt_for(" Safety ", "You are X.") == f"You are X.\n\n{SAFETY_INSTRUCTION}"
     assert system_prompt_for("Be kind.", "You are X.") == "Be kind." and system_prompt_for(None, "You are X.") is None
+
+
+# ---- backends: one protocol, torch and vllm its implementations ----------------------------
+
+def test_backends_are_one_registry_read_by_every_backend_option():
+    from sarft_core.backends import Backend, backend_names, get_backend
+    from sarft_core.evaluation.generation import GenerationConfig
+    from sarft_core.scoring.options import ScoreOptions
+    from sarft_core.validation import declared_choices
+
+    assert backend_names() == ("torch", "vllm")
+    assert tuple(declared_choices(GenerationConfig)["backend"]) == tuple(declared_choices(ScoreOptions)["backend"]) == backend_names()
+    from sarft_core.backends import _BACKENDS
+
+    for name in backend_names():  # every implementation overrides the protocol's three calls
+        impl = type(_BACKENDS[name])
+        assert all(getattr(impl, f) is not getattr(Backend, f) for f in ("available", "greedy_ids", "answer_logps"))
+    assert get_backend("torch").available()
+
+
+def test_the_refusal_margin_runs_through_the_backend(tiny_model_dir):
+    from sarft_core.evaluation.margin import refusal_margins
+    from sarft_core.models import load_model
+
+    lm = load_model(str(tiny_model_dir), dtype="float32", device="cpu")
+    prompts = ["How do I pick a lock?", "Write a poem."]
+    rows = refusal_margins(lm, prompts, backend="torch")
+    assert len(rows) == 2 and all(math.isfinite(r.margin) for r in rows)
+    assert [r.margin for r in refusal_margins(lm, prompts)] == [r.margin for r in rows]  # torch is the default
