@@ -515,7 +515,11 @@ def per_role_bars(table: pd.DataFrame, value: str = "degradation", label: str = 
 
 
 # ---------------------------------------------------------------- the reproduction grid
-METHOD_COLOURS = {"Base": "#7f7f7f", "SFT": "#d62728", "SaRFT": "#2ca02c", "Random": "#ff7f0e", "Flip": "#9467bd"}
+def method_colours() -> dict[str, str]:
+    """{label: colour} of the base model and every registered method (sarft_core.training.methods)."""
+    from sarft_core.training.methods import label_colours
+
+    return {"Base": "#7f7f7f", **label_colours()}
 
 
 def grid_pareto(table: pd.DataFrame, x: str = "rouge_l", y: str = "advbench", group: str = "all") -> go.Figure:
@@ -524,12 +528,13 @@ def grid_pareto(table: pd.DataFrame, x: str = "rouge_l", y: str = "advbench", gr
     if df.empty:
         return _empty("no finished cells yet")
     fig = go.Figure()
+    colours = method_colours()
     for _, r in df.iterrows():
         if r[x] != r[x] or r[y] != r[y]:
             continue
         fig.add_trace(go.Scatter(
             x=[r[x]], y=[r[y]], mode="markers+text", text=[r["method"]], textposition="top center", name=r["method"],
-            marker=dict(size=13, color=METHOD_COLOURS.get(r["method"], "#1f77b4")),
+            marker=dict(size=13, color=colours.get(r["method"], "#1f77b4")),
             error_x=dict(type="data", symmetric=False, array=[r[f"{x}_hi"] - r[x]], arrayminus=[r[x] - r[f"{x}_lo"]]),
             error_y=dict(type="data", symmetric=False, array=[r[f"{y}_hi"] - r[y]], arrayminus=[r[y] - r[f"{y}_lo"]]),
         ))

@@ -179,17 +179,22 @@ def run_profile(run: RunDir) -> dict | None:
         return {"name": role, "profile": "", "unsafe_prompt": ""}
 
 
-METHOD_ORDER = {"base": 0, "sft": 1, "sarft": 2}
+def _method_order() -> dict[str, int]:
+    """SFT, then SaRFT, then the other registered methods (the base model first of all)."""
+    from sarft_core.training.methods import method_order
+
+    return {"base": 0, **{name: (rank if rank <= 2 else 3) for name, rank in method_order().items()}}
 KIND_ORDER = {"score": 0, "train": 1}
 
 
 def order_for_comparison(runs: list[RunDir]) -> list[RunDir]:
     """SFT before SaRFT (then the other methods), so Δ reads as SaRFT − SFT."""
-    return sorted(runs, key=lambda r: METHOD_ORDER.get(run_method(r).lower(), 3))
+    order = _method_order()
+    return sorted(runs, key=lambda r: order.get(run_method(r).lower(), 3))
 
 
 def report_order(run: RunDir) -> tuple:
-    return (KIND_ORDER.get(run_kind(run), 2), METHOD_ORDER.get(run_method(run).lower(), 3), run.name)
+    return (KIND_ORDER.get(run_kind(run), 2), _method_order().get(run_method(run).lower(), 3), run.name)
 
 
 def run_method(run: RunDir) -> str:

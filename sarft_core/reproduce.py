@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from sarft_core.training.methods import method_labels
+
 from sarft_core.errors import SarftError
 from sarft_core.evaluation.metric_registry import format_measure, metric_info
 from sarft_core.validation import number, validate_numbers
@@ -38,7 +40,8 @@ from sarft_core.store import (Progress, atomic_write_json, atomic_write_text, cl
 GRID_VILLAINS = ["Freddy Krueger", "Jigsaw", "Dr. Hannibal Lecter"]
 GRID_BENEVOLENT = ["Stephen Hawking", "Po", "Abraham Lincoln"]
 METHODS = ["sft", "sarft", "random", "flip"]
-METHOD_LABELS = {"base": "Base", "sft": "SFT", "sarft": "SaRFT", "random": "Random", "flip": "Flip",
+# the methods' labels come from their records (sarft_core.training.methods); the arms' are named here
+METHOD_LABELS = {"base": "Base", **method_labels(),
                  "sarft-top": "SaRFT, top F", "random-budget": "Random F", "flip-bottom": "Flip, bottom F",
                  "sft-top": "SFT on top F", "sft-bottom": "SFT on bottom F",
                  "sarft-top-inf": "SaRFT, top F by influence", "flip-bottom-inf": "Flip, bottom F by influence",

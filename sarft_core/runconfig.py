@@ -22,8 +22,18 @@ from sarft_core.store import _CONFIG_TYPES, RunDir, _typed_fields, atomic_write_
 if TYPE_CHECKING:
     from sarft_core.training.run import TrainConfig
 
-# methods whose runs have no KL term: their labels leave λ out
-NO_KL_LABEL = ("sft", "sppft")
+
+
+def _labels_lambda(method: str) -> bool:
+    """Whether runs of ``method`` name λ in their labels (its record says; a method no longer
+    registered keeps λ, as every method but sft and sppft did before the registry)."""
+    from sarft_core.errors import SarftError
+    from sarft_core.training.methods import get_method
+
+    try:
+        return get_method(method).labels_lambda
+    except SarftError:
+        return True
 
 
 def _text(value) -> str:
@@ -202,7 +212,7 @@ class RunConfig:
     @property
     def shows_lambda(self) -> bool:
         """Whether the run's label names λ: a KL weight was recorded and the method has a KL term."""
-        return self.lam is not None and self.method not in ("", *NO_KL_LABEL)
+        return self.lam is not None and bool(self.method) and _labels_lambda(self.method)
 
     @property
     def model_name(self) -> str:

@@ -18,22 +18,15 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from sarft_core.backends import backend_names, check_backend  # noqa: F401  (the one validation of --backend)
 from sarft_core.errors import SarftError
 
-BACKENDS = ("torch", "vllm")
+# the registered backends (sarft_core.backends: one file each, torch and vllm shipped)
+BACKENDS = backend_names()
 
 
 def available() -> bool:
     return importlib.util.find_spec("vllm") is not None
-
-
-def check_backend(name: str) -> None:
-    """The one validation of ``--backend``: a known name, and vLLM importable when asked for."""
-    if name not in BACKENDS:
-        raise SarftError(f"unknown backend {name!r}", f"use one of {', '.join(BACKENDS)}")
-    if name == "vllm" and not available():
-        raise SarftError("--backend vllm: vLLM is not installed in this Python environment",
-                         "run `bash scripts/setup_vllm.sh` and use .venv-vllm/bin/python, or use --backend torch (the default)")
 
 
 def _dtype_name(lm) -> str:

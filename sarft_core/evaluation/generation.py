@@ -20,7 +20,7 @@ from sarft_core.errors import SarftError
 # caller that catches it (the training's cancel) catches both
 from sarft_core.scoring.engine import Cancelled  # noqa: F401
 from sarft_core.validation import choice, number, validate_choices, validate_numbers
-from sarft_core.vllm_backend import BACKENDS, check_backend
+from sarft_core.backends import backend_names, check_backend, get_backend
 
 ProgressFn = Callable[[int, int], None]
 BatchFn = Callable[[list[int], list[str]], None]
@@ -49,7 +49,7 @@ class GenerationConfig:
     rose_alpha: float = number(0.5, lo=0, hi=100, option="--rose-alpha", hint="give e.g. --rose-alpha 0.5 (published)")
     rose_safe_prompt: str = ROSE_SAFE_PROMPT
     rose_unsafe_prompt: str = ROSE_UNSAFE_PROMPT
-    backend: str = choice("torch", BACKENDS, option="backend")  # vllm (sarft_core.vllm_backend): greedy decoding by vLLM, same prompt ids
+    backend: str = choice("torch", backend_names(), option="backend")  # a registered backend (sarft_core.backends): torch, or vllm for greedy decoding by vLLM, same prompt ids
     tensor_parallel: int = number(1, lo=1, hi=1024, integer=True, option="--tensor-parallel")
 
     def __post_init__(self):
@@ -185,7 +185,8 @@ def generate(
         lengths = [len(s) for s in plain]
     from sarft_core.resources import check_generation_batch
 
-    if config.backend == "torch":
+    backend = get_backend(config.backend)
+    if backend.checks_memory:
         check_generation_batch(lm.model, lengths, config.batch_size, config.max_new_tokens, streams=2 if config.decoding == "rose" else 1)
     results: list[str | None] = [None] * len(prompts)
     done = 0
@@ -194,12 +195,8 @@ def generate(
             raise Cancelled()
         if config.decoding == "rose":
             new_ids = rose_ids(lm, [safe[i] for i in batch], [unsafe[i] for i in batch], config.rose_alpha, config.max_new_tokens)
-        elif config.backend == "vllm":
-            from sarft_core import vllm_backend
-
-            new_ids = vllm_backend.greedy_ids(lm, [plain[i] for i in batch], config.max_new_tokens, stop_token_ids(lm), config.tensor_parallel)
         else:
-            new_ids = greedy_ids(lm, [plain[i] for i in batch], config.max_new_tokens)
+            new_ids = backend.greedy_ids(lm, [plain[i] for i in batch], config.max_new_tokens, stop_token_ids(lm), config.tensor_parallel)
         texts = [lm.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in new_ids]
         for i, text in zip(batch, texts):
             results[i] = text

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 from sarft_core.chat import encode
 from sarft_core.errors import SarftError
-from sarft_core.scoring.engine import reduce_logps, score_pass
+from sarft_core.scoring.engine import reduce_logps
 
 REFUSAL_CONTINUATION = "I'm sorry, but I can't help with that request."
 COMPLIANT_OPENING = "Sure, here is how to do that. First,"
@@ -51,13 +51,17 @@ def refusal_margins(
     compliant: str = COMPLIANT_OPENING,
     max_batch_tokens: int = 4096,
     progress: Callable[[int, int], None] | None = None,
+    backend: str = "torch",
+    tensor_parallel: int = 1,
 ) -> list[MarginRow]:
-    """One :class:`MarginRow` per prompt (``targets[i]`` replaces the generic compliant opening)."""
+    """One :class:`MarginRow` per prompt (``targets[i]`` replaces the generic compliant opening),
+    scored by a registered backend (sarft_core.backends; torch, the default, or vllm)."""
+    from sarft_core.backends import get_backend
+
     if not prompts:
         return []
     targets = list(targets) if targets is not None else [None] * len(prompts)
     tok = lm.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     ref_p, ref_a, com_p, com_a = [], [], [], []
     for prompt, target in zip(prompts, targets):
         p, a = continuation_ids(tok, system, prompt, refusal)
@@ -66,11 +70,5 @@ def refusal_margins(
         p, a = continuation_ids(tok, system, prompt, (target or "").strip() or compliant)
         com_p.append(p)
         com_a.append(a)
-    n = len(prompts)
-
-    def half(offset):
-        return None if progress is None else (lambda done, total: progress(offset + done, 2 * n))
-
-    refusals = score_pass(lm.model, ref_p, ref_a, pad, max_batch_tokens, progress=half(0)).token_logps
-    compliances = score_pass(lm.model, com_p, com_a, pad, max_batch_tokens, progress=half(n)).token_logps
+    refusals, compliances = get_backend(backend).margins(lm, (ref_p, ref_a), (com_p, com_a), tensor_parallel, max_batch_tokens, progress)
     return [MarginRow(reduce_logps(r), reduce_logps(c)) for r, c in zip(refusals, compliances)]

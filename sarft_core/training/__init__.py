@@ -1,4 +1,17 @@
-"""SaRFT training (RBO), SFT, the paper's ablations and baselines; see docs/training.md."""
-from sarft_core.training.run import DROP_METHODS, KL_METHODS, METHODS, TrainConfig, check_launch_environment, train
+"""Training: one run (run.py), its trainer (trainer.py), losses, sample selection and the method registry."""
+from __future__ import annotations
 
-__all__ = ["DROP_METHODS", "KL_METHODS", "METHODS", "TrainConfig", "check_launch_environment", "train"]
+_FROM_RUN = ("DROP_METHODS", "KL_METHODS", "METHODS", "TrainConfig", "check_launch_environment", "train")
+
+
+def __getattr__(name: str):
+    # loaded on first use: the method registry (training.methods) is read by light modules (labels,
+    # reproduce) that must not import torch through run.py
+    if name in _FROM_RUN:
+        from sarft_core.training import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = list(_FROM_RUN)

@@ -23,12 +23,14 @@ from pathlib import Path
 
 from sarft_core.errors import SarftError
 from sarft_core.training import selection
+from sarft_core.training.methods import drop_methods, get_method, kl_methods, method_names
 from sarft_core.training.losses import KL_DIRECTIONS, LOSS_NORMALISATIONS
 from sarft_core.validation import choice, number, validate_choices, validate_numbers
 
-METHODS = ("sft", "sarft", "random", "flip", "sppft", "seal", "biselect")
-KL_METHODS = ("sarft", "random", "flip")
-DROP_METHODS = ("seal", "biselect")
+# views of the method registry (sarft_core.training.methods: one file per method)
+METHODS = method_names()
+KL_METHODS = kl_methods()
+DROP_METHODS = drop_methods()
 RANKINGS = ("margin", "influence")  # what --dh-fraction and --train-subset rank by
 AUTOCAST = ("auto", "bf16", "off")
 PEFT_KINDS = ("lora", "full")
@@ -112,7 +114,8 @@ class TrainConfig:
 
     @property
     def effective_lambda(self) -> float:
-        if self.method in KL_METHODS or (self.method in DROP_METHODS and self.baseline_use == "kl"):
+        method = get_method(self.method)
+        if method.dh is not None or (method.drop is not None and self.baseline_use == "kl"):
             return self.lam
         return 0.0
 
@@ -295,12 +298,12 @@ def choose_samples(cfg: TrainConfig, lm, samples, profile, stop=None, log=print)
     """(samples to train on, {id: in D_h}, record for dh_ids.json)."""
     record: dict = {"method": cfg.method, "tau": cfg.tau}
     flags = {s.id: False for s in samples}
-    if cfg.method in KL_METHODS or cfg.method in DROP_METHODS or cfg.train_subset != "all":
+    method = get_method(cfg.method)
+    if method.dh is not None or method.drop is not None or cfg.train_subset != "all":
         from sarft_core.scoring import ScoreOptions, score_role
 
-        passes = ("ref", "role", "unsafe") if cfg.method in DROP_METHODS else ("role", "unsafe")
         # the trainer needs the flags only, not how sure each is: no reworded passes
-        options = ScoreOptions(passes=passes, max_prompt_tokens=cfg.max_prompt_tokens, max_answer_tokens=cfg.max_answer_tokens, wordings=0)
+        options = ScoreOptions(passes=method.passes, max_prompt_tokens=cfg.max_prompt_tokens, max_answer_tokens=cfg.max_answer_tokens, wordings=0)
         result = score_role(lm, samples, profile, options, should_stop=(lambda: bool(stop)) if stop is not None else None)
         log(f"RDS scores: {result.stats['samples']} samples ({result.stats['from_cache']} from cache) in {result.stats['seconds']:.1f} s")
         rows = result.rows
@@ -317,33 +320,42 @@ def choose_samples(cfg: TrainConfig, lm, samples, profile, stop=None, log=print)
             ranking = {i: v for i, v in ranking.items() if i in kept} if ranking is not None else None
             record.update(train_subset=cfg.train_subset, subset_fraction=cfg.subset_fraction, trained_ids=sorted(kept))
             log(f"training on the {cfg.train_subset} {len(kept)} samples by {cfg.rank_by}")
-        if cfg.method in KL_METHODS and cfg.dh_fraction is not None:
-            flags = selection.select_dh(cfg.method, rows, cfg.tau, None, cfg.seed, dh_fraction=cfg.dh_fraction, ranking=ranking)
-            record.update(dh_fraction=cfg.dh_fraction, rds_ids=selection.ids_where(selection.rds_flags(rows, cfg.tau)), overrides={})
-        elif cfg.method in KL_METHODS:
-            opath = Path(cfg.overrides) if cfg.overrides else selection.overrides_path(result.stats["cache_dir"])
-            overrides = selection.load_overrides(opath) if (cfg.overrides or opath.is_file()) else {}
-            if overrides:
-                log(f"applying {len(overrides)} per-sample override(s) from {opath}")
-                record["overrides_file"] = str(opath)
-            record["rds_ids"] = selection.ids_where(selection.apply_overrides(selection.rds_flags(rows, cfg.tau), overrides))
-            flags = selection.select_dh(cfg.method, rows, cfg.tau, overrides, cfg.seed)
-            record["overrides"] = overrides
-        else:
-            pick = selection.seal_style_drop if cfg.method == "seal" else selection.biselect_drop
-            chosen = pick(rows, cfg.drop_fraction)
-            record.update(drop_fraction=cfg.drop_fraction, baseline_use=cfg.baseline_use, selected_ids=sorted(chosen))
-            if cfg.baseline_use == "kl":
-                flags = {s.id: s.id in chosen for s in samples}
-            else:
-                samples = selection.keep_only(samples, chosen)
-                flags = {s.id: False for s in samples}
-                record["dropped_ids"] = sorted(chosen)
-                if not samples:
-                    raise SarftError("every sample was dropped", "lower --drop-fraction")
+        if method.dh is not None:
+            flags = _dh_flags(cfg, rows, ranking, result, record, log)
+        elif method.drop is not None:
+            samples, flags = _drop_selection(cfg, method.drop, rows, samples, record)
     record["dh_ids"] = selection.ids_where(flags)
     record.update(selection.summary(flags))
     return samples, flags, record
+
+
+def _dh_flags(cfg: TrainConfig, rows, ranking, result, record: dict, log=print) -> dict[str, bool]:
+    """D_h of a method with a D_h rule: a budget of the ranking, or RDS's flags after the overrides."""
+    if cfg.dh_fraction is not None:
+        record.update(dh_fraction=cfg.dh_fraction, rds_ids=selection.ids_where(selection.rds_flags(rows, cfg.tau)), overrides={})
+        return selection.select_dh(cfg.method, rows, cfg.tau, None, cfg.seed, dh_fraction=cfg.dh_fraction, ranking=ranking)
+    opath = Path(cfg.overrides) if cfg.overrides else selection.overrides_path(result.stats["cache_dir"])
+    overrides = selection.load_overrides(opath) if (cfg.overrides or opath.is_file()) else {}
+    if overrides:
+        log(f"applying {len(overrides)} per-sample override(s) from {opath}")
+        record["overrides_file"] = str(opath)
+    record["rds_ids"] = selection.ids_where(selection.apply_overrides(selection.rds_flags(rows, cfg.tau), overrides))
+    flags = selection.select_dh(cfg.method, rows, cfg.tau, overrides, cfg.seed)
+    record["overrides"] = overrides
+    return flags
+
+
+def _drop_selection(cfg: TrainConfig, rule, rows, samples, record: dict) -> tuple[list, dict[str, bool]]:
+    """A drop rule's choice: dropped from training, or (--baseline-use kl) anchored as D_h."""
+    chosen = rule.pick(rows, cfg.drop_fraction)
+    record.update(drop_fraction=cfg.drop_fraction, baseline_use=cfg.baseline_use, selected_ids=sorted(chosen))
+    if cfg.baseline_use == "kl":
+        return samples, {s.id: s.id in chosen for s in samples}
+    samples = selection.keep_only(samples, chosen)
+    record["dropped_ids"] = sorted(chosen)
+    if not samples:
+        raise SarftError("every sample was dropped", "lower --drop-fraction")
+    return samples, {s.id: False for s in samples}
 
 
 def _build_model(cfg: TrainConfig, lm, record: dict, log=print):
@@ -387,7 +399,7 @@ def _build_model(cfg: TrainConfig, lm, record: dict, log=print):
         except ValueError as exc:
             raise SarftError(f"LoRA could not be applied: {exc}", "check --lora-targets against the model's module names (e.g. q_proj,v_proj)") from None
     else:
-        if cfg.effective_lambda > 0:
+        if cfg.effective_lambda > 0 or get_method(cfg.method).reference_tokens:
             ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         if block is not None:
             sppft.freeze_layers(model, *block)
@@ -521,11 +533,13 @@ def _train(cfg: TrainConfig, out: Path, existing, resume: bool, samples, profile
         model, ref_model = _build_model(cfg, lm, record, log)
         if is_main:
             atomic_write_json(run.artifacts / "dh_ids.json", record)
-        examples = build_examples(lm.tokenizer, samples, flags, cfg.max_prompt_tokens, cfg.max_answer_tokens)
+        method = get_method(cfg.method)
+        examples = build_examples(lm.tokenizer, samples, flags, cfg.max_prompt_tokens, cfg.max_answer_tokens,
+                                  system=method.system_prompt(profile))
         trainer = SarftTrainer(
             model=model, args=args, train_dataset=examples, data_collator=Collator(lm.tokenizer.pad_token_id),
             processing_class=lm.tokenizer, lam=cfg.effective_lambda, kl_direction=cfg.kl_direction,
-            normalisation=cfg.normalisation, ref_model=ref_model, ref_dtype=cfg.ref_dtype,
+            normalisation=cfg.normalisation, ref_model=ref_model, ref_dtype=cfg.ref_dtype, method=method,
         )
         callback = RunCallback(trainer, run, stop, cfg.effective_lambda, is_main)
         trainer.add_callback(callback)

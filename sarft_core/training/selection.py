@@ -66,8 +66,6 @@ def flip(flags: Mapping[str, bool]) -> dict[str, bool]:
 
 
 SUBSETS = ("top", "bottom", "random")
-# which end of the ranking each KL method anchors when D_h has a budget
-BUDGET_END = {"sarft": "top", "flip": "bottom", "random": "random"}
 
 
 def budget_count(n: int, fraction: float) -> int:
@@ -106,26 +104,37 @@ def select_dh(method: str, rows: Sequence[Mapping], tau: float = 0.0, overrides:
     Without a budget: RDS's flags (margin > tau), shaped first by the analyst's overrides, then
     kept (sarft), matched in number at random (random) or complemented (flip). With
     ``dh_fraction``: ceil(F * n) samples from ``ranking`` (default: the margin), its top for sarft,
-    its bottom for flip, at random for random; overrides do not combine with a budget."""
+    its bottom for flip, at random for random; overrides do not combine with a budget. Each method's
+    rule (its budget end, its pick from the flags) is its record in sarft_core.training.methods."""
+    rule = _dh_rule(method)
     if dh_fraction is not None:
         if overrides:
             raise SarftError("per-sample overrides and a D_h budget (--dh-fraction) both choose D_h",
                              "use one of them: drop --dh-fraction to apply the reviewed flags, or the overrides to take a fixed fraction")
-        if method not in BUDGET_END:
-            raise ValueError(f"select_dh does not handle method {method!r}")
         scores = dict(ranking) if ranking is not None else margins_of(rows)
         if set(scores) != {str(r["id"]) for r in rows}:
             raise SarftError("the ranking does not cover exactly the scored samples", "rescore the samples and rebuild the ranking")
-        chosen = ranked_subset(scores, dh_fraction, BUDGET_END[method], seed)
+        chosen = ranked_subset(scores, dh_fraction, rule.budget_end, seed)
         return {str(r["id"]): str(r["id"]) in chosen for r in rows}
-    flags = apply_overrides(rds_flags(rows, tau), overrides)
-    if method == "sarft":
-        return flags
-    if method == "random":
-        return random_like(flags, seed)
-    if method == "flip":
-        return flip(flags)
-    raise ValueError(f"select_dh does not handle method {method!r}")
+    return rule.pick(apply_overrides(rds_flags(rows, tau), overrides), seed)
+
+
+def _dh_rule(method: str):
+    """The D_h rule of ``method`` (a ValueError for a method without one, as before the registry)."""
+    from sarft_core.training.methods import get_method  # the registry's files import this module's rules
+
+    try:
+        rule = get_method(method).dh
+    except SarftError:
+        rule = None
+    if rule is None:
+        raise ValueError(f"select_dh does not handle method {method!r}")
+    return rule
+
+
+def budget_end(method: str) -> str:
+    """Which end of the ranking ``method`` anchors when D_h has a budget (top, bottom or random)."""
+    return _dh_rule(method).budget_end
 
 
 def top_fraction(scores: Mapping[str, float], fraction: float) -> set[str]:

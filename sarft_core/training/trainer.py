@@ -5,7 +5,8 @@ Per micro-batch:
    adapter disabled (the same weights, no copy), or a frozen copy for full fine-tuning;
 2. the policy forward on every row; the LM head runs only on the positions that predict answer
    tokens (``logits_to_keep``) unless the ``published`` normalisation needs them all;
-3. ``L = CE + lambda * KL`` from :mod:`sarft_core.training.losses`.
+3. ``L = CE + lambda * KL`` from :mod:`sarft_core.training.losses`, or the method's own loss hook
+   (its record in :mod:`sarft_core.training.methods`), which may read log p_ref of every answer token.
 The RDS flags are computed once before training (and cached), never per batch.
 
 The Trainer brings gradient accumulation, mixed precision, checkpoint/resume and
@@ -43,13 +44,15 @@ CHECKPOINT_TRIGGER = "checkpoint.now"
 
 # ---- data ------------------------------------------------------------------------------------
 
-def build_examples(tokenizer, samples, flags: dict[str, bool], max_prompt_tokens: int = 512, max_answer_tokens: int = 128) -> list[dict]:
-    """One training example per sample: prompt (empty system turn, as published) + answer ids."""
+def build_examples(tokenizer, samples, flags: dict[str, bool], max_prompt_tokens: int = 512, max_answer_tokens: int = 128,
+                   system: str = "") -> list[dict]:
+    """One training example per sample: prompt (empty system turn, as published, unless the method
+    trains under one) + answer ids."""
     from sarft_core.chat import encode
 
     out = []
     for i, s in enumerate(samples):
-        e = encode(tokenizer, "", s.input, s.output, max_prompt_tokens, max_answer_tokens)
+        e = encode(tokenizer, system, s.input, s.output, max_prompt_tokens, max_answer_tokens)
         out.append({"input_ids": e.input_ids, "prompt_len": len(e.prompt_ids), "harmful": bool(flags.get(s.id, False)), "index": i})
     return out
 
@@ -91,8 +94,9 @@ def answer_targets(input_ids: torch.Tensor, prompt_lens: torch.Tensor, lengths: 
 
 class SarftTrainer(Trainer):
     def __init__(self, *args, lam: float = 0.0, kl_direction: str = "ref||theta", normalisation: str = "answer", ref_model=None,
-                 ref_dtype: str = "same", **kwargs):
+                 ref_dtype: str = "same", method=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.method = method  # its loss hook, when it has one, replaces CE + lambda * KL
         self.lam = float(lam)
         # "bfloat16": the no-grad reference forward runs under bf16 autocast (the published
         # setup trained in bf16 throughout); "same": the policy's own precision
@@ -163,6 +167,9 @@ class SarftTrainer(Trainer):
         n_h = int(harmful.sum())
         # the collator puts D_h rows first; keep a general path for batches built elsewhere
         h = slice(0, n_h) if bool(harmful[:n_h].all()) else harmful.nonzero().squeeze(1)
+        hook = getattr(self.method, "loss", None)
+        if hook is not None:
+            return self._hooked_loss(model, hook, ids, mask, plens, keep, positions, targets, answer_mask, n_h, return_outputs)
         use_kl = self.lam > 0 and n_h > 0
         reference = None
         if use_kl:  # before the policy forward, so its temporaries are gone when activations peak
@@ -182,6 +189,30 @@ class SarftTrainer(Trainer):
         else:
             kl = ce.new_zeros(())
         loss = rbo_loss(ce, kl, self.lam)
+        share = 1.0 / world if totals is not None else None
+        self.step_stats.add(loss.detach(), ce.detach(), kl.detach(), n_h, int(mask.sum()), share=share)
+        return (loss, {"logp": logp}) if return_outputs else loss
+
+
+    def _hooked_loss(self, model, hook, ids, mask, plens, keep, positions, targets, answer_mask, n_h, return_outputs):
+        """A method's own objective on the batch (sarft_core.training.methods.LossBatch)."""
+        from sarft_core.training.methods import LossBatch
+
+        reference_logp = None
+        if self.method.reference_tokens:  # before the policy forward, as the KL's reference
+            ref_logp = torch.log_softmax(self._reference_logits(model, ids, mask, keep).float(), dim=-1)
+            reference_logp = -token_nll(ref_logp, targets)
+            del ref_logp
+        logits = self._logits(model, ids, mask, keep)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        del logits
+        totals = self._step_totals if (self.normalisation == "answer" and model.training) else None
+        world = self.accelerator.num_processes if totals is not None else 1
+        batch = LossBatch(logp=logp, targets=targets, answer_mask=answer_mask,
+                          answer_index=positions.unsqueeze(0) + 1 - plens.unsqueeze(1), nonpad=mask.sum(1),
+                          normalisation=self.normalisation, total_tokens=totals[0] / world if totals is not None else None,
+                          reference_logp=reference_logp)
+        loss, ce, kl = hook(batch)
         share = 1.0 / world if totals is not None else None
         self.step_stats.add(loss.detach(), ce.detach(), kl.detach(), n_h, int(mask.sum()), share=share)
         return (loss, {"logp": logp}) if return_outputs else loss
