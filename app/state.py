@@ -36,7 +36,6 @@ def model_label(spec: str | None = None) -> str:
     return spec or f"{DEFAULT_MODEL} (default: the safety-aligned embedded SmolLM2)"
 
 
-@st.cache_resource(show_spinner="Loading the model (once per process)…", max_entries=2)
 @st.cache_data(show_spinner=False)
 def default_fingerprint() -> str | None:
     """Today's fingerprint of the default model's weights (None where it cannot be worked out)."""
@@ -49,6 +48,7 @@ def default_fingerprint() -> str | None:
         return None
 
 
+@st.cache_resource(show_spinner="Loading the model (once per process)…", max_entries=2)
 def get_model(spec: str):
     from sarft_core.models import load_model
 
