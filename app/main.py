@@ -23,6 +23,7 @@ pages = [
     st.Page(PAGES / "training.py", title="Training", icon=":material/model_training:"),
     st.Page(PAGES / "evaluation.py", title="Evaluation", icon=":material/science:"),
     st.Page(PAGES / "compare.py", title="Compare", icon=":material/compare:"),
+    st.Page(PAGES / "chat.py", title="Chat", icon=":material/chat:"),
     st.Page(PAGES / "survey.py", title="Survey", icon=":material/scatter_plot:"),
 ]
 page = st.navigation(pages)

@@ -175,3 +175,35 @@ def report_download(paths, file_name: str, key: str, reviews: dict | None = None
         key=key, icon=":material/description:", on_click="ignore",
         help="one HTML file with the plots, tables and flagged samples, that opens offline in any browser "
              "(same as `python -m sarft_core report`)")
+
+
+# the session-state key each page reads to select a run (so a lineage link opens the run, not just the page)
+SELECT_KEYS = {"scoring": "score_run", "training": "train_watch", "compare": "compare_select"}
+
+
+def open_run(page: str, run: str | None) -> None:
+    """Switch to ``page`` with ``run`` selected there."""
+    if run:
+        st.session_state[SELECT_KEYS[page]] = run
+    from pathlib import Path
+
+    st.switch_page(str(Path(__file__).resolve().parents[1] / "pages" / f"{page}.py"))
+
+
+def lineage(run_path: str, key: str, title: str = "Lineage") -> None:
+    """A "Lineage" expander: what the run came from and what came of it, each a button that opens it on its page."""
+    from sarft_core.runview import lineage as links_of
+
+    found = links_of(run_path)
+    with st.expander(title, icon=":material/account_tree:"):
+        for title, links in (("Came from", found["parents"]), ("Led to", found["children"])):
+            st.markdown(f"**{title}**")
+            if not links:
+                st.caption("nothing recorded")
+            for i, link in enumerate(links):
+                c1, c2 = st.columns([1, 3])
+                c1.caption(link.relation)
+                if link.page is None:
+                    c2.markdown(f"`{link.label}`")
+                elif c2.button(link.label, key=f"lineage:{key}:{title}:{i}", icon=":material/open_in_new:"):
+                    open_run(link.page, link.select)

@@ -40,11 +40,15 @@ if len(evaluated) < 1:
     st.stop()
 paths = [str(r.path) for r in evaluated]
 labels = run_labels(evaluated)  # an evaluation of a model is named by the model, not by its folder's digest
-picked = st.multiselect("Runs", paths, default=paths[:4], format_func=labels.__getitem__)
+asked = st.session_state.get("compare_select")  # a run opened from another page's lineage comes first
+first = [asked] if asked in paths else []
+picked = st.multiselect("Runs", paths, default=(first + [p for p in paths if p not in first])[:4], format_func=labels.__getitem__)
 runs = [RunDir(Path(p)) for p in picked]
 if not runs:
     st.caption("Pick runs to compare.")
     st.stop()
+for i, run in enumerate(runs):
+    widgets.lineage(str(run.path), key=f"compare-{i}", title=f"Lineage · {labels[str(run.path)]}")
 
 
 try:

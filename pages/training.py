@@ -10,7 +10,7 @@ from app import state, widgets
 from sarft_core import audit, jobs, plots
 from sarft_core.data import PROJECT_ROOT
 from sarft_core.errors import SarftError
-from sarft_core.runview import runs_of_kind, runs_table
+from sarft_core.runview import experiment_plan, launch_experiment, plan_commands, runs_of_kind, runs_table
 from sarft_core.store import RunDir, list_runs, runs_root
 from sarft_core.cli.train import recipe_args
 from sarft_core.reproduce import TRAIN_RECIPES as RECIPES, recipe_settings
@@ -105,6 +105,35 @@ if st.button("Launch training", type="primary"):
     except SarftError as err:
         widgets.show_error(err)
 
+# --- one click for the experiment ---------------------------------------------------------------
+with st.expander(f"SFT vs SaRFT on {profile.name} (one click)", icon=":material/experiment:"):
+    st.caption("Both methods on the same data, seed and recipe (the experiment's), each evaluated when its training ends, "
+               "and the base model evaluated on the same suites: the runs land on Compare as they finish.")
+    e1, e2, e3 = st.columns(3)
+    x_seed = e1.number_input("Seed", min_value=0, value=0, step=1, key="exp_seed")
+    x_limit = e2.number_input("Samples (0 = all)", min_value=0, value=int(limit), step=8, key="exp_limit")
+    x_eval = e3.number_input("Prompts per suite", min_value=1, value=50, step=10, key="exp_eval_limit")
+    try:
+        plan = experiment_plan(profile.name, len(state.role_samples()), runs_root(), time.strftime("%Y%m%d-%H%M%S"),
+                               seed=int(x_seed), limit=int(x_limit) or None, eval_limit=int(x_eval),
+                               model_args=state.model_args(), data_args=state.data_args())
+    except SarftError as err:
+        widgets.show_error(err)
+    else:
+        total = sum(step["steps"] for step in plan)
+        st.markdown(f"**Cost:** {total} optimizer steps in all ("
+                    + ", ".join(f"{step['method']} {step['steps']}" for step in plan if step["train"])
+                    + f"), then {len(plan)} evaluations of {x_eval} prompts per suite.")
+        for step in plan:
+            widgets.command_box(plan_commands(step), caption=f"{step['label']}:")
+        if st.button("Launch the experiment", key="exp_go"):
+            try:
+                started = launch_experiment(plan)
+                st.session_state["train_watch"] = plan[0]["out"]
+                st.success(f"Started {len(started)} jobs: " + ", ".join(f"`{job.id}`" for job in started))
+            except SarftError as err:
+                widgets.show_error(err)
+
 # --- watch ---------------------------------------------------------------------------------------
 st.subheader("Runs")
 train_runs = runs_of_kind("train")
@@ -145,3 +174,4 @@ def live(path: str) -> None:
 
 
 live(watch)
+widgets.lineage(watch, key="training")

@@ -8,6 +8,7 @@ a malformed one a :class:`SarftError` naming the file.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 import time
 from pathlib import Path
 from typing import Callable
@@ -200,3 +201,232 @@ def disagreements(a: pd.DataFrame, b: pd.DataFrame, label_a: str = "A", label_b:
     merged = left.merge(right, on=["suite", "prompt"], suffixes=(f" {label_a}", f" {label_b}"))
     differ = merged[f"verdict {label_a}"].astype(str) != merged[f"verdict {label_b}"].astype(str)
     return merged[differ].reset_index(drop=True)
+
+
+# --- lineage: what a run came from and what came of it ---------------------------------------------
+# the dashboard page that shows a run of each kind (an evaluation is read on Compare, beside others)
+PAGE_OF_KIND = {"score": "scoring", "train": "training", "eval": "compare", "reproduce": "compare", "survey": "survey"}
+
+
+@dataclass(frozen=True)
+class Link:
+    """One step of a run's lineage: how it relates (``relation``), a readable ``label``, the run
+    folder it names (None for a thing that is no run: a model spec, a report) and the page that shows it."""
+
+    relation: str
+    label: str
+    path: str | None = None
+    page: str | None = None
+    select: str | None = None  # the run that page selects to show this one (a training run for its nested evaluations)
+
+
+def _same(a: str | Path | None, b: str | Path | None) -> bool:
+    if not a or not b:
+        return False
+    try:
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    except OSError:
+        return False
+
+
+def _run_link(relation: str, run_dir: str | Path, page_run: str | Path | None = None) -> Link:
+    """A link to a run; ``page_run`` is the run its page selects (a training run for its nested evaluations)."""
+    run = RunDir(Path(run_dir))
+    shown = RunDir(Path(page_run)) if page_run else run
+    return Link(relation, run_label(run), str(run.path), PAGE_OF_KIND.get(RunConfig.of(shown).kind), str(shown.path))
+
+
+def _model_link(spec: str, relation: str = "base model") -> Link:
+    """The model a run started from: a link when it is a run folder (a run trained further), else its name."""
+    folder = Path(spec).expanduser() if spec else None
+    if folder is not None and (folder / "config.json").is_file() and (RunConfig.read(folder) or RunConfig()).kind == "train":
+        return _run_link(relation, folder)
+    return Link(relation, spec or "the default model (embedded-aligned)")
+
+
+def _score_run_of(path: str | None) -> Path | None:
+    """The score run a side file (``scores.flags.json``: a saved review) lives in, if it does."""
+    if not path:
+        return None
+    folder = Path(path).expanduser().parent
+    cfg = RunConfig.read(folder)
+    return folder if cfg is not None and cfg.kind == "score" else None
+
+
+def _dh_record(run_dir: Path) -> dict:
+    from sarft_core.store import read_json
+
+    try:
+        record = read_json(run_dir / "artifacts" / "dh_ids.json", None)
+    except SarftError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _nested_evals(run_dir: Path) -> list[Path]:
+    from sarft_core.evaluation.results import find_eval_runs
+
+    return [p for p in find_eval_runs(run_dir) if p != run_dir]
+
+
+def lineage(run_dir: str | Path, runs: list[RunDir] | None = None) -> dict[str, list[Link]]:
+    """{"parents": [...], "children": [...]} of a run, from what the runs recorded: a training run's
+    config names its base model and the reviewed flags it trained on (``--overrides``: a score run's
+    ``scores.flags.json``), its ``artifacts/dh_ids.json`` the RDS scores it used; an evaluation names the
+    training run it evaluated (``source_run``, or the run whose ``eval/`` folder holds it). Children are
+    found the other way round among ``runs`` (default: the workspace's). Reading is defensive: a damaged
+    config gives no links, never an error."""
+    from sarft_core.store import list_runs
+
+    run_dir = Path(run_dir)
+    runs = list_runs() if runs is None else runs
+    cfg = RunConfig.read(run_dir) or RunConfig()
+    parents: list[Link] = []
+    children: list[Link] = []
+    if cfg.kind == "score":
+        from sarft_core import audit
+
+        parents.append(_model_link(cfg.model))
+        review = audit.current_reviews([RunDir(run_dir)])
+        if review:
+            children.append(Link("review", f"saved review: {audit.review_summary(review[0][1])}", str(run_dir), "scoring", str(run_dir)))
+    elif cfg.kind == "train":
+        options = cfg.options or {}
+        parents.append(_model_link(cfg.model))
+        score_run = _score_run_of(options.get("overrides"))
+        if score_run is not None:
+            parents.append(_run_link("reviewed flags (D_h) from", score_run))
+        scores_dir = _dh_record(run_dir).get("scores_dir")
+        if isinstance(scores_dir, str) and scores_dir:
+            parents.append(Link("RDS scores", scores_dir))
+        for nested in _nested_evals(run_dir):
+            children.append(_run_link("evaluation", nested, page_run=run_dir))
+    elif cfg.kind == "eval":
+        source = cfg.eval.source_run if cfg.eval is not None else None
+        owner = run_dir.parent.parent if run_dir.parent.name == "eval" else None
+        if source or (owner is not None and (RunConfig.read(owner) or RunConfig()).kind == "train"):
+            parents.append(_run_link("evaluated run", source or owner))
+        else:
+            parents.append(_model_link(cfg.model, "evaluated model"))
+    for other in runs:
+        if _same(other.path, run_dir):
+            continue
+        other_cfg = RunConfig.of(other)
+        if other_cfg.kind == "train" and cfg.kind == "score" and _same(_score_run_of((other_cfg.options or {}).get("overrides")), run_dir):
+            children.append(_run_link("training run", other.path))
+        elif other_cfg.kind == "train" and cfg.kind == "train" and _same(other_cfg.model, run_dir):
+            children.append(_run_link("trained further", other.path))
+        elif other_cfg.kind == "eval" and cfg.kind == "train" and other_cfg.eval is not None and _same(other_cfg.eval.source_run, run_dir):
+            children.append(_run_link("evaluation", other.path))
+    if cfg.kind == "eval" or any(c.relation == "evaluation" for c in children):
+        children.append(Link("report", "the HTML report of the evaluated runs (download it on Compare)", None, "compare"))
+    return {"parents": parents, "children": children}
+
+
+# --- the chat window: one prompt to several models, side by side ------------------------------------
+SYSTEM_CHOICES = {"profile": "the role's profile", "unsafe": "the profile + the unsafe instruction", "none": "none",
+                  "custom": "custom"}
+
+
+def chat_system(choice: str, profile, custom: str = "") -> str:
+    """The system prompt a chat choice stands for: the role's profile (as edited), the profile with
+    the unsafe instruction (what RDS scores against), none, or the analyst's own text."""
+    if choice not in SYSTEM_CHOICES:
+        raise SarftError(f"unknown system prompt choice {choice!r}", f"choose one of {', '.join(SYSTEM_CHOICES)}")
+    if choice == "custom" and not custom.strip():
+        raise SarftError("the custom system prompt is empty", "write one, or choose none")
+    return {"profile": lambda: profile.role_prompt, "unsafe": lambda: profile.unsafe_prompt, "none": lambda: "",
+            "custom": lambda: custom}[choice]()
+
+
+def chat_answers(models: dict[str, object], prompt: str, system: str, max_new_tokens: int = 128) -> dict[str, str]:
+    """{name: greedy answer} of each loaded model to one prompt under one system prompt, through the
+    evaluation's generation path (the same prompt tokens, the same decoding as ``eval``)."""
+    from sarft_core.data.samples import check_text
+    from sarft_core.evaluation.generation import GenerationConfig, generate
+
+    if not prompt.strip():
+        raise SarftError("the prompt is empty", "type a message to send")
+    check_text(prompt, "the prompt")
+    config = GenerationConfig(max_new_tokens=max_new_tokens, system_prompt=system or None, batch_size=1)
+    return {name: generate(lm, [prompt], config)[0] for name, lm in models.items()}
+
+
+# --- one click for the experiment: SFT vs SaRFT on one character, and the base model ------------------
+EXPERIMENT_METHODS = ("sft", "sarft")
+EXPERIMENT_SUITES = ("advbench", "probes")
+
+
+def train_steps(samples: int, epochs: float, batch_size: int, grad_accum: int = 1) -> int:
+    """Optimizer steps of a run (as the HF Trainer counts them): whole batches per epoch, over the epochs."""
+    per_epoch = max(math.ceil(samples / batch_size) // grad_accum, 1)
+    return math.ceil(epochs * per_epoch)
+
+
+def experiment_plan(role: str, samples: int, out_root: str | Path, stamp: str, seed: int = 0, limit: int | None = None,
+                    eval_limit: int | None = 50, suites: tuple[str, ...] = EXPERIMENT_SUITES, model_args: list[str] = (),
+                    data_args: list[str] = ()) -> list[dict]:
+    """The jobs of "SFT vs SaRFT on this character": per method a training run on the same data, seed
+    and recipe (the experiment's: reproduce.DEFAULT_TRAIN) then its evaluation, and the base model's
+    evaluation on the same suites. Each step: ``label``, ``method``, ``out`` (the training run; None
+    for the base model), ``train`` (its arguments, None for the base model), ``eval`` (arguments),
+    ``steps`` (optimizer steps)."""
+    from sarft_core.cli.train import recipe_args
+    from sarft_core.jobs import cli_args
+    from sarft_core.reproduce import DEFAULT_TRAIN, recipe_settings
+
+    used = min(samples, limit) if limit else samples
+    if used < 1:
+        raise SarftError(f"the role {role!r} has no training samples in this data", "pick another role or data source")
+    evaluate = ["--suite", ",".join(suites), *cli_args([("--limit", eval_limit or None)])]
+    slug = "".join(c if c.isalnum() else "-" for c in role).strip("-")
+    steps = train_steps(used, DEFAULT_TRAIN["epochs"], DEFAULT_TRAIN["batch_size"], DEFAULT_TRAIN["grad_accum"])
+    plan = []
+    for method in EXPERIMENT_METHODS:
+        out = str(Path(out_root) / f"{stamp}-experiment-{method}-{slug}")
+        train = ["train", *cli_args([("--method", method), ("--role", role), ("--lambda", DEFAULT_TRAIN["lam"] if method != "sft" else None),
+                                     ("--peft", DEFAULT_TRAIN["peft"]), ("--epochs", DEFAULT_TRAIN["epochs"]), ("--lr", DEFAULT_TRAIN["lr"]),
+                                     ("--seed", str(seed)), ("--limit", limit or None)]),
+                 *recipe_args(recipe_settings("experiment", DEFAULT_TRAIN["peft"])), *data_args, *model_args, "--out", out]
+        plan.append({"label": f"experiment {method} · {role}", "method": method, "out": out, "train": train,
+                     "eval": ["eval", "--run", out, *evaluate], "steps": steps})
+    plan.append({"label": f"experiment base model · {role}", "method": "base", "out": None, "train": None,
+                 "eval": ["eval", *(list(model_args) or ["--model", "embedded-aligned"]), *evaluate], "steps": 0})
+    return plan
+
+
+def plan_commands(step: dict) -> str:
+    """The shell line a step runs: its training then, only if that succeeded, its evaluation."""
+    from sarft_core.jobs import cli_argv, format_command
+
+    parts = [step["train"], step["eval"]] if step["train"] else [step["eval"]]
+    return " && ".join(format_command(cli_argv(*p)) for p in parts)
+
+
+def chained_launcher(first: list[str]) -> list[str]:
+    """A job launcher that runs ``python -m sarft_core FIRST...`` and then, if it succeeded, the
+    job's own command: one job (one process group, one log, one cancel) for train-then-evaluate."""
+    import shlex
+    import sys
+
+    from sarft_core.jobs import cli_argv
+
+    return ["/bin/sh", "-c", f'{shlex.join(cli_argv(*first))} && exec "$@"', "sh", sys.executable, "-m", "sarft_core"]
+
+
+def launch_experiment(plan: list[dict]) -> list:
+    """Start every step of ``plan`` as a background job; every command line is checked before any starts."""
+    from sarft_core import jobs
+
+    for step in plan:
+        for args in (step["train"], step["eval"]):
+            if args:
+                jobs.check_command_line(args)
+    started = []
+    for step in plan:
+        if step["train"]:
+            started.append(jobs.start(step["eval"], kind="train", run_dir=step["out"], label=step["label"],
+                                      launcher=chained_launcher(step["train"])))
+        else:
+            started.append(jobs.start(step["eval"], kind="eval", label=step["label"]))
+    return started

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -117,6 +118,8 @@ def run(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.run and args.model == os.environ.get("SARFT_MODEL", ""):
+        args.model = ""  # $SARFT_MODEL is the default of --model, not a choice: it never competes with --run
     if args.run and args.model:
         raise SarftError("both --run and --model given", "evaluate either a training run (--run) or a model (--model)")
     if args.run:
