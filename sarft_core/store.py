@@ -451,7 +451,8 @@ def _updated(run: "RunDir") -> float:
 
 
 # what the store itself may leave in a run folder before its config.json (the owner's lock, progress)
-_HOUSEKEEPING = frozenset({".owner.lock", ".owner.pid", "progress.json"})
+# control files a command may find in its folder before it starts (checkpoint.now: a checkpoint asked for early)
+_HOUSEKEEPING = frozenset({".owner.lock", ".owner.pid", "progress.json", "checkpoint.now"})
 
 
 def _article(word: str) -> str:
