@@ -114,15 +114,19 @@ UNIT = plots.margin_unit("mean")  # the dashboard scores with the default normal
 # the analyst's review: tau and overrides, from disk on first view of a run
 ovr_key, tau_key = f"overrides:{run.name}", f"tau:{run.name}"
 saved_tau, saved_ovr = audit.load_review(scores_path)
+kept_key = f"tau-kept:{run.name}"  # the slider's own state is dropped while another page is shown
 if ovr_key not in st.session_state:
     st.session_state[ovr_key] = saved_ovr
-    st.session_state[tau_key] = saved_tau
+    st.session_state[kept_key] = saved_tau
+if tau_key not in st.session_state:
+    st.session_state[tau_key] = st.session_state.get(kept_key, saved_tau)
 overrides: dict = st.session_state[ovr_key]
 lo, hi, step = audit.tau_bounds(margin, saved_tau)
 st.session_state[tau_key] = min(max(float(st.session_state[tau_key]), lo), hi)
 tau = st.slider(f"Threshold τ on s_unsafe − s_role ({UNIT})", min_value=lo, max_value=hi, step=step, key=tau_key,
                 format=audit.tau_format(step),
                 help="0 is the published rule (s_unsafe > s_role); the range spans this run's margins")
+st.session_state[kept_key] = tau
 flags = plots.effective_flags(scores, tau, overrides)
 states = verdicts(scores, tau)
 counts = verdict_counts(states)

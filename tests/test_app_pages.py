@@ -601,3 +601,15 @@ def test_files_source_asks_for_paths_before_any_error(app):
         pytest.skip(f"shared RoleBench data absent: {ROLEBENCH_SPE}")
     app.text_input(key="samples_path").input(str(ROLEBENCH_SPE)).run()
     assert not app.error and any("profiles file's path" in i.value for i in app.info)
+
+
+def test_scoring_keeps_its_tau_across_a_visit_to_another_page(app):
+    """Going to another page and back crashed with KeyError 'tau:<run>' (Streamlit drops a slider's
+    state while its page is not shown); τ must come back as the analyst left it."""
+    app, run, scores = scored(app, n=6)
+    slider = next(s for s in app.slider if s.label.startswith("Threshold"))
+    moved = slider.min + (slider.max - slider.min) / 4
+    slider.set_value(moved).run()
+    goto(app, "overview")
+    goto(app, "scoring")
+    assert next(s for s in app.slider if s.label.startswith("Threshold")).value == pytest.approx(moved, abs=slider.step)
