@@ -210,7 +210,7 @@ def merge_adapter(base_dir: Path, adapter: Path, out_dir: Path) -> Path:
 
         with loading("alignment adapter", adapter):
             base = checked_from_pretrained(AutoModelForCausalLM, base_dir, dtype=torch.float32, use_safetensors=True)
-            merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+            merged = checked_adapter(base, adapter).merge_and_unload()
         merged.save_pretrained(tmp, safe_serialization=True)
         load_tokenizer(base_dir).save_pretrained(tmp)
 
@@ -384,6 +384,31 @@ def load_model(
     return LoadedModel(model=model, tokenizer=tokenizer, spec=norm, path=str(where), fingerprint=fingerprint)
 
 
+def checked_adapter(model, adapter: Path):
+    """``PeftModel.from_pretrained(model, adapter)`` that trusts nothing: PEFT only warns when the
+    adapter's file lacks weights the adapter's config asks for (they stay at their initial values:
+    LoRA's B at zero, a silently partial adapter) or holds weights the model has no place for. Both
+    are a SarftError naming the file and the keys. Keys are compared for the adapter's own weights
+    (``lora_``); a missing file is left to PEFT's own error."""
+    from peft import PeftModel
+    from safetensors import safe_open
+
+    peft_model = PeftModel.from_pretrained(model, str(adapter))
+    files = sorted(Path(adapter).glob("*.safetensors"))
+    saved: set[str] = set()
+    for f in files:
+        with safe_open(str(f), framework="pt") as fh:
+            saved |= {k for k in fh.keys() if "lora_" in k}
+    wanted = {n.replace(".default.", ".") for n, _ in peft_model.named_parameters() if "lora_" in n}
+    missing, unexpected = sorted(wanted - saved), sorted(saved - wanted)
+    if files and (missing or unexpected):
+        parts = ([f"{len(missing)} weight(s) the adapter's config asks for are missing ({', '.join(missing[:4])})"] if missing else []) + (
+            [f"{len(unexpected)} weight(s) have no place in the model ({', '.join(unexpected[:4])})"] if unexpected else [])
+        raise SarftError(f"adapter {files[0]}: " + "; ".join(parts),
+                         "the adapter's files are damaged or belong to another base model: restore them, or train it again")
+    return peft_model
+
+
 def checked_from_pretrained(auto_class, where, what: str = "model", **kwargs):
     """``auto_class.from_pretrained(where)`` that trusts nothing: a weight the architecture needs but
     the files lack (transformers would initialise it at random), a weight the architecture has no
@@ -481,7 +506,7 @@ def _load_trained_run(path: Path, dtype: str, device: str, trust_remote_code: bo
         require_safetensors(adapter, "adapter")
         lm = load_model(base, dtype, device, trust_remote_code)
         with loading("adapter", adapter, "its files are damaged or belong to another base model: rerun the training into a new --out"):
-            lm.model = PeftModel.from_pretrained(lm.model, str(adapter)).merge_and_unload().eval()
+            lm.model = checked_adapter(lm.model, adapter).merge_and_unload().eval()
         require_finite_weights(lm.model, str(path))
     else:
         raise SarftError(f"training run {path} holds no weights (artifacts/adapter or artifacts/model)", "rerun the training")

@@ -289,3 +289,35 @@ def test_train_and_score_runs_record_the_resolved_model_and_its_fingerprint(tiny
     recorded = RunConfig.read(out)
     assert (recorded.model, recorded.model_fingerprint) == (label, fingerprint)
     assert recorded.train.model == str(tiny_model_dir)  # the options as given stay, for --resume
+
+
+def test_an_adapter_missing_weights_or_holding_foreign_ones_is_refused(tiny_model_dir, tmp_path):
+    """PEFT only warns when an adapter file lacks weights its config asks for (LoRA's B then stays
+    at zero: a silently partial adapter); the one loader refuses it, naming the file and the keys."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    from sarft_core.models import checked_adapter
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    peft = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    for name, p in peft.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_()
+    adapter = tmp_path / "adapter"
+    peft.save_pretrained(adapter)
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    fresh = lambda: AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))  # noqa: E731
+    assert checked_adapter(fresh(), adapter) is not None  # whole: loads
+    dropped = sorted(k for k in weights if "lora_B" in k)[0]
+    save_file({k: v for k, v in weights.items() if k != dropped}, str(adapter / "adapter_model.safetensors"))
+    with pytest.raises(SarftError, match="missing") as err:
+        checked_adapter(fresh(), adapter)
+    assert dropped in str(err.value) and "adapter_model.safetensors" in str(err.value)
+    extra = dict(weights, **{"base_model.model.model.layers.9.self_attn.q_proj.lora_A.weight": next(iter(weights.values())).clone()})
+    save_file(extra, str(adapter / "adapter_model.safetensors"))
+    with pytest.raises(SarftError, match="no place in the model"):
+        checked_adapter(fresh(), adapter)
