@@ -72,6 +72,8 @@ def test_overview_renders_model_data_and_runs(app, tiny_model_dir):
     assert "SaRFT Studio" in app.title[0].value
     assert str(tiny_model_dir) in t and "data/demo/samples.jsonl" in t
     assert "No runs yet" in t
+    # the shipped measurement of whether the default model's RDS flags carry signal (#27)
+    assert "Do its RDS flags carry signal?" in t and "of 6 characters" in t
     assert app.selectbox(key="role").value == "Baron Vex Morrow"
     assert len(app.selectbox(key="role").options) == 3
 
