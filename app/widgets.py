@@ -158,6 +158,16 @@ def job_history(kind: str | None = None, limit: int = 10) -> bool:
     return True
 
 
+def rerun_when_jobs_end(active: list, key: str) -> None:
+    """Inside a live fragment: when a job that was running at the last look has ended, rerun the
+    whole page, so that its results appear without a reload."""
+    ids = {job.id for job in active}
+    before = st.session_state.get(key)
+    st.session_state[key] = ids
+    if before and before - ids:
+        st.rerun(scope="app")
+
+
 def cancel_button(job: jobs.Job, key: str) -> None:
     if job.is_active and st.button("Cancel job", key=key, type="secondary"):
         with st.spinner("Stopping the job's process tree…"):

@@ -59,6 +59,7 @@ if go:
 @st.fragment(run_every=2.0)
 def live_jobs() -> None:
     active = [j for j in jobs.list_jobs("eval") if j.is_active]
+    widgets.rerun_when_jobs_end(active, "eval-jobs-active")  # a finished evaluation's results appear at once
     for job in active:
         widgets.job_status(job)
         widgets.cancel_button(job, key=f"cancel-{job.id}")

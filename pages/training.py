@@ -159,12 +159,13 @@ def live(path: str) -> None:
     last = logs[-1] if logs else {}
     cols = st.columns(4)
     cols[0].metric("State", run_state)
-    cols[1].metric("Step", f"{last.get('step', 0)} / {last.get('max_steps', '?')}")
+    planned = last.get("max_steps") or status.get("max_steps")  # known at launch, before the first step's log
+    cols[1].metric("Step", f"{last.get('step', 0)} / {planned or '?'}")
     eta = last.get("eta_s")
     cols[2].metric("ETA", f"{eta:.0f} s" if isinstance(eta, (int, float)) and run_state == "running" else "–")
     cols[3].metric("Loss", f"{last['loss']:.4f}" if isinstance(last.get("loss"), (int, float)) else "–")
-    if last.get("max_steps"):
-        st.progress(min(1.0, float(last.get("step", 0)) / float(last["max_steps"])))
+    if planned:
+        st.progress(min(1.0, float(last.get("step", 0)) / float(planned)))
     widgets.chart(plots.training_curves(pd.DataFrame(logs)), f"curves-{run.name}")
     if job is not None:
         widgets.job_status(job)

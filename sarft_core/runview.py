@@ -358,9 +358,10 @@ EXPERIMENT_SUITES = ("advbench", "probes")
 
 
 def train_steps(samples: int, epochs: float, batch_size: int, grad_accum: int = 1) -> int:
-    """Optimizer steps of a run (as the HF Trainer counts them): whole batches per epoch, over the epochs."""
-    per_epoch = max(math.ceil(samples / batch_size) // grad_accum, 1)
-    return math.ceil(epochs * per_epoch)
+    """Optimizer steps of a run (as the HF Trainer counts them): the trainer's own count."""
+    from sarft_core.training.run import TrainConfig, planned_steps
+
+    return planned_steps(samples, TrainConfig(epochs=epochs, batch_size=batch_size, grad_accum=grad_accum))
 
 
 def experiment_plan(role: str, samples: int, out_root: str | Path, stamp: str, seed: int = 0, limit: int | None = None,

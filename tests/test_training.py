@@ -352,3 +352,17 @@ def test_report_to_tensorboard_writes_event_files_beside_the_run(tiny_model_dir,
     status = train(small_config(tiny_model_dir, limit=2, batch_size=2, max_steps=2, report_to="tensorboard"), tmp_path / "run", log=quiet)
     assert status["state"] == "completed"
     assert list((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("limit,batch,accum,epochs", [(5, 2, 1, 1.0), (7, 2, 2, 2.0), (4, 4, 1, 1.5)])
+def test_the_planned_step_count_is_the_trainers_own(tiny_model_dir, tmp_path, limit, batch, accum, epochs):
+    """The Training page shows "0 / N" from launch (it showed "0 / ?" until the first step): N, set in
+    the run's status before training starts, is the number of steps the trainer then takes."""
+    from sarft_core.store import RunDir
+    from sarft_core.training.run import planned_steps
+
+    cfg = small_config(tiny_model_dir, limit=limit, batch_size=batch, grad_accum=accum, epochs=epochs, max_steps=-1)
+    status = train(cfg, tmp_path / "run", log=quiet)
+    assert status["state"] == "completed"
+    steps = [r["step"] for r in RunDir(tmp_path / "run").logs() if "step" in r]
+    assert planned_steps(limit, cfg) == status["max_steps"] == max(steps)

@@ -286,6 +286,18 @@ def _load_inputs(cfg: TrainConfig):
     return samples, profile
 
 
+def planned_steps(samples: int, cfg: TrainConfig, world_size: int = 1) -> int:
+    """The optimizer steps a run of ``samples`` samples will take, as the Hugging Face Trainer counts
+    them: ``--max-steps`` when given, else whole micro-batches per process per epoch, grouped by the
+    accumulation, over the epochs."""
+    import math
+
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    per_epoch = max(math.ceil(samples / (cfg.batch_size * max(world_size, 1))) // cfg.grad_accum, 1)
+    return math.ceil(cfg.epochs * per_epoch)
+
+
 def _erosion_ranking(lm, samples, rows, log=print) -> dict[str, float]:
     """{id: measured erosion of refusal} (minus the influence of score --validate, its defaults)."""
     from sarft_core.scoring.validate import validate_flags
@@ -522,6 +534,8 @@ def _train(cfg: TrainConfig, out: Path, existing, resume: bool, samples, profile
             raise _Stopped()
         if is_main:
             atomic_write_json(run.artifacts / "dh_ids.json", record)
+            if not resume:  # the step count is known now: views show "0 / N", not "0 / ?", until the first step
+                run.set_status("running", step=0, max_steps=planned_steps(len(samples), cfg, args.world_size))
         lm.model.config.use_cache = False
         kernel = training_attention(cfg.attention, on_cuda)
         if kernel != getattr(lm.model.config, "_attn_implementation", None):
