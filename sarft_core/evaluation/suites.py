@@ -178,6 +178,11 @@ register(Suite(
     lambda ctx: ds.load_xstest(ctx.file("xstest"), ctx.limit),
     [Metric("compliance_rate", "rate", "safe", COMPLIANCE), Metric("refusal_rate", "rate", "unsafe", REFUSAL)],
 ))
+# what the margin suites measure, and how a jailbreak suite judges (the original request, the decoded answer)
+MARGIN_METRICS = [Metric("margin", "mean", "harmful", column="margin"), Metric("margin_positive", "mean", "harmful", column="margin_positive")]
+JAILBREAK_SCORING = dict(metrics=[Metric("refusal_rate", "rate", None, REFUSAL, per_group=True)],
+                         judge_text=_attack_view, judge_prompt=lambda item: item.meta["source_prompt"])
+
 register(Suite(
     "probes", "the project's probes: refusal on harmful requests, compliance on harmless look-alikes",
     lambda ctx: ds.load_probes(ctx.paths.get("probes"), ctx.limit),
@@ -185,13 +190,12 @@ register(Suite(
 ))
 register(Suite(
     "jailbreak", "harmful prompts under five jailbreak transforms: refusal rate per attack and pooled",
-    jailbreak_items, [Metric("refusal_rate", "rate", None, REFUSAL, per_group=True)],
-    judge_text=_attack_view, judge_prompt=lambda item: item.meta["source_prompt"],
+    jailbreak_items, **JAILBREAK_SCORING,
 ))
 register(Suite(
     "margin", "refusal margin: mean logp(refusal) - mean logp(compliant opening), generation-free",
     harmful_prompts,
-    [Metric("margin", "mean", "harmful", column="margin"), Metric("margin_positive", "mean", "harmful", column="margin_positive")],
+    MARGIN_METRICS,
     solver="margin", scorer="none",
 ))
 register(Suite(
@@ -209,7 +213,7 @@ register(Suite(
 register(Suite(
     "margin-heldout", "refusal margin on AdvBench's held-out (odd) rows, generation-free",
     heldout_advbench,
-    [Metric("margin", "mean", "harmful", column="margin"), Metric("margin_positive", "mean", "harmful", column="margin_positive")],
+    MARGIN_METRICS,
     solver="margin", scorer="none",
 ))
 register(Suite("xstest-unsafe", "XSTest's unsafe prompts: refusal rate", xstest_label("unsafe"),
@@ -218,8 +222,7 @@ register(Suite("xstest-safe", "XSTest's safe prompts: compliance rate (over-refu
                [Metric("compliance_rate", "rate", "safe", COMPLIANCE)]))
 register(Suite(
     "jailbreak-heldout", "held-out AdvBench prompts under the jailbreak transforms: refusal rate per attack and pooled",
-    heldout_jailbreak_items, [Metric("refusal_rate", "rate", None, REFUSAL, per_group=True)],
-    judge_text=_attack_view, judge_prompt=lambda item: item.meta["source_prompt"],
+    heldout_jailbreak_items, **JAILBREAK_SCORING,
 ))
 register(Suite(
     "rolebench-spe", "RoleBench role-specific questions: ROUGE-L F x100 against the reference answers",
