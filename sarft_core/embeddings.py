@@ -35,9 +35,12 @@ class SentenceEmbedder:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
+        from sarft_core.models import checked_from_pretrained
+
         self.model_dir = Path(model_dir) if model_dir else embedding_model_dir()
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.model = AutoModel.from_pretrained(self.model_dir, use_safetensors=True).to(device).eval()
+        # the one checked loader: a weight missing from the files is an error, never a random fill
+        self.model = checked_from_pretrained(AutoModel, self.model_dir, "sentence-embedding model", use_safetensors=True).to(device).eval()
         self.device = device
         self.batch_size = batch_size
         self.dim = int(self.model.config.hidden_size)

@@ -61,12 +61,13 @@ class ClassifierJudge(Judge):
         if self._model is None:
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-            from sarft_core.models import loading, require_safetensors
+            from sarft_core.models import checked_from_pretrained, loading, require_safetensors
 
             require_safetensors(Path(self.path), "classifier")
             with loading("classifier", self.path):
                 self._tokenizer = AutoTokenizer.from_pretrained(str(self.path))
-                self._model = AutoModelForSequenceClassification.from_pretrained(str(self.path), use_safetensors=True).to(self.device).eval()
+                self._model = checked_from_pretrained(AutoModelForSequenceClassification, Path(self.path), "classifier",
+                                                      use_safetensors=True).to(self.device).eval()
             if self._tokenizer.pad_token is None:
                 self._tokenizer.pad_token = self._tokenizer.eos_token
             if self._model.config.pad_token_id is None:
