@@ -92,7 +92,10 @@ except SarftError as err:
 
 shown = metrics.copy()
 shown["95% CI"] = [f"[{lo:.3f}, {hi:.3f}]" if lo == lo and hi == hi else "" for lo, hi in zip(shown["ci_low"], shown["ci_high"])]
-st.dataframe(shown[["suite", "metric", "value", "95% CI", "n"]], hide_index=True, width="stretch",
+# which prompts each figure is about (harmful, harmless, safe, unsafe, an attack) and which judge read them
+shown["prompts"] = shown["group"] if "group" in shown else ""
+shown["judge"] = shown["judge"].fillna("–") if "judge" in shown else "–"
+st.dataframe(shown[["suite", "prompts", "metric", "judge", "value", "95% CI", "n"]], hide_index=True, width="stretch",
              column_config={"value": st.column_config.NumberColumn(format="%.3f")})
 
 st.subheader("Generations")
@@ -114,7 +117,8 @@ if text:
     view = view[view["prompt"].astype(str).str.contains(text, case=False, regex=False)
                 | view["response"].astype(str).str.contains(text, case=False, regex=False)]
 st.caption(f"{len(view)} of {len(generations)} generations")
-st.dataframe(view[["suite", "verdict", "prompt", "response"]], hide_index=True, width="stretch", height=400)
+st.dataframe(view.assign(prompts=plots.prompt_kind_labels(view))[["prompts", "verdict", "prompt", "response"]], hide_index=True,
+             width="stretch", height=400)
 
 # --- human review -------------------------------------------------------------------------------
 st.subheader("Least certain verdicts")

@@ -394,9 +394,22 @@ def verdict_shares(generations: pd.DataFrame, by: str = "suite") -> pd.DataFrame
     return counts
 
 
-def verdict_bars(generations: pd.DataFrame, by: str = "suite") -> go.Figure:
-    """Stacked bars of the verdict mix per suite, each verdict in its colour (partial refusals in
-    their own); labels outside :data:`VERDICT_COLOURS` are drawn grey."""
+def prompt_kind_labels(generations: pd.DataFrame) -> pd.Series:
+    """``suite · group`` per generation (``probes · harmful``, ``probes · harmless``): a refusal of a
+    harmful prompt and one of a harmless look-alike mean opposite things, so they never share a bar."""
+    suite = generations["suite"].astype(str)
+    if "group" not in generations.columns:
+        return suite
+    group = generations["group"].fillna("").astype(str)
+    return suite.where(group == "", suite + " · " + group)
+
+
+def verdict_bars(generations: pd.DataFrame, by: str = "prompts") -> go.Figure:
+    """Stacked bars of the verdict mix per suite and kind of prompt (harmful, harmless, safe, unsafe,
+    an attack), each verdict in its colour (partial refusals in their own); labels outside
+    :data:`VERDICT_COLOURS` are drawn grey."""
+    if by == "prompts" and generations is not None and not generations.empty:
+        generations = generations.assign(prompts=prompt_kind_labels(generations))
     shares = verdict_shares(generations, by)
     if shares.empty:
         return _empty("no judged generations yet")
@@ -412,7 +425,8 @@ def verdict_bars(generations: pd.DataFrame, by: str = "suite") -> go.Figure:
             hovertemplate="%{y}: %{x:.1%} (%{customdata})<extra>" + name + "</extra>",
         ))
     fig.update_layout(barmode="stack", xaxis=dict(title="share of judged generations", tickformat=".0%", range=[0, 1]),
-                      height=120 + 40 * shares[by].nunique(), margin=dict(l=10, r=10, t=40, b=10), title="verdicts per suite",
+                      height=120 + 40 * shares[by].nunique(), margin=dict(l=10, r=10, t=40, b=10),
+                      title="verdicts per suite and kind of prompt",
                       legend=dict(orientation="h", y=-0.3))
     return fig
 

@@ -269,3 +269,15 @@ def test_compare_figures_wrap_titles_and_say_when_empty():
     assert all(t.cliponaxis is False for t in pareto.data if t.mode == "markers+text")  # labels at the edge stay whole
     empty = plots.pareto_scatter(pts.assign(roleplay=float("nan")))
     assert "role-play and a safety score" in plots.empty_message(empty)
+
+
+def test_verdict_bars_never_mix_harmful_and_harmless_prompts_in_one_bar():
+    """#28 item 6: a refusal of a harmful probe and one of its harmless look-alike mean opposite
+    things; each kind of prompt gets its own bar, labelled with its suite and kind."""
+    gens = pd.DataFrame({"suite": ["probes"] * 4 + ["advbench"], "group": ["harmful", "harmful", "harmless", "harmless", "harmful"],
+                         "verdict": ["refusal", "compliance", "refusal", "compliance", "refusal"]})
+    fig = plots.verdict_bars(gens)
+    bars = {y for trace in fig.data for y in trace.y}
+    assert bars == {"probes · harmful", "probes · harmless", "advbench · harmful"}
+    shares = plots.verdict_shares(gens.assign(prompts=plots.prompt_kind_labels(gens)), "prompts")
+    assert shares.groupby("prompts")["share"].sum().round(6).eq(1.0).all()
