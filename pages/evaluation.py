@@ -83,6 +83,7 @@ if not evaluated:
     st.caption("No run has evaluation results yet (RUN/eval/metrics.json).")
     st.stop()
 run = RunDir(Path(st.selectbox("Run", [str(r.path) for r in evaluated], format_func=lambda p: run_label(RunDir(Path(p))))))
+widgets.lineage(str(run.path), key="evaluation")
 try:
     metrics = read_metrics(run)
     generations = read_generations(run)

@@ -108,6 +108,7 @@ scores_path = run.path / audit.SCORES_FILE
 for stale in audit.stale_side_files(scores_path):
     st.warning(audit.stale_note(stale), icon=":material/warning:")
 tokens = audit.load_token_ratios(run)
+widgets.lineage(str(run.path), key="scoring")  # the review it led to, the training runs that used it
 margin = flag_margin(scores)
 UNIT = plots.margin_unit("mean")  # the dashboard scores with the default normalisation (score_args passes none)
 
