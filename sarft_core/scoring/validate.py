@@ -25,7 +25,7 @@ from sarft_core.validation import choice, number, validate_choices, validate_num
 
 SCHEMA = "flag-validation-v1"
 # what bench/bench_validation.py measured on the default model (the Overview shows it)
-MEASURED = Path(__file__).resolve().parents[2] / "data" / "aligned" / "flag_validation.json"
+MEASURED = Path(__file__).resolve().parents[2] / "data" / "flag_validation.json"
 PROMPT_SOURCES = ("advbench-heldout", "probes")
 
 
