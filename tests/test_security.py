@@ -273,7 +273,9 @@ def test_app_pages_confine_typed_paths():
         if any(re.search(r"\b(path|file)\b", label, re.IGNORECASE) for label in typed):
             reads_it = path.name == "widgets.py"  # the sidebar only stores the text; app/state.py reads it
             assert "confine(" in src or reads_it, f"{path.name} reads a typed path without confine()"
-    assert "confine(st.session_state" in (ROOT / "app" / "state.py").read_text(encoding="utf-8")
+    state = (ROOT / "app" / "state.py").read_text(encoding="utf-8")
+    body = state[state.index("def data_paths"):].split("\ndef ", 1)[0]  # where the typed paths are read
+    assert "st.session_state" in body and "confine(" in body
 
 
 # --- 5. text stays text -----------------------------------------------------------------------
