@@ -108,7 +108,10 @@ def test_torchrun_training_matches_one_process(tmp_path, tiny_model_dir, normali
                           "--out", str(tmp_path / "two")],
                          cwd=ROOT, env=_env(tmp_path / "home2", **({"ACCELERATE_USE_CPU": "1"} if normalisation == "published" else {})),
                          capture_output=True, text=True, timeout=300)  # "answer": a bare torchrun on the CPU, no accelerate variable
-    assert two.returncode == 0, two.stderr[-2000:]
+    # the ranks' own words come first in stderr, torchrun's summary last: show both, and the run's status
+    said = [line for line in two.stderr.splitlines() if "error" in line.lower() or "Traceback" in line][:20]
+    assert two.returncode == 0, "\n".join(said) + "\n...\n" + two.stderr[-1500:] + "\nstatus: " + (
+        (tmp_path / "two" / "status.json").read_text() if (tmp_path / "two" / "status.json").is_file() else "none")
     status = [json.loads((tmp_path / r / "status.json").read_text()) for r in ("one", "two")]
     assert [s["state"] for s in status] == ["completed", "completed"] and status[0]["step"] == status[1]["step"] == 2
     logs = [[json.loads(line) for line in open(tmp_path / r / "logs.jsonl")] for r in ("one", "two")]
