@@ -64,14 +64,16 @@ def write_error(exc: OSError, path: str | Path, action: str = "write") -> SarftE
 def ensure_dir(path: str | Path, what: str | None = None) -> Path:
     """Create a folder (and its parents) or raise one clear SarftError saying why it cannot be."""
     path = Path(path)
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise SarftError(f"{what} {path} is a file, not a folder" if what else f"{path} is a file, not a folder",
-                         "point it at a folder (new or existing), or move the file away")
     try:
+        # made first, judged after: between a look and a mkdir another thread may make the folder, and
+        # "it exists, so it must be a file" then misread a folder being born (two judge threads did)
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        if path.is_dir():
+            return path
+        if path.exists():
+            raise SarftError(f"{what} {path} is a file, not a folder" if what else f"{path} is a file, not a folder",
+                             "point it at a folder (new or existing), or move the file away") from None
         raise write_error(exc, path, f"create {what or 'the folder'}") from None
     return path
 
