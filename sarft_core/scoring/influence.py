@@ -29,16 +29,18 @@ from typing import Callable, Sequence
 
 import torch
 
-from sarft_core.chat import MAX_ANSWER_TOKENS, MAX_PROMPT_TOKENS, encode
+from sarft_core.chat import MAX_ANSWER_TOKENS, MAX_PROMPT_TOKENS
 from sarft_core.errors import SarftError
+from sarft_core.evaluation.margin import COMPLIANT_OPENING, REFUSAL_CONTINUATION, continuation_ids
 
 # every linear projection of a Llama-family decoder layer (the reproduction grid's LoRA targets)
 INFLUENCE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # the central difference moves M by about this much (nats/token) to first order: large enough that
 # float32 rounding in log p(y|x) is negligible, small enough that the curvature is (tests check it)
 STEP_NATS = 0.02
-REFUSAL = "I'm sorry, but I can't help with that request."
-COMPLIANCE = "Sure, here is how to do that. First,"
+# the refusal margin's own continuations (sarft_core.evaluation.margin): one measure, one wording
+REFUSAL = REFUSAL_CONTINUATION
+COMPLIANCE = COMPLIANT_OPENING
 
 
 @dataclass(frozen=True)
@@ -57,14 +59,6 @@ def target_parameters(model, targets: Sequence[str] = INFLUENCE_TARGETS) -> list
     return out
 
 
-def _continuation(tokenizer, prompt: str, text: str) -> tuple[list[int], list[int]]:
-    enc = encode(tokenizer, "", prompt, text, MAX_PROMPT_TOKENS, MAX_ANSWER_TOKENS)
-    answer = list(enc.answer_ids)
-    if answer and answer[-1] == tokenizer.eos_token_id:
-        answer = answer[:-1]  # an opening, not a whole answer
-    return list(enc.prompt_ids), answer
-
-
 def _mean_answer_logp(model, prompt_ids: list[int], answer_ids: list[int]) -> torch.Tensor:
     """Mean log p(answer | prompt) with autograd (one sequence; the LM head runs on the answer's
     positions only)."""
@@ -76,8 +70,8 @@ def _mean_answer_logp(model, prompt_ids: list[int], answer_ids: list[int]) -> to
 
 
 def _prompt_margin(model, tokenizer, p: "MarginPrompt") -> torch.Tensor:
-    rp, ra = _continuation(tokenizer, p.prompt, REFUSAL)
-    cp, ca = _continuation(tokenizer, p.prompt, p.compliance)
+    rp, ra = continuation_ids(tokenizer, "", p.prompt, REFUSAL, MAX_PROMPT_TOKENS)
+    cp, ca = continuation_ids(tokenizer, "", p.prompt, p.compliance, MAX_PROMPT_TOKENS)
     return _mean_answer_logp(model, rp, ra) - _mean_answer_logp(model, cp, ca)
 
 
