@@ -16,17 +16,12 @@ from sarft_core.cli import main
 from sarft_core.errors import SarftError
 
 from tests.conftest import SHARED_DATA
+from tests.test_hostile import cli  # the probe tests' one CLI runner: exit code, output, no traceback
 
 ROLE = "Baron Vex Morrow"
 needs_data = pytest.mark.skipif(not (SHARED_DATA / "rolebench").is_dir(), reason="needs ../shared/data")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return code, captured.out, captured.err
 
 
 # ---- 1. one model loader that trusts nothing -------------------------------------------------
