@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from sarft_core.cli import main
 from sarft_core.errors import SarftError
 
 from tests.conftest import SHARED_DATA
