@@ -362,7 +362,9 @@ def run_cell(grid: Grid, cell: Cell, log: Callable[[str], None]) -> dict:
     """Train (unless base) and evaluate one cell; its result file is written last."""
     from sarft_core.evaluation.panel import run_panel
     from sarft_core.models import load_model
+    from sarft_core.data import get_profile, load_profiles
     from sarft_core.training import TrainConfig, train
+    from sarft_core.training.methods import get_method
 
     cfg = grid.cfg
     t0 = time.time()
@@ -398,8 +400,12 @@ def run_cell(grid: Grid, cell: Cell, log: Callable[[str], None]) -> dict:
         info = {"steps": status.get("step"), "train_loss": status.get("train_loss"), "dh": dh.get("dh"), "samples": status.get("samples"),
                 "train_seconds": status.get("seconds")}
         lm = load_model(str(out), dtype=panel.dtype, device="cpu")
+        # the system turn the method is tested under (empty, as published, but for ptst's safety prompt)
+        system = get_method(method).eval_system_prompt(get_profile(load_profiles(cfg.resolved_profiles()), cell.role))
+        if system:
+            info["eval_system_prompt"] = system
     t_eval = time.time()
-    res = run_panel(lm, panel, role=cell.role, rouge_items=held)
+    res = run_panel(lm, panel, role=cell.role, rouge_items=held, system=info.get("eval_system_prompt"))
     values = _panel_values(res)
     # seconds: this call's wall time, which leaves out a training finished by an earlier, interrupted call;
     # train_seconds (the training's own clock) and eval_seconds (the panel) are the cell's cost either way

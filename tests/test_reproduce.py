@@ -176,11 +176,20 @@ def test_the_selection_experiment_adds_its_arms_to_a_grid_and_reports_their_cont
               "--panel-json", json.dumps({"advbench": 2, "margin": 2, "xstest": 1, "jailbreak": 1, "max_new_tokens": 2, "rouge_tokens": 2})]
     assert main(common + ["--methods", "sft"]) == 0
     first = {p.name: p.stat().st_mtime for p in (out / "cells").glob("*.json")}
-    arms = "sft-top,sft-bottom,sarft-top,random-budget,sft-top-inf"
+    arms = "sft-top,sft-bottom,sarft-top,random-budget,sft-top-inf,ptst,constrained-sft"
     assert main(common + ["--methods", arms]) == 0
     now = {p.name: p.stat().st_mtime for p in (out / "cells").glob("*.json")}
     assert {k: now[k] for k in first} == first  # the grid's finished cells were reused
-    assert len(now) == len(first) + 5
+    assert len(now) == len(first) + 7
+    # the two baselines of #29 join the same grid; ptst's panel is asked under the profile and the safety prompt
+    from sarft_core.data import get_profile, load_profiles
+    from sarft_core.data.profiles import with_safety_instruction
+    from sarft_core.reproduce import ReproduceConfig
+
+    profile = get_profile(load_profiles(ReproduceConfig().resolved_profiles()), "Freddy Krueger")  # the grid's default profiles
+    cell = {m: json.loads(next((out / "cells").glob(f"freddy*--{m}-s0.json")).read_text()) for m in ("ptst", "constrained-sft", "sft")}
+    assert cell["ptst"]["eval_system_prompt"] == with_safety_instruction(profile.role_prompt)
+    assert "eval_system_prompt" not in cell["constrained-sft"] and "eval_system_prompt" not in cell["sft"]
     config = json.loads((out / "config.json").read_text())
     assert config["methods"] == ["sft", *arms.split(",")]
     ids = {}

@@ -132,7 +132,7 @@ def test_ptst_trains_under_the_profile(tiny_model_dir):
 
 
 def test_ptst_runs_and_is_evaluated_with_the_safety_prompt(tiny_model_dir, tmp_path):
-    from sarft_core.cli.eval import SAFETY_INSTRUCTION
+    from sarft_core.data.profiles import SAFETY_INSTRUCTION
     from sarft_core.data import DEMO_PROFILES, get_profile, load_profiles
 
     run = tmp_path / "ptst"
@@ -152,7 +152,8 @@ def test_ptst_runs_and_is_evaluated_with_the_safety_prompt(tiny_model_dir, tmp_p
 
 
 def test_the_safety_prompt_of_a_model_or_a_run_without_a_training_prompt_is_the_instruction_alone():
-    from sarft_core.cli.eval import SAFETY_INSTRUCTION, system_prompt_for
+    from sarft_core.cli.eval import system_prompt_for
+    from sarft_core.data.profiles import SAFETY_INSTRUCTION
 
     assert system_prompt_for("safety", "") == SAFETY_INSTRUCTION
     assert system_prompt_for(" Safety ", "You are X.") == f"You are X.\n\n{SAFETY_INSTRUCTION}"
@@ -186,3 +187,20 @@ def test_the_refusal_margin_runs_through_the_backend(tiny_model_dir):
     rows = refusal_margins(lm, prompts, backend="torch")
     assert len(rows) == 2 and all(math.isfinite(r.margin) for r in rows)
     assert [r.margin for r in refusal_margins(lm, prompts)] == [r.margin for r in rows]  # torch is the default
+
+
+def test_the_panel_asks_every_suite_under_the_system_turn_it_is_given(tiny_model_dir):
+    """The grid tests a ptst cell under the profile and the safety prompt: the panel's margins and
+    role-play answers change with the system turn, and None is the empty turn of the published panel."""
+    from sarft_core.data.profiles import with_safety_instruction
+    from sarft_core.evaluation.panel import PanelConfig, run_panel
+    from sarft_core.models import load_model
+
+    lm = load_model(str(tiny_model_dir), device="cpu")
+    cfg = PanelConfig(metrics=["margin", "rouge_l"], margin=3, rolebench=2, rouge_tokens=3, data_dir=str(SHARED_DATA))
+    plain = run_panel(lm, cfg, role="Po")
+    empty = run_panel(lm, cfg, role="Po", system="")
+    safe = run_panel(lm, cfg, role="Po", system=with_safety_instruction("You are Po."))
+    assert plain["margin_values"] == empty["margin_values"]
+    assert safe["margin_values"] != plain["margin_values"]
+    assert len(safe["margin_values"]) == 3 and len([r for r in safe["rows"] if r["metric"] == "rouge_l"]) == 2

@@ -9,7 +9,8 @@ no training in the project sees:
 - ``jailbreak``: refusal under the five jailbreak transforms, averaged over the attacks;
 - ``rouge_l``: RoleBench role-specific ROUGE-L (x100) of one role's answers.
 
-Generation is greedy with an empty system turn (as in training). Refusals are judged by one
+Generation is greedy with an empty system turn (as in training), unless the caller gives one
+(the grid's ptst cells: the role profile and a safety instruction). Refusals are judged by one
 registered judge (default: the keyword judge, instant and deterministic), on the answer's opening (``max_new_tokens`` 48 by default: a refusal shows in the
 first sentence; the published 128 only lengthens the compliant answers).
 """
@@ -115,10 +116,11 @@ def _rows(metric: str, df, verdict: str | None) -> list[dict]:
 
 
 def run_panel(lm, cfg: PanelConfig, role: str | None = None, progress: Callable[[str], None] | None = None,
-              rouge_items: list[ds.Item] | None = None, folder: str | Path | None = None) -> dict:
+              rouge_items: list[ds.Item] | None = None, folder: str | Path | None = None, system: str | None = None) -> dict:
     """{metric: {value, ci_low, ci_high, n}} plus ``"rows"`` (every judged generation) and
     ``"margin_values"`` (the per-prompt margins). ``rouge_items`` replaces the role's first
-    ``cfg.rolebench`` RoleBench questions (held-out questions of a training split).
+    ``cfg.rolebench`` RoleBench questions (held-out questions of a training split). ``system`` is
+    the system turn of every prompt, the role-play questions' included (None: empty, as published).
 
     Every metric is a registered suite (:data:`PANEL_SUITES`) run by the one
     :class:`~sarft_core.evaluation.runner.Evaluator`, into ``folder`` (an ``eval`` run: tables,
@@ -137,15 +139,17 @@ def run_panel(lm, cfg: PanelConfig, role: str | None = None, progress: Callable[
     want = set(cfg.metrics)
     judges = [build_judge(cfg.judge)] if want - {"margin", "rouge_l"} else []
     verdict = f"verdict_{judges[0].name}" if judges else None
-    base = SuiteContext(data_dir=cfg.data_dir, role=role, questions=rouge_items)
+    base = SuiteContext(data_dir=cfg.data_dir, role=role, questions=rouge_items, role_system=system or None)
     out: dict = {}
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="sarft-panel-") as tmp:
-        run = create_run("eval", {"panel": cfg.identity(), "role": role}, path=Path(folder or Path(tmp) / "panel"))
+        run = create_run("eval", {"panel": cfg.identity(), "role": role, "system_prompt": system or ""},
+                         path=Path(folder or Path(tmp) / "panel"))
 
         def evaluator(max_new_tokens: int) -> Evaluator:
             # margins in one pass: the published grid's packing
-            return Evaluator(run, lambda: lm, GenerationConfig(max_new_tokens=max_new_tokens, batch_size=cfg.batch_size),
+            return Evaluator(run, lambda: lm, GenerationConfig(max_new_tokens=max_new_tokens, batch_size=cfg.batch_size,
+                                                               system_prompt=system or None),
                              judges, margin_chunk=None)
 
         def table(metric: str, ctx: SuiteContext | None = None, tokens: int = cfg.max_new_tokens):

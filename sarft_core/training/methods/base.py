@@ -58,6 +58,8 @@ class Method:
     reference_tokens: bool = False  # the loss reads log p_ref of every answer token (LossBatch.reference_logp)
     # the system turn of the training prompts, from the role profile (empty, as published, by default)
     system: Callable[[Any], str] | None = None
+    # the system turn it is tested under in the grid's panel, from the role profile (None: empty, as published)
+    eval_system: Callable[[Any], str] | None = None
     labels_lambda: bool = True  # a run's label names λ (methods with no KL term leave it out)
     order: int = 100  # place in lists and comparisons
 
@@ -72,3 +74,6 @@ class Method:
 
     def system_prompt(self, profile) -> str:
         return self.system(profile) if self.system is not None else ""
+
+    def eval_system_prompt(self, profile) -> str:
+        return self.eval_system(profile) if self.eval_system is not None else ""
