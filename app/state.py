@@ -67,15 +67,15 @@ def _samples(path: str, mtime: float, role: str):
 
 @st.cache_data(show_spinner="Reading the grid…", max_entries=8)
 def _grid_view(path: str, signature: tuple) -> dict:
-    from sarft_core.reproduce import grid_view as compute
+    from sarft_core.gridview import grid_view as compute
 
     return compute(Path(path))
 
 
 def grid_view(path: str | Path) -> dict:
-    """:func:`sarft_core.reproduce.grid_view` computed once per state of the grid's files (its
+    """:func:`sarft_core.gridview.grid_view` computed once per state of the grid's files (its
     bootstrap takes seconds, and the Compare page reruns on every click)."""
-    from sarft_core.reproduce import grid_signature
+    from sarft_core.gridview import grid_signature
 
     return _grid_view(str(path), grid_signature(Path(path)))
 

@@ -131,7 +131,8 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from sarft_core.alignment import ADAPTER_DIR, MANIFEST_NAME
+    from sarft_core.alignment import MANIFEST_NAME
+    from sarft_core.data import ADAPTER_DIR
     from sarft_core.models import resolve_aligned
 
     adapter = Path(args.adapter) if args.adapter else ADAPTER_DIR

@@ -32,7 +32,8 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     from sarft_core.evaluation.datasets import load_probes
-    from sarft_core.evaluation.generation import GenerationConfig, generate, prompt_ids
+    from sarft_core.evaluation.decoding import prompt_ids
+    from sarft_core.evaluation.generation import GenerationConfig, generate
     from sarft_core.models import load_model
 
     lm = load_model(None, dtype=args.dtype, device="cpu")

@@ -58,7 +58,8 @@ def main(argv=None) -> int:
 
     from sarft_core.data import get_profile, load_profiles, load_samples
     from sarft_core.models import load_model
-    from sarft_core.reproduce import GRID_BENEVOLENT, GRID_VILLAINS, ReproduceConfig, write_role_data
+    from sarft_core.reproduce import ReproduceConfig, write_role_data
+    from sarft_core.trait_labels import GRID_BENEVOLENT, GRID_VILLAINS
     from sarft_core.scoring import ScoreOptions, score_role
     from sarft_core.scoring.influence import influences
     from sarft_core.scoring.validate import ValidateOptions, flag_agreement, validation_prompts

@@ -5,7 +5,8 @@ import streamlit as st
 
 from app import state, widgets
 from sarft_core.errors import SarftError
-from sarft_core.runview import SYSTEM_CHOICES, chat_answers, chat_system, run_label, runs_of_kind
+from sarft_core.runconfig import runs_of_kind
+from sarft_core.runview import SYSTEM_CHOICES, chat_answers, chat_system, run_label
 from sarft_core.store import RunDir
 
 st.title("Chat")

@@ -8,7 +8,7 @@ from sarft_core import audit, jobs, plots
 from sarft_core.errors import SarftError
 from sarft_core.flags import flag_margin, verdict_counts, verdicts
 from sarft_core.runconfig import RunConfig, ScoreSettings
-from sarft_core.runview import runs_of_kind
+from sarft_core.runconfig import runs_of_kind
 from sarft_core.store import RunDir
 
 st.title("Scoring (RDS)")
@@ -128,7 +128,7 @@ tau = st.slider(f"Threshold τ on s_unsafe − s_role ({UNIT})", min_value=lo, m
                 format=audit.tau_format(step),
                 help="0 is the published rule (s_unsafe > s_role); the range spans this run's margins")
 st.session_state[kept_key] = tau
-flags = plots.effective_flags(scores, tau, overrides)
+flags = audit.effective_flags(scores, tau, overrides)
 states = verdicts(scores, tau)
 counts = verdict_counts(states)
 

@@ -10,7 +10,9 @@ from app import state, widgets
 from sarft_core import audit, jobs, plots
 from sarft_core.data import PROJECT_ROOT
 from sarft_core.errors import SarftError
-from sarft_core.runview import experiment_plan, launch_experiment, plan_commands, runs_of_kind, runs_table
+from sarft_core.experiment import experiment_plan, launch_experiment, plan_commands
+from sarft_core.runconfig import runs_of_kind
+from sarft_core.runview import runs_table
 from sarft_core.store import RunDir, list_runs, runs_root
 from sarft_core.cli.train import recipe_args
 from sarft_core.reproduce import TRAIN_RECIPES as RECIPES, recipe_settings

@@ -29,29 +29,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from sarft_core.data import PROJECT_ROOT
+from sarft_core.data import ALIGN_DIR
+from sarft_core.evaluation.datasets import advbench_split
 from sarft_core.errors import SarftError
+from sarft_core.models import adapter_hash
 from sarft_core.store import atomic_write_text, claim_output_dir
 from sarft_core.validation import number, validate_numbers
-from sarft_core.evaluation.metric_registry import BETTER, SAFER, format_measure, metric_info, register_metric
+from sarft_core.evaluation.metric_registry import format_measure, metric_info
 
-ALIGN_DIR = PROJECT_ROOT / "data" / "aligned"
 HARMFUL_FILE = ALIGN_DIR / "harmful.jsonl"
 LOOKALIKE_FILE = ALIGN_DIR / "lookalikes.jsonl"
 EVERYDAY_FILE = ALIGN_DIR / "everyday.jsonl"
 REFUSAL_FILE = ALIGN_DIR / "refusals.json"
-ADAPTER_DIR = ALIGN_DIR / "adapter"
 MANIFEST_NAME = "manifest.json"
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 _SENTENCE_END = re.compile(r"[.!?)\]`\"']\s")
 
 
 # ------------------------------------------------------------------ splits and pure pieces
-def advbench_split(n_rows: int) -> tuple[list[int], list[int]]:
-    """(training rows, held-out rows) of AdvBench: the even rows train, the odd rows evaluate."""
-    return list(range(0, n_rows, 2)), list(range(1, n_rows, 2))
-
-
 def harm_category(prompt: str, keywords: dict[str, list[str]]) -> str:
     """The harm category whose keywords the prompt matches most often ('general' if none)."""
     text = prompt.lower()
@@ -192,7 +187,7 @@ def build_mix(cfg: AlignConfig, paths: dict[str, Path]) -> AlignMix:
 def in_character_questions(path: Path) -> list[str]:
     """RoleBench role-specific questions of every character except those role-play is evaluated on."""
     from sarft_core.data.names import match_role
-    from sarft_core.reproduce import GRID_BENEVOLENT, GRID_VILLAINS
+    from sarft_core.trait_labels import GRID_BENEVOLENT, GRID_VILLAINS
 
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     names = sorted({r["role"] for r in rows})
@@ -225,7 +220,7 @@ def held_out_prompts(data_dir: str | Path | None = None) -> dict[str, list[str]]
 # ------------------------------------------------------------------ self-distillation
 def distill(lm, prompts: Sequence[str], max_new_tokens: int, cache: Path, progress: Callable[[int, int], None] | None = None) -> dict[str, str]:
     """The base model's greedy answers to ``prompts``, appended to ``cache`` as they finish."""
-    from sarft_core.evaluation.generation import greedy_ids, length_batches, prompt_ids
+    from sarft_core.evaluation.decoding import greedy_ids, length_batches, prompt_ids
     from sarft_core.store import append_jsonl, read_jsonl
 
     done = {r["prompt"]: r["answer"] for r in read_jsonl(cache) if r.get("tokens") == max_new_tokens} if cache.is_file() else {}
@@ -373,18 +368,9 @@ def tidy_adapter(adapter: Path, base_spec: str) -> None:
         f.chmod(0o644)
 
 
-def adapter_hash(adapter: Path) -> str:
-    h = hashlib.sha256()
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        h.update((adapter / name).read_bytes())
-    return h.hexdigest()[:16]
-
-
 # ------------------------------------------------------------------ what the dashboard shows
 # the two probe figures are the aligned-model benchmark's own (bench/bench_aligned.py: the project's
 # probes, split by label); the others are the evaluation panel's metrics
-register_metric("probes_harmful", "refusal", SAFER, "refusal, project probes", survey=None)
-register_metric("probes_harmless", "compliance", BETTER, "compliance, harmless probes", survey=None)
 # the Overview's rows, in order; each row's title is the metric registry's
 FIGURE_METRICS = ("advbench", "xstest_unsafe", "probes_harmful", "jailbreak", "xstest_safe", "probes_harmless", "margin", "rouge_l")
 

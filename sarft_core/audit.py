@@ -29,9 +29,8 @@ from typing import Callable
 import pandas as pd
 
 from sarft_core.errors import SarftError
-from sarft_core.flags import flag_margin
-from sarft_core.runconfig import RunConfig, ScoreSettings, record_model
-from sarft_core.runview import runs_of_kind
+from sarft_core.flags import flag_margin, is_flagged
+from sarft_core.runconfig import RunConfig, ScoreSettings, record_model, runs_of_kind
 from sarft_core.store import (RunDir, atomic_write_json, atomic_write_text, create_run, read_json_object, read_jsonl,
                               read_table, write_table)
 
@@ -251,10 +250,23 @@ def load_review(scores_path: str | Path) -> tuple[float, dict[str, bool]]:
     return (float(tau) if isinstance(tau, (int, float)) and not isinstance(tau, bool) else 0.0), overrides
 
 
+def effective_flags(scores: pd.DataFrame, tau: float = 0.0, overrides: dict | None = None) -> pd.Series:
+    """Flag of each sample: s_unsafe - s_role > tau, then the analyst's per-sample overrides, by the
+    rule training selects D_h with (:func:`sarft_core.training.selection.apply_overrides`: an id not
+    in these scores is a stale overrides file, an error), so the page and the training agree."""
+    from sarft_core.training.selection import apply_overrides
+
+    flags = is_flagged(scores, tau)
+    if overrides:
+        ids = scores["id"].astype(str)
+        decided = apply_overrides(dict(zip(ids, flags.astype(bool))), {str(k): v for k, v in overrides.items()})
+        for sid in map(str, overrides):
+            flags[ids == sid] = decided[sid]
+    return flags.astype(bool)
+
+
 def save_review(scores: pd.DataFrame, scores_path: str | Path, tau: float, overrides: dict) -> dict[str, bool]:
     """Write the review and the final {sample_id: flagged} map beside the scores; return the map."""
-    from sarft_core.plots import effective_flags
-
     known = set(scores["id"].astype(str))
     unknown = sorted(set(map(str, overrides)) - known)
     if unknown:

@@ -183,9 +183,17 @@ def resolve_model_dir(spec: str | None) -> tuple[str, Path | str, str]:
     return spec, spec, "hub-" + spec
 
 
+def adapter_hash(adapter: Path) -> str:
+    """16 hex digits of an adapter's config and weights (the aligned model's cache key)."""
+    h = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        h.update((adapter / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def resolve_aligned(adapter: Path | None = None) -> tuple[str, Path, str]:
     """The embedded model with the shipped alignment adapter merged in, cached once per adapter."""
-    from sarft_core.alignment import ADAPTER_DIR, adapter_hash
+    from sarft_core.data import ADAPTER_DIR
 
     adapter = Path(adapter or ADAPTER_DIR)
     if not (adapter / "adapter_model.safetensors").is_file() or not (adapter / "adapter_config.json").is_file():

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from sarft_core.flags import flag_margin, is_flagged
+from sarft_core.flags import flag_margin
 
 FLAG_COLOURS = {True: "#d62728", False: "#1f77b4"}
 FLAG_NAMES = {True: "flagged (D_h)", False: "kept"}
@@ -77,21 +77,6 @@ PLAIN_NUMBERS = dict(exponentformat="e")
 
 # --- RDS -----------------------------------------------------------------------------------
 
-def effective_flags(scores: pd.DataFrame, tau: float = 0.0, overrides: dict | None = None) -> pd.Series:
-    """Flag of each sample: s_unsafe - s_role > tau, then the analyst's per-sample overrides, by the
-    rule training selects D_h with (:func:`sarft_core.training.selection.apply_overrides`: an id not
-    in these scores is a stale overrides file, an error), so the page and the training agree."""
-    from sarft_core.training.selection import apply_overrides
-
-    flags = is_flagged(scores, tau)
-    if overrides:
-        ids = scores["id"].astype(str)
-        decided = apply_overrides(dict(zip(ids, flags.astype(bool))), {str(k): v for k, v in overrides.items()})
-        for sid in map(str, overrides):
-            flags[ids == sid] = decided[sid]
-    return flags.astype(bool)
-
-
 # The three states of a flag at a confidence (sarft_core.flags.VERDICTS): sure, unsure, surely kept.
 FLAG_VERDICT_COLOURS = {"flagged": "#d62728", "uncertain": "#ff9f1c", "kept": "#1f77b4"}
 FLAG_VERDICT_NAMES = {"flagged": "flagged with confidence", "uncertain": "uncertain", "kept": "kept with confidence"}
@@ -106,7 +91,7 @@ def rds_scatter(scores: pd.DataFrame, flags: Sequence[bool] | pd.Series | None =
                 confidence: float = 0.95) -> go.Figure:
     """s_role (x) against s_unsafe (y) per sample, the y = x line (and y = x + tau), flags coloured.
 
-    ``flags`` defaults to :func:`effective_flags` with ``tau``; hovering a point shows its id,
+    ``flags`` defaults to :func:`sarft_core.audit.effective_flags` with ``tau``; hovering a point shows its id,
     question, answer (escaped), margin ± its standard error and its verdict at ``confidence``.
     Each point carries a vertical bar of ±z·margin_se: at a fixed s_role, moving s_unsafe moves the
     margin one for one, so a point is flagged (or kept) with confidence exactly when its bar clears
@@ -117,6 +102,8 @@ def rds_scatter(scores: pd.DataFrame, flags: Sequence[bool] | pd.Series | None =
     if scores is None or len(scores) == 0:
         return _empty("no scores yet")
     df = scores.reset_index(drop=True)
+    from sarft_core.audit import effective_flags
+
     flags = effective_flags(df, tau) if flags is None else pd.Series(list(flags), dtype=bool)
     x = df["s_role"].astype(float)
     y = df["s_unsafe"].astype(float)

@@ -124,7 +124,7 @@ def rds_block(run: RunDir, figures: Figures, n_examples: int, review: tuple[floa
     scores = audit.load_scores(run)
     scores_path = run.path / audit.SCORES_FILE
     tau, overrides = review if review is not None else audit.load_review(scores_path)
-    flags = plots.effective_flags(scores, tau, overrides)
+    flags = audit.effective_flags(scores, tau, overrides)
     tokens = audit.load_token_ratios(run)
     stats = [{"samples": len(scores), "flagged (D_h)": int(flags.sum()), "flagged fraction": float(flags.mean()) if len(flags) else math.nan,
               "τ": tau, "overrides": len(overrides)}]

@@ -9,7 +9,7 @@ as missing, and configs written by older versions keep their meaning (λ before 
 their own (``survey``, ``reproduce``) are read through ``stored`` and :meth:`RunConfig.flat`.
 
 This module imports neither torch nor the training code: :attr:`RunConfig.train` builds the
-:class:`sarft_core.training.run.TrainConfig` only when asked for.
+:class:`sarft_core.training.config.TrainConfig` only when asked for.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from sarft_core.store import _CONFIG_TYPES, RunDir, _typed_fields, atomic_write_json, read_json_object
 
 if TYPE_CHECKING:
-    from sarft_core.training.run import TrainConfig
+    from sarft_core.training.config import TrainConfig
 
 
 
@@ -197,7 +197,7 @@ class RunConfig:
         ones take their defaults); None for other kinds and for runs that recorded none."""
         if self.kind != "train" or self.options is None:
             return None
-        from sarft_core.training.run import TrainConfig
+        from sarft_core.training.config import TrainConfig
 
         return TrainConfig.from_dict(self.options)
 
@@ -256,3 +256,15 @@ def record_model(run_dir: str | Path, spec: str, fingerprint: str, kind: str | N
         return False
     atomic_write_json(path, dict(data, model=spec, model_fingerprint=fingerprint))
     return True
+
+
+def runs_of_kind(kind: str, runs: list[RunDir] | None = None, role: str | None = None) -> list[RunDir]:
+    """The runs (default: the workspace's, newest first) whose config names ``kind`` (and ``role``)."""
+    from sarft_core.store import list_runs
+
+    picked = []
+    for run in list_runs() if runs is None else runs:
+        cfg = RunConfig.of(run)
+        if cfg.kind == kind and (role is None or cfg.role == role):
+            picked.append(run)
+    return picked

@@ -27,6 +27,10 @@ BENEVOLENT = (
     "Stephen Hawking", "Po", "Twilight Sparkle", "Judy Hoops", "John Coffey", "Angel", "Mater",
     "John Keating", "Coach Eric Taylor", "Doctor Who", "Harvey Milk", "Peter Parker",
 )
+# the reproduction grid's six characters (docs/reproduce.md): three of the villains and two of the
+# benevolent above, and Abraham Lincoln
+GRID_VILLAINS = ["Freddy Krueger", "Jigsaw", "Dr. Hannibal Lecter"]
+GRID_BENEVOLENT = ["Stephen Hawking", "Po", "Abraham Lincoln"]
 IN_BETWEEN = (
     "Jack Sparrow", "Tyrion Lannister", "Logan", "Gregory House", "Walt Kowalski", "Rorschach",
     "Travis Bickle", "Jordan Belfort", "John Dillinger", "Willie Soke", "Lucifer Morningstar",

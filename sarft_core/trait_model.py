@@ -84,7 +84,7 @@ class FeatureReader:
     @property
     def rater(self):
         if self._rater is None:
-            from sarft_core.traits import default_rater
+            from sarft_core.trait_rater import default_rater
 
             self._rater = default_rater()
         return self._rater
@@ -120,7 +120,7 @@ class FeatureReader:
     def features(self, name: str, text: str):
         import numpy as np
 
-        from sarft_core.traits import TRAIT_DEFS, TRAITS, sentence_contrasts
+        from sarft_core.trait_rater import TRAIT_DEFS, TRAITS, sentence_contrasts
 
         rater = self.rater
         sentences = rater.sentence_embeddings(text)
@@ -143,7 +143,7 @@ def profile_features(profiles: Mapping, reader: FeatureReader | None = None):
     """(names, matrix): one row of features per profile ({name: RoleProfile or text})."""
     import numpy as np
 
-    from sarft_core.traits import profile_text
+    from sarft_core.trait_rater import profile_text
 
     reader = reader or FeatureReader()
     names = list(profiles)

@@ -18,11 +18,10 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from sarft_core.backends import backend_names, check_backend  # noqa: F401  (the one validation of --backend)
 from sarft_core.errors import SarftError
 
-# the registered backends (sarft_core.backends: one file each, torch and vllm shipped)
-BACKENDS = backend_names()
+# how to make this backend available (sarft_core.backends.vllm_engine shows it when it is not)
+INSTALL_FIX = "run `bash scripts/setup_vllm.sh` and use .venv-vllm/bin/python, or use --backend torch (the default)"
 
 
 def available() -> bool:
@@ -61,7 +60,8 @@ def engine(lm, tensor_parallel: int = 1):
     """The vLLM engine for ``lm``'s weights and precision, made once per loaded model."""
     from sarft_core.models import _training_run_dir
 
-    check_backend("vllm")
+    if not available():
+        raise SarftError("--backend vllm: vLLM is not installed in this Python environment", INSTALL_FIX)
     cache = lm.__dict__.setdefault("_vllm_engines", {})
     key = (_dtype_name(lm), tensor_parallel)
     if key in cache:
@@ -88,6 +88,6 @@ def greedy_ids(lm, prompts: Sequence[Sequence[int]], max_new_tokens: int, stops:
     llm = engine(lm, tensor_parallel)
     params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0, stop_token_ids=list(stops) or None)
     outs = llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
-    from sarft_core.evaluation.generation import cut_at_stop
+    from sarft_core.evaluation.decoding import cut_at_stop
 
     return [cut_at_stop(out.outputs[0].token_ids, stops) for out in outs]

@@ -8,10 +8,13 @@ import re
 import pytest
 
 from sarft_core.alignment import (
-    ADAPTER_DIR, ALIGN_DIR, MANIFEST_NAME, REFUSAL_FILE, AlignConfig, adapter_hash, advbench_split, build_mix, compose_refusal,
+    MANIFEST_NAME, REFUSAL_FILE, AlignConfig, build_mix, compose_refusal,
     data_paths, file_hash, harm_category, held_out_prompts, normalise_prompt, figures_table, trim_to_sentence, _check_no_leak,
 )
+from sarft_core.data import ADAPTER_DIR, ALIGN_DIR
 from sarft_core.errors import SarftError
+from sarft_core.evaluation.datasets import advbench_split
+from sarft_core.models import adapter_hash
 from tests.conftest import SHARED_DATA
 
 POOLS = json.loads(REFUSAL_FILE.read_text(encoding="utf-8"))
@@ -88,7 +91,7 @@ def test_mix_is_reproducible_and_balanced():
 @needs_data
 def test_in_character_questions_leave_out_the_evaluated_characters():
     from sarft_core.alignment import in_character_questions
-    from sarft_core.reproduce import GRID_BENEVOLENT, GRID_VILLAINS
+    from sarft_core.trait_labels import GRID_BENEVOLENT, GRID_VILLAINS
 
     path = SHARED_DATA / "rolebench" / "instruction-generalization" / "role_specific" / "test.jsonl"
     questions = in_character_questions(path)

@@ -10,7 +10,8 @@ import pytest
 
 from sarft_core import audit, jobs
 from sarft_core.runconfig import RunConfig
-from sarft_core.runview import experiment_plan, lineage, train_steps
+from sarft_core.experiment import experiment_plan, train_steps
+from sarft_core.runview import lineage
 from sarft_core.store import RunDir, atomic_write_json, create_run
 from sarft_core.training.run import TrainConfig, train
 from streamlit.testing.v1 import AppTest

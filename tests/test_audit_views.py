@@ -135,9 +135,9 @@ def test_flag_margin_is_defined_without_the_reference_pass():
         "logp_ref": nan, "logp_role": [-2.0, -1.0, -3.0], "logp_unsafe": [-1.0, -2.0, -0.5],
         "s_role": nan, "s_unsafe": nan, "harmful": [True, False, True], "n_tokens": 3,
     })
-    flags = plots.effective_flags(scores, tau=0.0)
+    flags = audit.effective_flags(scores, tau=0.0)
     assert flags.tolist() == [True, False, True] == scores["harmful"].tolist()  # as the scorer flagged them
-    assert plots.effective_flags(scores, tau=1.5).tolist() == [False, False, True]
+    assert audit.effective_flags(scores, tau=1.5).tolist() == [False, False, True]
     assert sorted(x for t in plots.margin_histogram(scores).data for x in t.x) == [-1.0, 1.0, 2.5]
     d_h = audit.d_h(scores, flags)
     assert d_h["id"].tolist() == ["a", "c"] and d_h["margin"].tolist() == [1.0, 2.5]

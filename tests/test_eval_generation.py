@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from sarft_core.chat import encode
-from sarft_core.evaluation.generation import GenerationConfig, generate, greedy_ids, left_pad, length_batches, prompt_ids
+from sarft_core.evaluation.decoding import greedy_ids, left_pad, length_batches, prompt_ids
+from sarft_core.evaluation.generation import GenerationConfig, generate
 from sarft_core.evaluation.margin import refusal_margins
 from sarft_core.evaluation.rose import contrastive_logits, rose_ids
 

@@ -142,14 +142,14 @@ def test_the_grids_characters_are_not_the_trait_studys_villains():
 def test_flags_page_and_training_share_the_d_h_rule_on_unknown_ids():
     import pandas as pd
 
-    from sarft_core import plots
+    from sarft_core import audit
     from sarft_core.errors import SarftError
     from sarft_core.training.selection import apply_overrides, rds_flags
 
     # margins s_unsafe - s_role of 1 and -1, with the columns the scorer writes
     scores = pd.DataFrame({"id": ["a", "b"], "s_role": [0.0, 0.0], "s_unsafe": [1.0, -1.0], "logp_ref": [-1.0, -1.0]})
     scores = scores.assign(logp_role=scores["s_role"] + scores["logp_ref"], logp_unsafe=scores["s_unsafe"] + scores["logp_ref"])
-    assert plots.effective_flags(scores, 0.0, {"b": True}).tolist() == list(apply_overrides(rds_flags(scores.to_dict("records")), {"b": True}).values())
-    for decide in (lambda o: plots.effective_flags(scores, 0.0, o), lambda o: apply_overrides(rds_flags(scores.to_dict("records")), o)):
+    assert audit.effective_flags(scores, 0.0, {"b": True}).tolist() == list(apply_overrides(rds_flags(scores.to_dict("records")), {"b": True}).values())
+    for decide in (lambda o: audit.effective_flags(scores, 0.0, o), lambda o: apply_overrides(rds_flags(scores.to_dict("records")), o)):
         with pytest.raises(SarftError, match="not in this data"):
             decide({"stale-id": True})

@@ -52,7 +52,7 @@ def test_dashboard_downloads_of_d_h_carry_how_sure_each_flag_is(tmp_path, tiny_m
     out = tmp_path / "scores.parquet"
     assert score_cli(tiny_model_dir, out, *VALIDATE, "--no-cache") == 0
     scores = read_table(out)
-    flags = plots.effective_flags(scores)
+    flags = audit.effective_flags(scores)
     assert flags.any()
     jsonl = pd.read_json(io.BytesIO(audit.d_h_bytes(scores, flags, "jsonl")), lines=True)
     csv = pd.read_csv(io.BytesIO(audit.d_h_bytes(scores, flags, "csv")))

@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import pytest
 from scipy import stats
 
-from sarft_core import plots
+from sarft_core import audit, plots
 
 
 def scores_frame():
@@ -25,9 +25,9 @@ def scores_frame():
 
 def test_effective_flags_threshold_and_overrides():
     df = scores_frame()  # margins: 0.2, -0.1, 0.1, -0.05
-    assert plots.effective_flags(df).tolist() == [True, False, True, False]
-    assert plots.effective_flags(df, tau=0.15).tolist() == [True, False, False, False]
-    assert plots.effective_flags(df, 0.0, {"a": False, "b": True}).tolist() == [False, True, True, False]
+    assert audit.effective_flags(df).tolist() == [True, False, True, False]
+    assert audit.effective_flags(df, tau=0.15).tolist() == [True, False, False, False]
+    assert audit.effective_flags(df, 0.0, {"a": False, "b": True}).tolist() == [False, True, True, False]
 
 
 def test_rds_scatter_colours_flags_draws_diagonal_and_escapes_hover_text():

@@ -160,7 +160,8 @@ def test_reproduce_and_align_refuse_an_unusable_out_before_any_work(tmp_path, ti
 
 
 def test_align_may_write_only_into_its_own_folder(tmp_path):
-    from sarft_core.alignment import ALIGN_DIR, AlignConfig, align_output_names, data_paths
+    from sarft_core.alignment import AlignConfig, align_output_names, data_paths
+    from sarft_core.data import ALIGN_DIR
     from sarft_core.store import claim_output_dir
 
     if not (SHARED_DATA / "safety").is_dir():
@@ -199,7 +200,7 @@ def _data_copy(dest: Path, damage: bool = False) -> Path:
 
 @needs_data
 def test_a_damaged_grid_config_is_one_message_naming_the_file(tmp_path, capsys):
-    from sarft_core.reproduce import grid_view
+    from sarft_core.gridview import grid_view
 
     out = tmp_path / "grid"
     assert _grid(capsys, out)[0] == 0

@@ -52,7 +52,7 @@ def test_a_tiny_grid_runs_resumes_and_reports(tiny_model_dir, tmp_path, score_ca
     from streamlit.testing.v1 import AppTest
 
     from sarft_core.cli import main
-    from sarft_core.reproduce import grid_view
+    from sarft_core.gridview import grid_view
 
     import shutil
 
@@ -86,7 +86,7 @@ def test_a_tiny_grid_runs_resumes_and_reports(tiny_model_dir, tmp_path, score_ca
     assert view["side_by_side"].set_index("metric").loc["cells finished", "Base"] == "3"  # safety + 2 ROUGE cells
     assert "- SaRFT − SFT on refusal, AdvBench held-out: " in view["contrasts"] and "(2 pairs)" in view["contrasts"]
     # a grid still running: the page computes the contrasts itself and says the rows may cover different cells
-    from sarft_core.reproduce import grid_signature
+    from sarft_core.gridview import grid_signature
 
     finished = grid_signature(out)
     hidden = next(p for p in cells if p.name.startswith("po-") and "--sft-" in p.name)

@@ -12,7 +12,8 @@ from sarft_core.data import DEMO_PROFILES, get_profile, load_profiles
 from sarft_core.errors import SarftError
 from sarft_core.evaluation.generation import GenerationConfig
 from sarft_core.runconfig import RunConfig, ScoreSettings
-from sarft_core.runview import run_label, runs_of_kind, runs_table
+from sarft_core.runconfig import runs_of_kind
+from sarft_core.runview import run_label, runs_table
 from sarft_core.store import RunDir, create_run
 from sarft_core.training.run import TrainConfig, run_config
 

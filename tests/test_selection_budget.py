@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from sarft_core.errors import SarftError
 from sarft_core.training import selection
+from sarft_core.training.methods import select_dh
 from sarft_core.training.run import TrainConfig
 
 
@@ -25,7 +26,7 @@ margins_st = st.lists(st.floats(-1, 1, allow_nan=False, allow_infinity=False), m
 def test_a_budget_picks_exactly_ceil_f_n_for_every_method(margins, fraction, seed):
     rows = _rows(margins)
     want = math.ceil(round(fraction * len(rows), 9))
-    picked = {m: set(selection.ids_where(selection.select_dh(m, rows, seed=seed, dh_fraction=fraction))) for m in ("sarft", "random", "flip")}
+    picked = {m: set(selection.ids_where(select_dh(m, rows, seed=seed, dh_fraction=fraction))) for m in ("sarft", "random", "flip")}
     assert all(len(p) == want for p in picked.values())
     if 2 * want <= len(rows):
         assert not picked["sarft"] & picked["flip"]
@@ -37,22 +38,22 @@ def test_a_budget_picks_exactly_ceil_f_n_for_every_method(margins, fraction, see
 
 def test_a_budget_follows_the_ranking_it_is_given_and_is_deterministic():
     rows = _rows([0.5, 0.4, 0.3, 0.2, 0.1, 0.0, -0.1, -0.2, -0.3, -0.4])
-    assert selection.ids_where(selection.select_dh("sarft", rows, dh_fraction=0.3)) == ["00000", "00001", "00002"]
-    assert selection.ids_where(selection.select_dh("flip", rows, dh_fraction=0.3)) == ["00007", "00008", "00009"]
+    assert selection.ids_where(select_dh("sarft", rows, dh_fraction=0.3)) == ["00000", "00001", "00002"]
+    assert selection.ids_where(select_dh("flip", rows, dh_fraction=0.3)) == ["00007", "00008", "00009"]
     erosion = {r["id"]: float(i) for i, r in enumerate(rows)}  # the reverse of the margin order
-    assert selection.ids_where(selection.select_dh("sarft", rows, dh_fraction=0.3, ranking=erosion)) == ["00007", "00008", "00009"]
-    assert selection.select_dh("random", rows, seed=3, dh_fraction=0.3) == selection.select_dh("random", rows, seed=3, dh_fraction=0.3)
+    assert selection.ids_where(select_dh("sarft", rows, dh_fraction=0.3, ranking=erosion)) == ["00007", "00008", "00009"]
+    assert select_dh("random", rows, seed=3, dh_fraction=0.3) == select_dh("random", rows, seed=3, dh_fraction=0.3)
     # ties are broken by id, never by the order of the rows
     tied = _rows([0.0] * 6)
-    assert selection.ids_where(selection.select_dh("sarft", tied[::-1], dh_fraction=0.5)) == ["00000", "00001", "00002"]
-    assert selection.ids_where(selection.select_dh("flip", tied, dh_fraction=0.5)) == ["00003", "00004", "00005"]
+    assert selection.ids_where(select_dh("sarft", tied[::-1], dh_fraction=0.5)) == ["00000", "00001", "00002"]
+    assert selection.ids_where(select_dh("flip", tied, dh_fraction=0.5)) == ["00003", "00004", "00005"]
 
 
 def test_a_budget_and_the_overrides_are_not_combined():
     with pytest.raises(SarftError, match="overrides"):
-        selection.select_dh("sarft", _rows([0.1, -0.1]), overrides={"00000": False}, dh_fraction=0.5)
+        select_dh("sarft", _rows([0.1, -0.1]), overrides={"00000": False}, dh_fraction=0.5)
     with pytest.raises(SarftError, match="ranking"):
-        selection.select_dh("sarft", _rows([0.1, -0.1]), dh_fraction=0.5, ranking={"00000": 1.0})
+        select_dh("sarft", _rows([0.1, -0.1]), dh_fraction=0.5, ranking={"00000": 1.0})
 
 
 @pytest.mark.parametrize("settings_, words", [

@@ -45,12 +45,12 @@ def test_generation_and_scoring_options_come_from_their_configs(command):
     from sarft_core.cli import eval as eval_cli, score as score_cli
     from sarft_core.evaluation.generation import DECODINGS, GenerationConfig
     from sarft_core.scoring import ScoreOptions
-    from sarft_core.vllm_backend import BACKENDS
+    from sarft_core.backends import backend_names
 
     cls, options = (GenerationConfig, eval_cli.GENERATION_OPTIONS) if command == "eval" else (ScoreOptions, score_cli.SCORE_OPTIONS)
     actions = {a.dest: a for a in sub_parser(command)._actions}
     allowed = declared_choices(cls)
-    assert allowed["backend"] == BACKENDS and allowed.get("decoding", DECODINGS) == DECODINGS
+    assert tuple(allowed["backend"]) == backend_names() and allowed.get("decoding", DECODINGS) == DECODINGS
     for f in dataclasses.fields(cls):
         if f.name in options:
             assert actions[f.name].default == f.default, f.name

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from sarft_core.errors import SarftError
 from sarft_core.training import losses, selection, sppft
+from sarft_core.training.methods import select_dh
 from sarft_core.training.trainer import answer_targets
 
 
@@ -106,16 +107,16 @@ def test_rds_flags_threshold_and_overrides():
 
 
 def test_random_keeps_the_size_and_is_seeded():
-    rds = selection.select_dh("sarft", ROWS)
-    r0 = selection.select_dh("random", ROWS, seed=0)
+    rds = select_dh("sarft", ROWS)
+    r0 = select_dh("random", ROWS, seed=0)
     assert sum(r0.values()) == sum(rds.values()) == 3
-    assert r0 == selection.select_dh("random", ROWS, seed=0)
-    draws = {tuple(selection.ids_where(selection.select_dh("random", ROWS, seed=s))) for s in range(10)}
+    assert r0 == select_dh("random", ROWS, seed=0)
+    draws = {tuple(selection.ids_where(select_dh("random", ROWS, seed=s))) for s in range(10)}
     assert len(draws) > 1
 
 
 def test_flip_is_the_complement_after_overrides():
-    flags = selection.select_dh("flip", ROWS, overrides={"b": True})
+    flags = select_dh("flip", ROWS, overrides={"b": True})
     assert selection.ids_where(flags) == ["d"]
 
 

@@ -170,7 +170,7 @@ def test_backends_are_one_registry_read_by_every_backend_option():
 
     assert backend_names() == ("torch", "vllm")
     assert tuple(declared_choices(GenerationConfig)["backend"]) == tuple(declared_choices(ScoreOptions)["backend"]) == backend_names()
-    from sarft_core.backends import _BACKENDS
+    from sarft_core.backends.base import BACKENDS as _BACKENDS
 
     for name in backend_names():  # every implementation overrides the protocol's three calls
         impl = type(_BACKENDS[name])

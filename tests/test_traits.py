@@ -16,9 +16,9 @@ from tests.conftest import SHARED_DATA
 from sarft_core.data import load_profiles
 from sarft_core.errors import SarftError
 from sarft_core.trait_labels import BENEVOLENT, IN_BETWEEN, VILLAINS
+from sarft_core.trait_rater import split_sentences
 from sarft_core.traits import (
-    LEXICON, TRAITS, lexicon_malevolence, parse_rating, profile_text, rate_default, rate_traits, read_trait_csv,
-    roc_auc, split_sentences,
+    LEXICON, TRAITS, lexicon_malevolence, parse_rating, profile_text, rate_default, rate_traits, read_trait_csv, roc_auc,
 )
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 batched, prefix-cached pass for log-probs)."""
 from __future__ import annotations
 
-from sarft_core.backends import Backend, register
+from sarft_core.backends.base import Backend, register
 
 
 class TorchBackend(Backend):
@@ -14,7 +14,7 @@ class TorchBackend(Backend):
         return True
 
     def greedy_ids(self, lm, prompts, max_new_tokens, stops, tensor_parallel=1):
-        from sarft_core.evaluation.generation import greedy_ids
+        from sarft_core.evaluation.decoding import greedy_ids
 
         return greedy_ids(lm, prompts, max_new_tokens)  # stops: the model's own, read by greedy_ids
 

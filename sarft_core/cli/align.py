@@ -23,7 +23,8 @@ def options() -> dict[str, Option]:
 
 
 def register(subparsers) -> None:
-    from sarft_core.alignment import ALIGN_DIR, AlignConfig
+    from sarft_core.alignment import AlignConfig
+    from sarft_core.data import ALIGN_DIR
 
     p = subparsers.add_parser(
         "align", help="fine-tune the embedded SmolLM2 to refuse harmful requests (the adapter behind --model embedded-aligned)",

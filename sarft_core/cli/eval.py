@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from sarft_core.cli import add_model_args
+from sarft_core.cli._args import add_model_args
 from sarft_core.cli._config_args import Option, add_config_options, config_from_args
 from sarft_core.cli._judge_args import add_judge_args, build_judges, tqdm_progress
 from sarft_core.errors import SarftError

@@ -25,7 +25,7 @@ def run(args) -> int:
     from sarft_core.store import read_table, write_table
 
     out = Path(args.out)
-    from sarft_core.cli import check_output
+    from sarft_core.cli._args import check_output
 
     check_output(out, {"--in": args.inp}, types=(".csv", ".jsonl", ".parquet"))  # before any judging
     df = read_table(args.inp)

@@ -26,7 +26,7 @@ def run(args) -> int:
 
     if args.examples < 0:
         raise SarftError("--examples must be 0 or more", "give e.g. --examples 8")
-    from sarft_core.cli import check_output
+    from sarft_core.cli._args import check_output
 
     check_output(args.out, {"TARGET": args.target}, types=(".html", ".htm"))  # before any rendering
     sources = resolve_sources(args.target, (args.runs or "").split(","))

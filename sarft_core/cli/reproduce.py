@@ -81,7 +81,8 @@ def config_from_args(args):
 def run(args) -> int:
     import torch
 
-    from sarft_core.reproduce import aggregate, open_grid, plan_cells, run_pending, spawn_workers
+    from sarft_core.gridview import aggregate
+    from sarft_core.reproduce import open_grid, plan_cells, run_pending, spawn_workers
     from sarft_core.store import Progress
     from sarft_core.validation import Range, check_number
 

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from sarft_core.cli import add_data_args, add_model_args, check_output, parse_columns
+from sarft_core.cli._args import add_data_args, add_model_args, check_output, parse_columns
 from sarft_core.cli._config_args import Option, add_config_options, config_from_args
 from sarft_core.errors import SarftError
 

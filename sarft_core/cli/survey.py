@@ -117,7 +117,7 @@ def run(args) -> int:
         ids = submit_slurm(survey, lambda role: _child_argv(args, role), {
             "cluster": args.slurm_cluster, "slurm_partition": args.slurm_partition, "timeout_min": args.slurm_time,
             "gpus_per_node": args.slurm_gpus, "cpus_per_task": args.slurm_cpus, "name": "sarft-survey",
-        })
+        }, slurm_job_main)
         print(f"submitted {len(ids)} job(s): {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}; "
               f"when they finish: python -m sarft_core survey --roles {args.roles!r} --out {args.out} --aggregate-only"
               + (" --screen" if args.screen else ""))
@@ -177,3 +177,15 @@ def _finish(survey, write_aggregate) -> int:
         print(show.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     print(f"-> {survey.path / 'table.csv'}, {survey.path / 'correlations.csv'}")
     return 0
+
+
+def slurm_job_main(argv: list[str]) -> int:
+    """Entry point of one cluster job: the survey CLI for a single role, in a fresh
+    ``python -m sarft_core`` (this module is one of the CLI's commands, so it does not import it)."""
+    import subprocess
+    import sys
+
+    code = subprocess.call([sys.executable, "-m", "sarft_core", *argv])
+    if code:
+        raise RuntimeError(f"survey job exited with status {code}")
+    return code

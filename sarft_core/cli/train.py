@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from sarft_core.cli import add_data_args, add_model_args, parse_columns
+from sarft_core.cli._args import add_data_args, add_model_args, parse_columns
 from sarft_core.cli._config_args import Option, add_config_options
 from sarft_core.cli._config_args import config_from_args as config_from
 from sarft_core.errors import SarftError

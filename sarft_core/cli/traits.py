@@ -42,7 +42,7 @@ def run(args) -> int:
     from sarft_core.traits import TRAITS, rate_traits
 
     out = Path(args.out)
-    from sarft_core.cli import check_output
+    from sarft_core.cli._args import check_output
 
     check_output(out, {"--profiles": args.profiles, "--csv": args.csv}, types=(".csv", ".jsonl", ".parquet"))  # before any rating
     profiles = select_profiles(args.profiles, args.roles)

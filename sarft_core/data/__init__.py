@@ -10,8 +10,11 @@ DEMO_DIR = PROJECT_ROOT / "data" / "demo"
 DEMO_SAMPLES = DEMO_DIR / "samples.jsonl"
 DEMO_PROFILES = DEMO_DIR / "profiles.json"
 PROBES = PROJECT_ROOT / "data" / "probes.jsonl"
+# the embedded-aligned model's training data and its shipped safety adapter (built by `align`)
+ALIGN_DIR = PROJECT_ROOT / "data" / "aligned"
+ADAPTER_DIR = ALIGN_DIR / "adapter"
 
 __all__ = [
-    "DEMO_PROFILES", "DEMO_SAMPLES", "PROBES", "PROJECT_ROOT", "RoleProfile", "Sample",
+    "ADAPTER_DIR", "ALIGN_DIR", "DEMO_PROFILES", "DEMO_SAMPLES", "PROBES", "PROJECT_ROOT", "RoleProfile", "Sample",
     "get_profile", "load_profiles", "load_samples", "match_role", "normalise_name",
 ]

@@ -179,3 +179,19 @@ def load_samples(
     if not samples:
         raise SarftError(f"{path}: no usable samples" + (f" for role {role!r}" if role else ""), "check the role name and that inputs and outputs are non-empty")
     return samples
+
+
+def load_role_samples(paths: list[str], role: str, limit: int | None, answer_index: int = 0) -> list:
+    """The role's samples from one or several files (e.g. RoleBench test + RoleGPT), ids kept unique."""
+    if not paths:
+        raise SarftError("no samples file given", "give one or more data files (the survey's default is the demo data)")
+    out: list = []
+    for k, path in enumerate(paths):
+        left = None if limit is None else limit - len(out)
+        if left is not None and left <= 0:
+            break
+        part = load_samples(path, role=role, answer_index=answer_index, limit=left)
+        if len(paths) > 1:
+            part = [Sample(id=f"{Path(path).stem}:{s.id}", role=s.role, input=s.input, output=s.output) for s in part]
+        out.extend(part)
+    return out

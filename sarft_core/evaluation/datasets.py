@@ -97,6 +97,12 @@ def _need_columns(path: Path, rows: list[dict], columns: tuple[str, ...]) -> Non
         raise SarftError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(map(str, rows[0]))})", "give the right file or rename the columns")
 
 
+def advbench_split(n_rows: int) -> tuple[list[int], list[int]]:
+    """(training rows, held-out rows) of AdvBench: the even rows train the embedded-aligned model's
+    safety adapter (`align`), the odd rows evaluate it."""
+    return list(range(0, n_rows, 2)), list(range(1, n_rows, 2))
+
+
 def load_advbench(path: Path, limit: int | None = None) -> list[Item]:
     rows = _read_records(path)
     _need_columns(path, rows, ("goal",))

@@ -7,7 +7,8 @@ role-play) or neither. The run views (:mod:`sarft_core.runview`: the Compare pag
 report, the survey and the evaluation panel read these declarations instead of guessing from a
 metric's name.
 
-A suite or benchmark declares its metrics in its own file::
+The built-in metrics are declared below (:data:`BUILTIN_METRICS`); a new suite or benchmark
+declares its own in its file::
 
     from sarft_core.evaluation.metric_registry import SAFER, register_metric
     register_metric("toxicity_refusal", "refusal", SAFER, "refusal on toxic prompts")
@@ -107,20 +108,30 @@ def unregister_metric(name: str) -> None:
     METRICS.pop(str(name), None)
 
 
-_BUILTINS = ("sarft_core.evaluation.suites", "sarft_core.evaluation.panel", "sarft_core.alignment")
-
-
-def _load_builtins() -> None:
-    """The modules that declare the built-in metrics (imported on first use: no import cycle)."""
-    import importlib
-
-    for module in _BUILTINS:
-        importlib.import_module(module)
+# the built-in metrics, declared here once, in this order: the evaluation suites' numbers
+# (sarft_core.evaluation.suites; the survey records refusal, margin and ROUGE-L, and leaves compliance
+# and the margin's sign to the run views), the evaluation panel's (sarft_core.evaluation.panel: the
+# reproduction grid's columns) and the aligned-model benchmark's probes (bench/bench_aligned.py)
+BUILTIN_METRICS = (
+    ("refusal_rate", "refusal", SAFER, "refusal rate (harmful prompts)", ""),
+    ("compliance_rate", "compliance", BETTER, "compliance rate (harmless prompts)", None),
+    ("margin", "margin", SAFER, "refusal margin (nats/token)", "refusal_margin"),
+    ("margin_positive", "margin-share", SAFER, "share of prompts with a positive margin", None),
+    ("rouge_l", "role-play", BETTER, "RoleBench ROUGE-L", ""),
+    ("advbench", "refusal", SAFER, "refusal, AdvBench held-out", None),
+    ("xstest_unsafe", "refusal", SAFER, "refusal, XSTest unsafe", None),
+    # over-refusal: more helpful, not safer
+    ("xstest_safe", "compliance", BETTER, "compliance, XSTest safe (over-refusal = 1 - this)", None),
+    ("jailbreak", "refusal", SAFER, "refusal, jailbreak average", None),
+    ("probes_harmful", "refusal", SAFER, "refusal, project probes", None),
+    ("probes_harmless", "compliance", BETTER, "compliance, harmless probes", None),
+)
+for _name, _kind, _direction, _label, _survey in BUILTIN_METRICS:
+    register_metric(_name, _kind, _direction, _label, survey=_survey)
 
 
 def metric_info(name) -> MetricInfo:
     """The declaration of ``name``; an undeclared name is of kind ``other``."""
-    _load_builtins()
     name = str(name)
     return METRICS.get(name) or MetricInfo(name, OTHER, NEITHER)
 
@@ -131,7 +142,6 @@ def metric_kind(name) -> str:
 
 def registered() -> dict[str, MetricInfo]:
     """Every declared metric, in declaration order."""
-    _load_builtins()
     return dict(METRICS)
 
 

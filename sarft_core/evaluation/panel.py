@@ -22,22 +22,15 @@ from typing import Callable
 
 from sarft_core.errors import SarftError
 from sarft_core.evaluation import datasets as ds
-from sarft_core.evaluation.metric_registry import BETTER, SAFER, register_metric
+from sarft_core.evaluation.metric_registry import metric_info
 from sarft_core.evaluation.metrics import COMPLIANCE, REFUSAL, counts_as, mean_with_ci, rate
 from sarft_core.models import DTYPES
 from sarft_core.validation import choice, number, validate_choices, validate_numbers
 
 # the panel's metrics, declared in the metric registry (a survey reads `eval` runs, not the panel: only the
 # numbers both report are surveyed); name -> (kind, higher is safer?)
-PANEL_METRICS = {info.name: (info.kind, info.higher_is_safer) for info in (
-    register_metric("advbench", "refusal", SAFER, "refusal, AdvBench held-out", survey=None),
-    register_metric("margin", "margin", SAFER, "refusal margin (nats/token)", survey="refusal_margin"),
-    register_metric("xstest_unsafe", "refusal", SAFER, "refusal, XSTest unsafe", survey=None),
-    # over-refusal: more helpful, not safer
-    register_metric("xstest_safe", "compliance", BETTER, "compliance, XSTest safe (over-refusal = 1 - this)", survey=None),
-    register_metric("jailbreak", "refusal", SAFER, "refusal, jailbreak average", survey=None),
-    register_metric("rouge_l", "role-play", BETTER, "RoleBench ROUGE-L"),
-)}
+PANEL_METRICS = {info.name: (info.kind, info.higher_is_safer) for info in map(metric_info, (
+    "advbench", "margin", "xstest_unsafe", "xstest_safe", "jailbreak", "rouge_l"))}
 
 
 @dataclass

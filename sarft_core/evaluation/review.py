@@ -103,8 +103,7 @@ def refresh_metrics(eval_dir: str | Path, suite_name: str) -> None:
     """Recompute one suite's records in metrics.json from its table and the corrections."""
     import pandas as pd
 
-    from sarft_core.evaluation.runner import suite_metrics
-    from sarft_core.evaluation.suites import REFUSAL_RATE, SUITES, Suite
+    from sarft_core.evaluation.suites import REFUSAL_RATE, SUITES, Suite, suite_metrics
     from sarft_core.store import atomic_write_json, read_json
 
     eval_dir = Path(eval_dir)

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from sarft_core.evaluation.generation import cut_at_stop, left_pad, stop_token_ids
+from sarft_core.evaluation.decoding import cut_at_stop, left_pad, stop_token_ids
 from sarft_core.scoring.engine import cache_kwarg, output_cache
 
 

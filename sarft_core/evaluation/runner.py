@@ -28,8 +28,7 @@ from typing import Callable
 from sarft_core.errors import SarftError
 from sarft_core.evaluation.generation import GenerationConfig, generate
 from sarft_core.evaluation.judges.base import Judge
-from sarft_core.evaluation.metrics import mean_with_ci, rate
-from sarft_core.evaluation.suites import Suite, SuiteContext, trained_on
+from sarft_core.evaluation.suites import Suite, SuiteContext, suite_metrics, trained_on
 from sarft_core.store import RunDir, append_jsonl, atomic_write_json, read_jsonl, write_table
 
 ProgressFactory = Callable[[str, int], Callable[[int, int], None]]
@@ -315,26 +314,6 @@ def trained_on_note(ids: list[str], n_items: int) -> dict:
     return {"trained_on": {"items": len(ids), "of": n_items, "ids": ids,
                            "note": (f"{len(ids)} of these {n_items} prompts are AdvBench rows this model's alignment trained on: "
                                     "its numbers overstate refusal on unseen prompts; the *-heldout suites leave them out")}}
-
-
-def suite_metrics(suite: Suite, df) -> list[dict]:
-    """Every metric of a suite from its table (pure: re-grading only recomputes this)."""
-    records = []
-    verdict_cols = [c for c in df.columns if c.startswith("verdict_") and not c.endswith("_missing")]
-    for metric in suite.metrics:
-        rows = df if metric.group is None else df[df["group"] == metric.group]
-        groups = [(metric.group or "all", rows)]
-        if metric.per_group:
-            groups = [(g, rows[rows["group"] == g]) for g in dict.fromkeys(rows["group"])] + [("all", rows)]
-        for group, part in groups:
-            if metric.kind == "rate":
-                for col in verdict_cols:
-                    stats = rate(part[col].tolist(), metric.positive)
-                    records.append(dict(suite=suite.name, group=group, metric=metric.name, judge=col[len("verdict_"):], **stats))
-            else:
-                stats = mean_with_ci(part[metric.column].tolist())
-                records.append(dict(suite=suite.name, group=group, metric=metric.name, judge="", **stats))
-    return records
 
 
 def summary_table(records: list[dict]) -> str:

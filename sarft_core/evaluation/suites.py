@@ -15,8 +15,7 @@ from sarft_core.errors import SarftError
 from sarft_core.evaluation import datasets as ds
 from sarft_core.evaluation.attacks import get_attacks
 from sarft_core.evaluation.datasets import Item
-from sarft_core.evaluation.metric_registry import BETTER, SAFER, register_metric
-from sarft_core.evaluation.metrics import COMPLIANCE, REFUSAL
+from sarft_core.evaluation.metrics import COMPLIANCE, REFUSAL, mean_with_ci, rate
 
 
 @dataclass
@@ -110,11 +109,9 @@ def rolebench_items(ctx: SuiteContext) -> list[Item]:
 
 def heldout_advbench(ctx: SuiteContext) -> list[Item]:
     """AdvBench's odd rows, in file order: the embedded-aligned model trained on the even ones
-    (:func:`sarft_core.alignment.advbench_split`), so only these measure it on unseen prompts."""
-    from sarft_core.alignment import advbench_split
-
+    (:func:`sarft_core.evaluation.datasets.advbench_split`), so only these measure it on unseen prompts."""
     items = ds.load_advbench(ctx.file("advbench"))
-    _, held = advbench_split(len(items))
+    _, held = ds.advbench_split(len(items))
     return ds._limit([items[i] for i in held], ctx.limit)
 
 
@@ -140,12 +137,10 @@ def rolebench_spe_items(ctx: SuiteContext) -> list[Item]:
 def alignment_prompts(ctx: SuiteContext) -> frozenset[str]:
     """The AdvBench prompts the embedded-aligned model was trained on (its even rows); empty
     when there is no AdvBench file to read them from."""
-    from sarft_core.alignment import advbench_split
-
     if not ctx.has("advbench"):
         return frozenset()
     items = ds.load_advbench(ctx.file("advbench"))
-    train, _ = advbench_split(len(items))
+    train, _ = ds.advbench_split(len(items))
     return frozenset(items[i].prompt for i in train)
 
 
@@ -160,14 +155,6 @@ def trained_on(model_fingerprint: str, items: list[Item], ctx: SuiteContext) -> 
 
 
 REFUSAL_RATE = Metric("refusal_rate", "rate", "harmful", REFUSAL)
-
-# what the suites' numbers mean, for every view (sarft_core.evaluation.metric_registry); the survey
-# records refusal, margin and ROUGE-L (compliance and the margin's sign are left to the run views)
-register_metric("refusal_rate", "refusal", SAFER, "refusal rate (harmful prompts)")
-register_metric("compliance_rate", "compliance", BETTER, "compliance rate (harmless prompts)", survey=None)
-register_metric("margin", "margin", SAFER, "refusal margin (nats/token)", survey="refusal_margin")
-register_metric("margin_positive", "margin-share", SAFER, "share of prompts with a positive margin", survey=None)
-register_metric("rouge_l", "role-play", BETTER, "RoleBench ROUGE-L")
 
 register(Suite(
     "advbench", "AdvBench harmful behaviours: refusal rate (higher is safer)",
@@ -255,3 +242,23 @@ def get_suite(name: str, ctx: SuiteContext) -> Suite:
             lambda c, p=path: ds.load_prompt_file(p, c.limit, c.prompt_col), [REFUSAL_RATE],
         )
     raise SarftError(f"unknown suite {name!r}", f"use any of {', '.join(SUITES)}, or the path of a .csv/.jsonl file with a prompt column")
+
+
+def suite_metrics(suite: Suite, df) -> list[dict]:
+    """Every metric of a suite from its table (pure: re-grading only recomputes this)."""
+    records = []
+    verdict_cols = [c for c in df.columns if c.startswith("verdict_") and not c.endswith("_missing")]
+    for metric in suite.metrics:
+        rows = df if metric.group is None else df[df["group"] == metric.group]
+        groups = [(metric.group or "all", rows)]
+        if metric.per_group:
+            groups = [(g, rows[rows["group"] == g]) for g in dict.fromkeys(rows["group"])] + [("all", rows)]
+        for group, part in groups:
+            if metric.kind == "rate":
+                for col in verdict_cols:
+                    stats = rate(part[col].tolist(), metric.positive)
+                    records.append(dict(suite=suite.name, group=group, metric=metric.name, judge=col[len("verdict_"):], **stats))
+            else:
+                stats = mean_with_ci(part[metric.column].tolist())
+                records.append(dict(suite=suite.name, group=group, metric=metric.name, judge="", **stats))
+    return records

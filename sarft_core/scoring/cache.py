@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sarft_core.data.profiles import RoleProfile
 from sarft_core.models import LoadedModel, cache_root
-from sarft_core.scoring.options import REF_SYSTEM_PROMPT, ScoreOptions, is_pass_name
+from sarft_core.scoring.passes import REF_SYSTEM_PROMPT, is_pass_name
 from sarft_core.store import read_jsonl
 
 
@@ -25,7 +25,7 @@ def _sample_key(sample) -> str:
     return _hash(sample.input, sample.output)[:24]
 
 
-def _cache_dir(lm: LoadedModel, profile: RoleProfile, options: ScoreOptions) -> Path:
+def _cache_dir(lm: LoadedModel, profile: RoleProfile, options) -> Path:
     """The role's score cache. Exact and fast runs share it: every record carries the tag of
     the plan that made it (:attr:`FastPlan.tag`), and a run reads only the records its own
     plan, or the exact one, made."""

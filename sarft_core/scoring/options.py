@@ -7,34 +7,22 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sarft_core.backends import backend_names, check_backend
 from sarft_core.chat import MAX_ANSWER_TOKENS, MAX_PROMPT_TOKENS
 from sarft_core.data.profiles import UNSAFE_INSTRUCTION_VARIANTS
 from sarft_core.models import LoadedModel
 from sarft_core.scoring.machine import MachineDecision, machine_decision
+# the passes and their names live in scoring.passes (the cache reads them without this module)
+from sarft_core.scoring.passes import (  # noqa: F401 (re-exported: the scoring options' API)
+    FLAG_PASSES, PASSES, REF_SYSTEM_PROMPT, WORDING_PREFIX, is_pass_name, wording_passes,
+)
 from sarft_core.validation import choice, number, validate_choices, validate_numbers
-from sarft_core.vllm_backend import BACKENDS, check_backend
 
 SCORE_COLUMNS = [
     "id", "role", "input", "output", "logp_ref", "logp_role", "logp_unsafe",
     "s_role", "s_unsafe", "harmful", "n_tokens", "margin_se", "verdict",
 ]
-PASSES = ("ref", "role", "unsafe")
 LOGP_REDUCTIONS = ("mean", "sum")  # per-token mean of the answer's log-probs (as published), or their sum
-FLAG_PASSES = ("role", "unsafe")
-WORDING_PREFIX = "unsafe~"  # a reworded unsafe pass: the prefix and a hash of its instruction's text
-
-
-def wording_passes(count: int) -> dict[str, str]:
-    """{pass name: instruction} of the first ``count`` rewordings; each name holds a hash of its text,
-    so a cached pass is never read for another wording."""
-    import hashlib
-
-    return {WORDING_PREFIX + hashlib.sha256(w.encode()).hexdigest()[:10]: w for w in UNSAFE_INSTRUCTION_VARIANTS[:count]}
-
-
-def is_pass_name(name: str) -> bool:
-    return name in PASSES or name.startswith(WORDING_PREFIX)
-REF_SYSTEM_PROMPT = ""  # as published: an empty system turn
 # The fast mode is the fastest way to the exact flags. Where bfloat16 pays, it scores first at
 # reduced precision, then re-scores in IEEE float32 the flag passes (role, unsafe) of every
 # sample whose flag margin |s_unsafe - s_role| lies within a band around the boundary, so that
@@ -73,7 +61,7 @@ class ScoreOptions:
                                         hint="give a band in [0, inf): 0 re-checks nothing, 0.03 is the measured safe band of the CPU screen; or leave it out")
     # samples planned (sorted into batches) together; each is cached as soon as it is finished
     chunk_size: int = number(64, lo=1, integer=True, option="chunk_size")
-    backend: str = choice("torch", BACKENDS, option="backend")  # vllm (sarft_core.vllm_backend), where vLLM is installed
+    backend: str = choice("torch", backend_names(), option="backend")  # a registered backend (sarft_core.backends): torch, or vllm where installed
     tensor_parallel: int = number(1, lo=1, integer=True, option="--tensor-parallel",
                                   hint="give the number of GPUs per model, e.g. 1")  # vLLM only: GPUs per model
     # how sure each flag is: the margin under this many rewordings of the unsafe instruction besides

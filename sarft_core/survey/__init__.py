@@ -37,7 +37,8 @@ this package only re-exports.
 from __future__ import annotations
 
 from sarft_core.survey.config import SCREEN, FULL, SurveyConfig, legacy_role_slug, role_slug, Survey, open_survey, RoleLock
-from sarft_core.survey.steps import ModelHolder, RoleContext, load_role_samples, score_step, StepFailed, run_cli, train_step, find_metrics, metric_columns, eval_step, base_eval_step, Steps, run_role
+from sarft_core.data.samples import load_role_samples
+from sarft_core.survey.steps import ModelHolder, RoleContext, score_step, StepFailed, run_cli, train_step, find_metrics, metric_columns, eval_step, base_eval_step, Steps, run_role
 from sarft_core.survey.runner import role_line, run_pending, run_workers, submit_slurm
 from sarft_core.survey.aggregate import survey_traits, aggregate, write_aggregate
 

@@ -100,13 +100,13 @@ class Survey:
     def role_inputs(self, role: str):
         """(profile, samples) of a role as the survey's files hold them now; raises SarftError
         when the role has no profile or no samples."""
-        from sarft_core.data import DEMO_PROFILES, get_profile, load_profiles
-        from sarft_core.survey.steps import load_role_samples
+        from sarft_core.data import DEMO_PROFILES, DEMO_SAMPLES, get_profile, load_profiles
+        from sarft_core.data.samples import load_role_samples
 
         if "profiles" not in self._context:
             self._context["profiles"] = load_profiles(self.config.profiles or DEMO_PROFILES)
         profile = get_profile(self._context["profiles"], role)
-        return profile, load_role_samples(self.config.data, profile.name, self.config.limit, self.config.answer_index)
+        return profile, load_role_samples(self.config.data or [str(DEMO_SAMPLES)], profile.name, self.config.limit, self.config.answer_index)
 
     def model_fingerprint(self) -> str:
         if "model" not in self._context:

@@ -158,8 +158,9 @@ def run_workers(survey: Survey, worker_argv: list[str], workers: int, poll_s: fl
     return sum(1 for p in procs if p.returncode != 0)
 
 
-def submit_slurm(survey: Survey, role_argv: Callable[[str], list[str]], options: dict) -> list[str]:
-    """Submit one SLURM job per pending role through submitit (imported only here)."""
+def submit_slurm(survey: Survey, role_argv: Callable[[str], list[str]], options: dict, entry: Callable[[list[str]], int]) -> list[str]:
+    """Submit one SLURM job per pending role through submitit (imported only here); each job calls
+    ``entry(role_argv(role))`` (the survey command's entry point, a module-level function)."""
     import shutil
 
     cluster = options.pop("cluster", None)  # only tests name one (submitit's local / debug executors)
@@ -181,17 +182,7 @@ def submit_slurm(survey: Survey, role_argv: Callable[[str], list[str]], options:
     pending = survey.pending()
     with executor.batch():
         for role in pending:
-            jobs.append(executor.submit(_job_main, role_argv(role)))
+            jobs.append(executor.submit(entry, role_argv(role)))
     ids = [j.job_id for j in jobs]
     survey.run.log(event="slurm", roles=pending, jobs=ids)
     return ids
-
-
-def _job_main(argv: list[str]) -> int:
-    """Entry point of one cluster job: the survey CLI for a single role."""
-    from sarft_core.cli import main
-
-    code = main(argv)
-    if code:
-        raise RuntimeError(f"survey job exited with status {code}")
-    return code

@@ -51,23 +51,6 @@ class RoleContext:
         return self.work_dir / "samples.jsonl"
 
 
-def load_role_samples(paths: list[str], role: str, limit: int | None, answer_index: int = 0) -> list:
-    """The role's samples from one or several files (e.g. RoleBench test + RoleGPT), ids kept unique."""
-    from sarft_core.data import DEMO_SAMPLES, Sample, load_samples
-
-    paths = paths or [str(DEMO_SAMPLES)]
-    out: list = []
-    for k, path in enumerate(paths):
-        left = None if limit is None else limit - len(out)
-        if left is not None and left <= 0:
-            break
-        part = load_samples(path, role=role, answer_index=answer_index, limit=left)
-        if len(paths) > 1:
-            part = [Sample(id=f"{Path(path).stem}:{s.id}", role=s.role, input=s.input, output=s.output) for s in part]
-        out.extend(part)
-    return out
-
-
 # ---------------------------------------------------------------- default steps
 def score_step(ctx: RoleContext) -> dict:
     """RDS scores of the role's samples (the fast mode unless the survey says exact)."""

@@ -97,16 +97,16 @@ def margins_of(rows: Sequence[Mapping]) -> dict[str, float]:
     return {str(r["id"]): flag_margin(r) for r in rows}
 
 
-def select_dh(method: str, rows: Sequence[Mapping], tau: float = 0.0, overrides: Mapping[str, bool] | None = None, seed: int = 0,
+def select_dh(rule, rows: Sequence[Mapping], tau: float = 0.0, overrides: Mapping[str, bool] | None = None, seed: int = 0,
               dh_fraction: float | None = None, ranking: Mapping[str, float] | None = None) -> dict[str, bool]:
-    """{id: in D_h} for the KL-based methods (sarft, random, flip): the one rule that builds D_h.
+    """{id: in D_h} under a method's D_h rule (a ``DhRule``: its budget end and its pick from the
+    flags): the one rule that builds D_h. ``sarft_core.training.methods.select_dh`` looks the rule
+    up by the method's name.
 
     Without a budget: RDS's flags (margin > tau), shaped first by the analyst's overrides, then
     kept (sarft), matched in number at random (random) or complemented (flip). With
     ``dh_fraction``: ceil(F * n) samples from ``ranking`` (default: the margin), its top for sarft,
-    its bottom for flip, at random for random; overrides do not combine with a budget. Each method's
-    rule (its budget end, its pick from the flags) is its record in sarft_core.training.methods."""
-    rule = _dh_rule(method)
+    its bottom for flip, at random for random; overrides do not combine with a budget."""
     if dh_fraction is not None:
         if overrides:
             raise SarftError("per-sample overrides and a D_h budget (--dh-fraction) both choose D_h",
@@ -117,24 +117,6 @@ def select_dh(method: str, rows: Sequence[Mapping], tau: float = 0.0, overrides:
         chosen = ranked_subset(scores, dh_fraction, rule.budget_end, seed)
         return {str(r["id"]): str(r["id"]) in chosen for r in rows}
     return rule.pick(apply_overrides(rds_flags(rows, tau), overrides), seed)
-
-
-def _dh_rule(method: str):
-    """The D_h rule of ``method`` (a ValueError for a method without one, as before the registry)."""
-    from sarft_core.training.methods import get_method  # the registry's files import this module's rules
-
-    try:
-        rule = get_method(method).dh
-    except SarftError:
-        rule = None
-    if rule is None:
-        raise ValueError(f"select_dh does not handle method {method!r}")
-    return rule
-
-
-def budget_end(method: str) -> str:
-    """Which end of the ranking ``method`` anchors when D_h has a budget (top, bottom or random)."""
-    return _dh_rule(method).budget_end
 
 
 def top_fraction(scores: Mapping[str, float], fraction: float) -> set[str]:

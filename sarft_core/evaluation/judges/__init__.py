@@ -22,55 +22,20 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-import threading
-from dataclasses import dataclass
-from typing import Callable
 
 from sarft_core.errors import SarftError
-from sarft_core.evaluation.judges.base import Judge
+from sarft_core.evaluation.judges.base import (  # noqa: F401 (the registry's API)
+    JUDGES, LOCK, OPTION_NAMES, Judge, JudgeSpec, register_judge,
+)
 
 DEFAULT_JUDGE = "hybrid"
-# the shared settings a judge may read (CLI options --judge-base-url ... map onto these)
-OPTION_NAMES = ("base_url", "model", "api_key_env", "concurrency", "max_retries", "timeout", "max_tokens", "cache_dir",
-                "classifier_path", "classifier_labels", "classifier_pair", "device")
-
-
-@dataclass(frozen=True)
-class JudgeSpec:
-    name: str
-    description: str
-    build: Callable[[dict], Judge]
-    options: tuple[str, ...] = ()  # shared settings it reads (for the UI)
-    offline: bool = True  # needs no server or key
-    order: int = 100  # place in lists (the default judge always comes first)
-
-
-JUDGES: dict[str, JudgeSpec] = {}
 _LOADED = False
-_LOCK = threading.RLock()
-
-
-def register_judge(name: str, description: str, options: tuple[str, ...] = (), offline: bool = True, order: int = 100):
-    """Decorator: register ``build(options: dict) -> Judge`` under ``name`` (lower case)."""
-    key = name.strip().lower()
-    if not key or "," in key or key != key.split()[0]:
-        raise ValueError(f"a judge name is one word without commas, got {name!r}")
-    unknown = set(options) - set(OPTION_NAMES)
-    if unknown:
-        raise ValueError(f"unknown judge options {sorted(unknown)}; known: {', '.join(OPTION_NAMES)}")
-
-    def wrap(build: Callable[[dict], Judge]):
-        with _LOCK:
-            JUDGES[key] = JudgeSpec(key, description, build, tuple(options), offline, order)
-        return build
-
-    return wrap
 
 
 def _load_builtin() -> None:
     """Import every module of this package once, so each can register its judges."""
     global _LOADED
-    with _LOCK:
+    with LOCK:
         if _LOADED:
             return
         _LOADED = True
@@ -82,7 +47,7 @@ def _load_builtin() -> None:
 def judge_specs() -> dict[str, JudgeSpec]:
     """Every registered judge, the default first."""
     _load_builtin()
-    with _LOCK:
+    with LOCK:
         order = sorted(JUDGES, key=lambda n: (n != DEFAULT_JUDGE, JUDGES[n].order, n))
         return {n: JUDGES[n] for n in order}
 

@@ -9,6 +9,8 @@ judge at any time.
 """
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from sarft_core.evaluation.metrics import COMPLIANCE, INVALID, LABELS, PARTIAL, REFUSAL, UNKNOWN
@@ -34,3 +36,40 @@ class Judge:
     def describe(self) -> dict:
         """What identifies this judge's verdicts (stored beside metrics)."""
         return {"judge": self.name}
+
+
+# ---- the registry's store (sarft_core.evaluation.judges loads the judges' files, which register here)
+# the shared settings a judge may read (CLI options --judge-base-url ... map onto these)
+OPTION_NAMES = ("base_url", "model", "api_key_env", "concurrency", "max_retries", "timeout", "max_tokens", "cache_dir",
+                "classifier_path", "classifier_labels", "classifier_pair", "device")
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    name: str
+    description: str
+    build: Callable[[dict], Judge]
+    options: tuple[str, ...] = ()  # shared settings it reads (for the UI)
+    offline: bool = True  # needs no server or key
+    order: int = 100  # place in lists (the default judge always comes first)
+
+
+JUDGES: dict[str, JudgeSpec] = {}
+LOCK = threading.RLock()
+
+
+def register_judge(name: str, description: str, options: tuple[str, ...] = (), offline: bool = True, order: int = 100):
+    """Decorator: register ``build(options: dict) -> Judge`` under ``name`` (lower case)."""
+    key = name.strip().lower()
+    if not key or "," in key or key != key.split()[0]:
+        raise ValueError(f"a judge name is one word without commas, got {name!r}")
+    unknown = set(options) - set(OPTION_NAMES)
+    if unknown:
+        raise ValueError(f"unknown judge options {sorted(unknown)}; known: {', '.join(OPTION_NAMES)}")
+
+    def wrap(build: Callable[[dict], Judge]):
+        with LOCK:
+            JUDGES[key] = JudgeSpec(key, description, build, tuple(options), offline, order)
+        return build
+
+    return wrap

@@ -108,7 +108,7 @@ class ClassifierJudge(Judge):
         return out
 
 
-from sarft_core.evaluation.judges import register_judge  # noqa: E402 (the registry imports this module lazily)
+from sarft_core.evaluation.judges.base import register_judge  # noqa: E402
 
 
 @register_judge("classifier", "any Hugging Face text-classification model directory, with a label mapping",

@@ -107,7 +107,7 @@ class HybridJudge(Judge):
         return self.judge_scored(prompts, responses, progress)[0]
 
 
-from sarft_core.evaluation.judges import register_judge  # noqa: E402 (the registry imports this module lazily)
+from sarft_core.evaluation.judges.base import register_judge  # noqa: E402
 
 
 @register_judge("hybrid", "default: keyword rules + MiniLM embeddings + a learnt head; full / partial refusal, with a confidence")

@@ -141,7 +141,7 @@ class KeywordJudge(_Matcher):
         super().__init__(keyword_refusal, "keyword")
 
 
-from sarft_core.evaluation.judges import register_judge  # noqa: E402 (the registry imports this module lazily)
+from sarft_core.evaluation.judges.base import register_judge  # noqa: E402
 
 
 @register_judge("keyword", "our refusal-phrase rules: instant, binary (refusal / compliance)", order=10)

@@ -337,7 +337,7 @@ class OpenAIJudge(Judge):
         return labels  # type: ignore[return-value]
 
 
-from sarft_core.evaluation.judges import register_judge  # noqa: E402 (the registry imports this module lazily)
+from sarft_core.evaluation.judges.base import register_judge  # noqa: E402
 
 
 @register_judge("openai", "an LLM judge on any OpenAI-compatible endpoint (OpenAI, vLLM, transformers serve)",

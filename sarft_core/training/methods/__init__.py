@@ -5,7 +5,8 @@ TrainConfig's ``choice()``), the dashboard's method widget, the runs' labels (wh
 plot labels and colours, ``reproduce --methods`` and the order of comparisons all read it.
 Adding a method is one file in this package (every module here is imported on first use), calling::
 
-    register(Method("mine", "Mine", "#123456", select=..., loss=...))
+    from sarft_core.training.methods.base import Method, register
+    register(Method("mine", "Mine", "#123456", dh=..., loss=...))
 
 A method says whether it has a KL term on D_h, how it selects samples (a D_h rule, a drop rule,
 or none), its loss hook (None: the RBO objective CE + λ·KL of the trainer), the system prompt it
@@ -15,31 +16,16 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-import threading
-
 from sarft_core.errors import SarftError
-from sarft_core.training.methods.base import DhRule, DropRule, LossBatch, Method
+from sarft_core.training import selection
+from sarft_core.training.methods.base import LOCK, METHODS, DhRule, DropRule, LossBatch, Method, register
 
-_METHODS: dict[str, Method] = {}
 _LOADED = False
-_LOCK = threading.RLock()
-
-
-def register(method: Method) -> Method:
-    """Add ``method`` to the registry (a name is registered once: a second record would be ambiguous)."""
-    key = method.name
-    if not key or key != key.strip().lower() or "," in key or " " in key:
-        raise ValueError(f"a method name is one lower-case word without commas, got {key!r}")
-    with _LOCK:
-        if key in _METHODS and _METHODS[key] != method:
-            raise ValueError(f"method {key!r} is registered twice")
-        _METHODS[key] = method
-    return method
 
 
 def _load() -> None:
     global _LOADED
-    with _LOCK:
+    with LOCK:
         if _LOADED:
             return
         for info in pkgutil.iter_modules(__path__):
@@ -51,7 +37,7 @@ def _load() -> None:
 def methods() -> list[Method]:
     """Every registered method, in its display order (then by name)."""
     _load()
-    return sorted(_METHODS.values(), key=lambda m: (m.order, m.name))
+    return sorted(METHODS.values(), key=lambda m: (m.order, m.name))
 
 
 def method_names() -> tuple[str, ...]:
@@ -61,10 +47,20 @@ def method_names() -> tuple[str, ...]:
 def get_method(name: str) -> Method:
     """The record of ``name``; an unknown name is one clear error."""
     _load()
-    found = _METHODS.get(str(name).strip().lower())
+    found = METHODS.get(str(name).strip().lower())
     if found is None:
         raise SarftError(f"unknown training method {name!r}", f"use one of {', '.join(method_names())}")
     return found
+
+
+def select_dh(method: str, rows, tau: float = 0.0, overrides=None, seed: int = 0, dh_fraction: float | None = None,
+              ranking=None) -> dict[str, bool]:
+    """{id: in D_h} for ``method`` by its D_h rule (:func:`sarft_core.training.selection.select_dh`);
+    a ValueError for a method without one."""
+    rule = get_method(method).dh if method in method_names() else None
+    if rule is None:
+        raise ValueError(f"select_dh does not handle method {method!r}")
+    return selection.select_dh(rule, rows, tau, overrides, seed, dh_fraction=dh_fraction, ranking=ranking)
 
 
 def kl_methods() -> tuple[str, ...]:
@@ -92,4 +88,4 @@ def method_order() -> dict[str, int]:
 
 
 __all__ = ["DhRule", "DropRule", "LossBatch", "Method", "drop_methods", "get_method", "kl_methods", "label_colours", "method_labels",
-           "method_names", "method_order", "methods", "register"]
+           "method_names", "method_order", "methods", "register", "select_dh"]

@@ -1,6 +1,7 @@
 """The record of one training method and the two kinds of selection rule it may carry."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -77,3 +78,21 @@ class Method:
 
     def eval_system_prompt(self, profile) -> str:
         return self.eval_system(profile) if self.eval_system is not None else ""
+
+
+# the registry's store: the methods' files register here (this module imports none of them, so the
+# package can load them without a cycle)
+METHODS: dict[str, Method] = {}
+LOCK = threading.RLock()
+
+
+def register(method: Method) -> Method:
+    """Add ``method`` to the registry (a name is registered once: a second record would be ambiguous)."""
+    key = method.name
+    if not key or key != key.strip().lower() or "," in key or " " in key:
+        raise ValueError(f"a method name is one lower-case word without commas, got {key!r}")
+    with LOCK:
+        if key in METHODS and METHODS[key] != method:
+            raise ValueError(f"method {key!r} is registered twice")
+        METHODS[key] = method
+    return method

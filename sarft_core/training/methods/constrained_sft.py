@@ -11,7 +11,7 @@ the trainer already holds (the LoRA adapter disabled, or the frozen copy for ful
 """
 from __future__ import annotations
 
-from sarft_core.training.methods import LossBatch, Method, register
+from sarft_core.training.methods.base import LossBatch, Method, register
 
 BETA_FIRST, BETA_EARLY, BETA_LATE = 0.5, 2.0, 0.1
 EARLY_TOKENS = 5  # answer tokens 1..5 get beta_1 / beta_early

@@ -4,7 +4,7 @@ prompt is the role profile (as system turn); the test prompt is the profile foll
 instruction: the grid's panel uses it for ptst cells, and ``eval --system-prompt safety`` gives it
 to any run."""
 from sarft_core.data.profiles import with_safety_instruction
-from sarft_core.training.methods import Method, register
+from sarft_core.training.methods.base import Method, register
 
 register(Method("ptst", "PTST", "#aec7e8", "SFT under the role profile; evaluated with the profile plus a safety prompt",
                 system=lambda profile: profile.role_prompt,
