@@ -6,8 +6,8 @@ import streamlit as st
 from app import state, widgets
 from sarft_core import plots
 from sarft_core.errors import SarftError
-from sarft_core.runview import (compare_metrics, disagreements, has_eval, kind_tables, pareto_points, read_generations, run_labels,
-                                runs_of_kind, suite_axis)
+from sarft_core.runconfig import runs_of_kind
+from sarft_core.runview import compare_metrics, disagreements, has_eval, kind_tables, pareto_points, read_generations, run_labels, suite_axis
 from sarft_core.store import RunDir, list_runs
 
 st.title("Compare runs")

@@ -6,17 +6,34 @@ import streamlit as st
 from app import state, widgets
 from sarft_core import jobs, plots
 from sarft_core.errors import SarftError
+from sarft_core.paths import confine
 from sarft_core.evaluation import review
 from sarft_core.evaluation.judges import judge_specs
-from sarft_core.evaluation.suites import SUITES
+from sarft_core.evaluation.suites import add_benchmark, read_benchmarks, suite_names
 from sarft_core.evaluation.results import find_eval_runs
-from sarft_core.runview import (eval_target_args, eval_target_label, has_eval, model_target, read_generations, read_metrics, run_label,
-                                runs_of_kind)
+from sarft_core.runconfig import runs_of_kind
+from sarft_core.runview import eval_target_args, eval_target_label, has_eval, model_target, read_generations, read_metrics, run_label
 from sarft_core.store import RunDir, list_runs
 
 st.title("Evaluation")
 runs = list_runs()
 trained = [r for r in runs_of_kind("train", runs) if r.is_complete]
+
+with st.expander("Add a benchmark from a file (HarmBench's behaviours, say)"):
+    st.caption("A .csv, .jsonl, .json or .parquet file of harmful prompts becomes a suite of its own, for this workspace: "
+               "listed below, in `eval --suite NAME`, and in `reproduce --benchmarks NAME`. Registered: "
+               + (", ".join(f"`{n}`" for n in read_benchmarks()) or "none yet") + ".")
+    with st.form("benchmark"):
+        b1, b2, b3 = st.columns([1, 2, 1])
+        bench_name = b1.text_input("Name", placeholder="harmbench")
+        bench_path = b2.text_input("File", placeholder="path of the prompts file, inside the workspace or data folders")
+        bench_col = b3.text_input("Prompt column (optional)", placeholder="prompt, goal, behavior ...")
+        if st.form_submit_button("Register"):
+            try:
+                suite = add_benchmark(bench_name, confine(bench_path), bench_col.strip() or None)
+                st.success(f"Registered {suite.name}; pick it among the suites below.")
+            except SarftError as err:
+                widgets.show_error(err)
 
 # the model training starts from is a target too: "SFT vs SaRFT vs the model you started from"
 targets = [model_target(state.model_spec())] + [str(r.path) for r in trained]
@@ -25,7 +42,7 @@ with st.form("eval"):
                             help="the sidebar's model as it is (change it there), and every completed training run")
     other = st.text_input("Another model (optional)", placeholder="embedded, a local model folder, a .gguf file or a hub id",
                           help="evaluated as it is, like the sidebar's model")
-    suites = st.multiselect("Suites", list(SUITES), default=None)  # the registry: every suite the CLI accepts
+    suites = st.multiselect("Suites", suite_names(), default=None)  # the registry: every suite the CLI accepts
     specs = judge_specs()  # the registry: every judge the CLI accepts
     judge = st.selectbox("Judge", list(specs), key="judge", format_func=lambda n: f"{n}: {specs[n].description}")
     c1, c2 = st.columns(2)

@@ -27,7 +27,7 @@ def aggregate(grid: Grid) -> dict:
     contrasts = paired_contrasts(results, grid.cfg.methods)
     md = ["# SaRFT in miniature", "", f"{len(results)} of {len(plan_cells(grid.cfg))} cells finished.", ""]
     for group in ("all", "villain", "benevolent"):
-        md += [f"## {group}", "", markdown_table(df, group), ""]
+        md += [f"## {group}", "", markdown_table(df, group, grid.cfg), ""]
     md += ["## SaRFT minus each other method, paired by character and seed (mean [95% CI])", ""]
     md += contrast_lines(contrasts)
     selection = selection_contrasts(results, grid.cfg.methods)
@@ -79,7 +79,7 @@ def grid_view(path: Path) -> dict:
     if not results:
         raise SarftError(f"no finished cell in {path} yet", "wait for the grid, or run `python -m sarft_core reproduce --out ...`")
     df = table(results, cfg, n_boot=500)
-    info = column_info()
+    info = column_info(cfg)
     shown = {m: df[(df.group == "all") & (df.method == m)] for m in ("Base", "SFT", "SaRFT")}
     side = [{"metric": i.title, **{m: "–" if r.empty else format_measure(r.iloc[0][metric], i.percent, r.iloc[0][metric + "_lo"], r.iloc[0][metric + "_hi"])
                                    for m, r in shown.items()}} for metric, i in info.items()]

@@ -77,11 +77,6 @@ PLAIN_NUMBERS = dict(exponentformat="e")
 
 # --- RDS -----------------------------------------------------------------------------------
 
-# The three states of a flag at a confidence (sarft_core.flags.VERDICTS): sure, unsure, surely kept.
-FLAG_VERDICT_COLOURS = {"flagged": "#d62728", "uncertain": "#ff9f1c", "kept": "#1f77b4"}
-FLAG_VERDICT_NAMES = {"flagged": "flagged with confidence", "uncertain": "uncertain", "kept": "kept with confidence"}
-
-
 def margin_unit(normalise: str = "mean") -> str:
     """The unit of the margin s_unsafe − s_role: a per-token mean of log-ratios, or their sum."""
     return "nats" if normalise == "sum" else "nats/token"
@@ -580,6 +575,7 @@ def reproduce_report_html(table: pd.DataFrame, cells: pd.DataFrame, contrasts: d
 
 
 # ---------------------------------------------------------------- how sure each flag is
+# the three states of a flag at a confidence (sarft_core.flags.VERDICTS): sure, unsure, surely kept
 FLAG_VERDICT_COLOURS = {"flagged": "#d62728", "uncertain": "#ff7f0e", "kept": "#1f77b4"}
 FLAG_VERDICT_NAMES = {"flagged": "flagged with confidence", "uncertain": "uncertain", "kept": "kept with confidence"}
 NO_CONFIDENCE = "scored before confidences were recorded: score the role again to see how sure each flag is"

@@ -377,7 +377,7 @@ def run_cell(grid: Grid, cell: Cell, log: Callable[[str], None]) -> dict:
         if cell.role is None:
             panel.metrics = [m for m in panel.metrics if m != "rouge_l"]
         else:
-            panel.metrics = ["rouge_l"]
+            panel.metrics, panel.benchmarks = ["rouge_l"], []  # a character's base cell: its role-play only
         info: dict = {}
     else:
         out = grid.path / "runs" / cell.name
@@ -480,7 +480,7 @@ def table(results: list[dict], cfg: ReproduceConfig, n_boot: int = 2000):
             # the base row's safety columns come from the one character-free cell: it is counted too
             counted = len(cells) + (1 if method == "base" and base_safety is not None else 0)
             row = {"group": group, "method": METHOD_LABELS.get(method, method), "cells": counted}
-            for metric in COLUMNS:
+            for metric in columns(cfg):
                 if method == "base" and metric != "rouge_l":
                     units = [base_safety["values"][metric]] if base_safety and metric in base_safety["values"] else []
                 else:
@@ -492,15 +492,25 @@ def table(results: list[dict], cfg: ReproduceConfig, n_boot: int = 2000):
     return pd.DataFrame(rows)
 
 
-def column_info() -> dict:
-    """metric -> its declaration in the metric registry (``title``, ``percent``), for each column."""
-    return {m: metric_info(m) for m in COLUMNS}
+def columns(cfg: ReproduceConfig | None = None) -> tuple[str, ...]:
+    """The table's metrics: the panel's, then the grid's registered benchmarks (refusal rates)."""
+    return COLUMNS + tuple((cfg.panel.get("benchmarks") or []) if cfg is not None else ())
 
 
-def markdown_table(df, group: str = "all") -> str:
-    info = column_info()
+def column_info(cfg: ReproduceConfig | None = None) -> dict:
+    """metric -> its declaration in the metric registry (``title``, ``percent``), for each column; a
+    benchmark's column is declared here, from the grid's own config (its registration may be gone)."""
+    from sarft_core.evaluation.metric_registry import SAFER, register_metric
+
+    for name in columns(cfg)[len(COLUMNS):]:
+        register_metric(name, "refusal", SAFER, f"refusal, {name}", survey=None)
+    return {m: metric_info(m) for m in columns(cfg)}
+
+
+def markdown_table(df, group: str = "all", cfg: ReproduceConfig | None = None) -> str:
+    info = column_info(cfg)
     head = "| method | " + " | ".join(i.title for i in info.values()) + " |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+    lines = [head, "|" + "---|" * (len(info) + 1)]
     for _, r in df[df.group == group].iterrows():
         cells = [format_measure(r[m], i.percent, r[f"{m}_lo"], r[f"{m}_hi"]) for m, i in info.items()]
         lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")

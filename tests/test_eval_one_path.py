@@ -135,7 +135,7 @@ def test_the_grids_characters_are_not_the_trait_studys_villains():
     import sarft_core.reproduce as reproduce
     from sarft_core import trait_labels
 
-    assert not hasattr(reproduce, "VILLAINS") and set(reproduce.GRID_VILLAINS) <= set(trait_labels.VILLAINS)
+    assert not hasattr(reproduce, "VILLAINS") and set(trait_labels.GRID_VILLAINS) <= set(trait_labels.VILLAINS)
     assert not hasattr(reproduce, "format_ci")  # report.format_ci is the one format_ci
 
 

@@ -195,3 +195,31 @@ def test_every_dynamic_import_is_one_the_walker_reads():
                     and not (node.args and isinstance(node.args[0], ast.Constant)) and not (scans and path.name == "__init__.py")):
                 hidden.append(f"{module}, line {node.lineno}")
     assert not hidden, "imports by a computed name (name the module, or make it a registry package):\n" + "\n".join(hidden)
+
+
+def test_every_name_imported_from_our_modules_exists():
+    """A name moved to another module leaves no import behind, those inside functions and in the
+    pages (which only run in the app) included."""
+    import importlib
+
+    known = modules()
+    missing = []
+    for module, path in known.items():
+        is_package = path.name == "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = module if is_package else module.rpartition(".")[0]
+                for _ in range(node.level - 1):
+                    base = base.rpartition(".")[0]
+                source = f"{base}.{node.module}" if node.module else base
+            else:
+                source = node.module or ""
+            if source not in known:
+                continue
+            imported = importlib.import_module(source)
+            for alias in node.names:
+                if alias.name != "*" and not hasattr(imported, alias.name) and f"{source}.{alias.name}" not in known:
+                    missing.append(f"{module}, line {node.lineno}: {source} has no {alias.name}")
+    assert not missing, "\n".join(missing)

@@ -39,6 +39,8 @@ def register(subparsers) -> None:
     add_config_options(p, ReproduceConfig, OPTIONS)
     p.add_argument("--train-json", default=None, help=f"JSON object overriding the training protocol (default {json.dumps(DEFAULT_TRAIN)})")
     p.add_argument("--panel-json", default=None, help="JSON object overriding the evaluation panel (sarft_core.evaluation.panel.PanelConfig)")
+    p.add_argument("--benchmarks", default="", help="registered file benchmarks (`benchmark add`) the panel also runs, comma-separated: "
+                                                   "a refusal-rate column each (a grid's benchmarks are part of its settings)")
     p.add_argument("--workers", type=int, default=1, help="local processes working on the grid (one CPU thread each)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads of this process")
     p.add_argument("--aggregate-only", action="store_true", help="rebuild the table and report from the finished cells")
@@ -75,6 +77,9 @@ def config_from_args(args):
     bad = sorted(set(panel) - set(PanelConfig.__dataclass_fields__) - {"data_dir"})
     if bad:
         raise SarftError(f"--panel-json has unknown key(s) {', '.join(bad)}", f"use keys of {', '.join(PanelConfig.__dataclass_fields__)}")
+    names = [b.strip() for b in (args.benchmarks or "").split(",") if b.strip()]
+    if names:
+        panel["benchmarks"] = list(dict.fromkeys(panel.get("benchmarks", []) + names))
     return dataclasses.replace(typed_config(ReproduceConfig, args), train=train, panel=panel)
 
 
@@ -134,7 +139,7 @@ def _worker_args(args) -> list[str]:
     argv = ["--out", args.out, "--villains", args.villains, "--benevolent", args.benevolent, "--methods", args.methods,
             "--seeds", args.seeds, "--model", args.model, "--selection-fraction", str(args.selection_fraction)]
     for flag, value in (("--data", args.data), ("--profiles", args.profiles), ("--data-dir", args.data_dir),
-                        ("--train-json", args.train_json), ("--panel-json", args.panel_json)):
+                        ("--train-json", args.train_json), ("--panel-json", args.panel_json), ("--benchmarks", args.benchmarks)):
         if value:
             argv += [flag, value]
     return argv

@@ -51,6 +51,8 @@ class PanelConfig:
     batch_size: int = number(32, lo=1, hi=1_000_000, integer=True, option="panel batch_size")
     data_dir: str | None = None
     metrics: list[str] = field(default_factory=lambda: list(PANEL_METRICS))
+    # registered file benchmarks (`benchmark add`), each a refusal rate on its first `advbench` prompts
+    benchmarks: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         """The ranges and values above, and a registered judge and known metrics: before any work."""
@@ -63,6 +65,9 @@ class PanelConfig:
         if not isinstance(self.metrics, list) or not self.metrics or any(m not in PANEL_METRICS for m in self.metrics):
             raise SarftError(f"panel metrics must be a list of some of {', '.join(PANEL_METRICS)}, got {self.metrics!r}",
                              "leave metrics out (all of them) or list known ones")
+        if not isinstance(self.benchmarks, list) or not all(isinstance(b, str) for b in self.benchmarks):
+            raise SarftError(f"panel benchmarks must be a list of names, got {self.benchmarks!r}", "pass --benchmarks NAME[,NAME]")
+        self.benchmark_files()  # each one registered, before any work
 
     def files(self, rouge_given: bool = False) -> dict[str, Path]:
         """The data files :func:`run_panel` reads for these metrics (RoleBench's only when the caller
@@ -71,7 +76,21 @@ class PanelConfig:
         keys = (["advbench"] if want & {"advbench", "margin", "jailbreak"} else []) + (
             ["xstest"] if want & {"xstest_unsafe", "xstest_safe"} else []) + (
             ["rolebench_spe"] if "rouge_l" in want and self.rolebench and not rouge_given else [])
-        return {key: ds.resolve_data_file(key, None, self.data_dir) for key in keys}
+        return {**{key: ds.resolve_data_file(key, None, self.data_dir) for key in keys},
+                **{f"benchmark {name}": path for name, path in self.benchmark_files().items()}}
+
+    def benchmark_files(self) -> dict[str, Path]:
+        """{name: prompts file} of the registered benchmarks this panel runs (an unknown name is an error)."""
+        from sarft_core.evaluation.suites import read_benchmarks
+
+        if not self.benchmarks:
+            return {}
+        known = read_benchmarks()
+        missing = [b for b in self.benchmarks if b not in known]
+        if missing:
+            raise SarftError(f"no registered benchmark {', '.join(map(repr, missing))} (registered: {', '.join(known) or 'none'})",
+                             "register the file first: python -m sarft_core benchmark add NAME FILE")
+        return {name: Path(known[name]["path"]) for name in self.benchmarks}
 
     def identity(self) -> dict:
         out = asdict(self)
@@ -130,7 +149,7 @@ def run_panel(lm, cfg: PanelConfig, role: str | None = None, progress: Callable[
 
     say = progress or (lambda _m: None)
     want = set(cfg.metrics)
-    judges = [build_judge(cfg.judge)] if want - {"margin", "rouge_l"} else []
+    judges = [build_judge(cfg.judge)] if (want - {"margin", "rouge_l"}) or cfg.benchmarks else []
     verdict = f"verdict_{judges[0].name}" if judges else None
     base = SuiteContext(data_dir=cfg.data_dir, role=role, questions=rouge_items, role_system=system or None)
     out: dict = {}
@@ -174,6 +193,12 @@ def run_panel(lm, cfg: PanelConfig, role: str | None = None, progress: Callable[
                 rows.extend(_rows("jailbreak", df, verdict))
                 per_attack += [1.0 if counts_as(lab, REFUSAL) else 0.0 for lab in df[verdict]]
             out["jailbreak"] = mean_with_ci(per_attack)
+        for name in cfg.benchmarks:  # registered file benchmarks: refusal on their first `advbench` prompts
+            from sarft_core.evaluation.suites import get_suite
+
+            say(name)
+            ctx = replace(base, limit=cfg.advbench)
+            out[name] = judged(name, evaluator(cfg.max_new_tokens).table(get_suite(name, ctx), ctx))
         if "rouge_l" in want and (rouge_items or (cfg.rolebench and role)):
             say("rolebench")
             df = table("rouge_l", replace(base, limit=cfg.rolebench), tokens=cfg.rouge_tokens)

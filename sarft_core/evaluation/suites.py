@@ -7,6 +7,7 @@ any particular suite: adding one is one ``register(Suite(...))`` call here or in
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -229,8 +230,100 @@ def register_prompt_file(name: str, path: str | Path, description: str = "", pro
     ))
 
 
+# ---- benchmarks a user registers from a file: one record each in the workspace's benchmarks.json,
+# so one `benchmark add` (or the Evaluation page's form) reaches `eval --suite`, the dashboard's
+# suite list, `reproduce --benchmarks` and the reports
+BENCHMARKS_FILE = "benchmarks.json"
+BENCHMARK_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+_BUILTIN_SUITES: frozenset[str] = frozenset()  # set once the built-in suites below are registered
+
+
+def benchmarks_path() -> Path:
+    from sarft_core.store import workspace_root
+
+    return workspace_root() / BENCHMARKS_FILE
+
+
+def read_benchmarks() -> dict[str, dict]:
+    """{name: {path, prompt_col, description}} of the registered file benchmarks (empty when none)."""
+    from sarft_core.store import read_json_object
+
+    path = benchmarks_path()
+    if not path.is_file():
+        return {}
+    data = read_json_object(path)
+    entries = data.get("benchmarks") if isinstance(data, dict) else None
+    if not isinstance(entries, dict) or not all(isinstance(v, dict) and isinstance(v.get("path"), str) for v in entries.values()):
+        raise SarftError(f"{path} is damaged (expected {{'benchmarks': {{name: {{'path': ...}}}}}})",
+                         "fix it by hand, or delete it and register the benchmarks again with `python -m sarft_core benchmark add`")
+    return entries
+
+
+def load_benchmarks() -> list[str]:
+    """Register every benchmark of benchmarks.json (a missing file is an error when its suite is run,
+    not here: the list still shows it); returns their names."""
+    entries = read_benchmarks()
+    for name, entry in entries.items():
+        register_prompt_file(name, entry["path"], entry.get("description", ""), entry.get("prompt_col") or None)
+    return list(entries)
+
+
+def suite_names() -> list[str]:
+    """Every suite `eval --suite` accepts by name: the built-in ones, then the registered benchmarks."""
+    load_benchmarks()
+    return list(SUITES)
+
+
+def add_benchmark(name: str, path: str | Path, prompt_col: str | None = None, description: str = "") -> Suite:
+    """Register a file of harmful prompts (CSV / JSONL / JSON / parquet; HarmBench's behaviours, say)
+    as the suite ``name``, for this workspace: checked first (a readable file with a prompt column
+    and at least one prompt), then written to benchmarks.json."""
+    from sarft_core.store import atomic_write_json, file_lock, lock_path_for
+
+    name = str(name).strip()
+    if not BENCHMARK_NAME.match(name):
+        raise SarftError(f"benchmark name {name!r} is not one lower-case word", "use letters, digits, - and _ (e.g. harmbench)")
+    if name in _BUILTIN_SUITES or name in PANEL_BENCHMARK_RESERVED:
+        raise SarftError(f"{name!r} is a built-in suite or panel metric", "choose another name for the benchmark")
+    file = Path(path).expanduser().resolve()
+    if not file.is_file():
+        raise SarftError(f"benchmark file does not exist: {file}", "give the path of a .csv, .jsonl, .json or .parquet file of prompts")
+    if file.suffix.lower() not in (".csv", ".jsonl", ".json", ".parquet"):
+        raise SarftError(f"{file.name}: not a .csv, .jsonl, .json or .parquet file", "convert the prompts to one of these formats")
+    items = ds.load_prompt_file(file, None, prompt_col)  # the file's errors, named, before anything is written
+    store = benchmarks_path()
+    lock = file_lock(lock_path_for(store))
+    try:
+        entries = read_benchmarks()
+        entries[name] = {"path": str(file), "prompt_col": prompt_col or "", "description": description or f"{file.name}: refusal rate",
+                         "prompts": len(items)}
+        atomic_write_json(store, {"benchmarks": entries})
+    finally:
+        lock.release()
+    return register_prompt_file(name, file, entries[name]["description"], prompt_col)
+
+
+def remove_benchmark(name: str) -> None:
+    from sarft_core.store import atomic_write_json, file_lock, lock_path_for
+
+    store = benchmarks_path()
+    lock = file_lock(lock_path_for(store))
+    try:
+        entries = read_benchmarks()
+        if name not in entries:
+            raise SarftError(f"no registered benchmark {name!r}", f"registered: {', '.join(entries) or 'none'}")
+        del entries[name]
+        atomic_write_json(store, {"benchmarks": entries})
+    finally:
+        lock.release()
+    SUITES.pop(name, None)
+
+
 def get_suite(name: str, ctx: SuiteContext) -> Suite:
-    """A registered suite, or an ad-hoc one for a CSV / JSONL / JSON / parquet file of prompts."""
+    """A registered suite (built in, or a benchmark of benchmarks.json), or an ad-hoc one for a
+    CSV / JSONL / JSON / parquet file of prompts."""
+    if name not in SUITES:
+        load_benchmarks()
     if name in SUITES:
         return SUITES[name]
     path = Path(name).expanduser()
@@ -241,7 +334,8 @@ def get_suite(name: str, ctx: SuiteContext) -> Suite:
             path.stem, f"prompts from {path}: refusal rate",
             lambda c, p=path: ds.load_prompt_file(p, c.limit, c.prompt_col), [REFUSAL_RATE],
         )
-    raise SarftError(f"unknown suite {name!r}", f"use any of {', '.join(SUITES)}, or the path of a .csv/.jsonl file with a prompt column")
+    raise SarftError(f"unknown suite {name!r}", f"use any of {', '.join(SUITES)}, the path of a .csv/.jsonl file with a prompt column, "
+                                                "or register the file first: python -m sarft_core benchmark add NAME FILE")
 
 
 def suite_metrics(suite: Suite, df) -> list[dict]:
@@ -262,3 +356,8 @@ def suite_metrics(suite: Suite, df) -> list[dict]:
                 stats = mean_with_ci(part[metric.column].tolist())
                 records.append(dict(suite=suite.name, group=group, metric=metric.name, judge="", **stats))
     return records
+
+
+_BUILTIN_SUITES = frozenset(SUITES)
+# names a benchmark may not take: the evaluation panel's metrics (a grid's columns)
+PANEL_BENCHMARK_RESERVED = frozenset(("advbench", "margin", "xstest_unsafe", "xstest_safe", "jailbreak", "rouge_l"))
