@@ -217,3 +217,18 @@ def lineage(run_path: str, key: str, title: str = "Lineage") -> None:
                     c2.markdown(f"`{link.label}`")
                 elif c2.button(link.label, key=f"lineage:{key}:{title}:{i}", icon=":material/open_in_new:"):
                     open_run(link.page, link.select)
+
+
+def causal_test(causal: dict | None) -> None:
+    """The selection experiment's paired contrasts as shipped (data/flag_validation.json "causal"):
+    training on, or anchoring, the top F of the samples against the bottom or a random F."""
+    if not causal or not isinstance(causal.get("contrasts"), dict):
+        return
+    from sarft_core.reproduce import selection_lines
+
+    fraction = causal.get("fraction", 0.3)
+    st.markdown(f"**The causal test** (the selection experiment, F = {100 * fraction:.0f}%, seeds {causal.get('seeds')}, "
+                f"{len(causal.get('characters', []))} characters; mean [95% CI], paired by character and seed; "
+                "SFT top − SFT bottom below zero: the top samples erode more):")
+    st.markdown("\n".join(selection_lines(causal["contrasts"], fraction)))
+    st.caption(f"bench/selection_summary.py on {causal.get('grid')}, {causal.get('date')} · docs/reproduce.md")

@@ -113,8 +113,10 @@ def main(argv=None) -> int:
         print(f"| {r['role']} | {r['samples']} | {100 * r['flagged_fraction']:.0f}% | {r['spearman']:+.2f} [{r['spearman_ci'][0]:+.2f}, "
               f"{r['spearman_ci'][1]:+.2f}] | {100 * r['precision_at_k']:.0f}% | {r['validate_s']:.0f} |")
     if args.json:  # the shape data/flag_validation.json ships in (the Overview reads it)
-        Path(args.json).write_text(json.dumps({"model": lm.spec, "model_fingerprint": lm.fingerprint, "date": time.strftime("%Y-%m-%d"),
-                                               "threads": args.threads, "rows": rows_out}, indent=1))
+        out = Path(args.json)
+        kept = {k: v for k, v in json.loads(out.read_text()).items() if k == "causal"} if out.is_file() else {}  # bench/selection_summary.py's
+        out.write_text(json.dumps({"model": lm.spec, "model_fingerprint": lm.fingerprint, "date": time.strftime("%Y-%m-%d"),
+                                   "threads": args.threads, "rows": rows_out, **kept}, indent=1))
     return 0
 
 

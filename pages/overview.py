@@ -44,6 +44,7 @@ if figures:
         st.markdown("**Do its RDS flags carry signal?** " + agreement["reading"])
         st.dataframe(agreement["table"], hide_index=True, width="stretch")
         st.caption(agreement["caption"] + " · docs/flags.md")
+        widgets.causal_test(agreement.get("causal"))
 
 active = [j for j in jobs.list_jobs() if j.is_active]
 st.subheader(f"Background jobs ({len(active)} running)")

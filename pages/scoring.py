@@ -7,8 +7,8 @@ from app import state, widgets
 from sarft_core import audit, jobs, plots
 from sarft_core.errors import SarftError
 from sarft_core.flags import flag_margin, verdict_counts, verdicts
-from sarft_core.runconfig import RunConfig, ScoreSettings
-from sarft_core.runconfig import runs_of_kind
+from sarft_core.runconfig import RunConfig, ScoreSettings, runs_of_kind
+from sarft_core.scoring.validate import measured_agreement
 from sarft_core.store import RunDir
 
 st.title("Scoring (RDS)")
@@ -153,6 +153,15 @@ st.caption("Click a point to open its sample. Bars: ±1.96 standard errors of th
 
 # --- how far to trust the flags -----------------------------------------------------------------
 st.subheader("How much to trust these flags on this model")
+with st.expander("What was measured on the default model (embedded-aligned)"):
+    shipped = measured_agreement(fingerprint=state.default_fingerprint())
+    if shipped:
+        st.markdown(shipped["reading"])
+        st.dataframe(shipped["table"], hide_index=True, width="stretch")
+        st.caption(shipped["caption"] + " · docs/flags.md")
+        widgets.causal_test(shipped.get("causal"))
+    else:
+        st.caption("Nothing measured is shipped (data/flag_validation.json is missing).")
 validation = audit.load_validation(scores_path)
 if validation:
     settings = validation.get("settings", {})

@@ -74,6 +74,15 @@ def test_the_overview_reads_the_shipped_measurement_and_names_other_weights(tmp_
     assert "1 of 2 characters" in shown["reading"] and "other weights" not in shown["caption"]
     assert "other weights" in measured_agreement(path, fingerprint="fp2")["caption"]
     assert measured_agreement(tmp_path / "none.json") is None
+    # the causal test (bench/selection_summary.py): each ranking's top-minus-bottom, read by its interval
+    causal = {"fraction": 0.3, "seeds": [0], "contrasts": {
+        "sft-top vs sft-bottom/advbench": {"mean": -0.05, "ci_low": -0.08, "ci_high": -0.02, "pairs": 6},
+        "sft-top-inf vs sft-bottom-inf/advbench": {"mean": 0.01, "ci_low": -0.02, "ci_high": 0.04, "pairs": 6}}}
+    path.write_text(json.dumps({"model": "embedded-aligned", "model_fingerprint": "fp1", "rows": rows, "causal": causal}))
+    shown = measured_agreement(path, fingerprint="fp1")
+    assert shown["causal"] == causal
+    assert "by margin, SFT on the top 30% erodes refusal more than on the bottom (-5.0 points [-8.0, -2.0], 6 pairs)" in shown["reading"]
+    assert "by influence, SFT on the top 30% does not measurably differ" in shown["reading"]
 
 
 def test_validate_options_are_checked_before_any_work():

@@ -198,4 +198,27 @@ def measured_agreement(path: Path = MEASURED, fingerprint: str | None = None) ->
                "influence on 32 held-out AdvBench prompts")
     if fingerprint and data.get("model_fingerprint") not in (None, fingerprint):
         caption += f" (measured on other weights than today's: {data.get('model_fingerprint')})"
-    return {"table": table, "reading": reading, "caption": caption}
+    causal = data.get("causal") if isinstance(data.get("causal"), dict) else None
+    if causal and isinstance(causal.get("contrasts"), dict):
+        reading += " " + causal_reading(causal["contrasts"], causal.get("fraction", 0.3))
+    return {"table": table, "reading": reading, "caption": caption, "causal": causal}
+
+
+# the causal test (docs/reproduce.md, the selection experiment): SFT on the top F of the samples minus
+# SFT on the bottom F, by RDS's margin and, as the reference, by measured erosion (influence)
+CAUSAL_PAIRS = {"margin": "sft-top vs sft-bottom", "influence": "sft-top-inf vs sft-bottom-inf"}
+
+
+def causal_reading(contrasts: dict, fraction: float, metric: str = "advbench") -> str:
+    """One sentence: does training on the top of a ranking erode refusal more than training on its
+    bottom, for RDS's margin and for measured erosion (a negative difference: the top erodes more)."""
+    parts = []
+    for ranking, pair in CAUSAL_PAIRS.items():
+        c = contrasts.get(f"{pair}/{metric}")
+        if not isinstance(c, dict):
+            continue
+        lo, hi = c["ci_low"], c["ci_high"]
+        verdict = ("erodes refusal more" if hi < 0 else "erodes refusal less" if lo > 0 else "does not measurably differ")
+        parts.append(f"by {ranking}, SFT on the top {100 * fraction:.0f}% {verdict} than on the bottom "
+                     f"({100 * c['mean']:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}], {c['pairs']} pairs)")
+    return ("The causal test on held-out AdvBench refusal: " + "; ".join(parts) + ".") if parts else ""
