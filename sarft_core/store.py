@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import hashlib
 import json
 import os
 import re
@@ -321,11 +322,20 @@ def _json_rows(path: Path, suffix: str, example: str, from_object) -> list[dict]
     return data
 
 
+def json_digest(*parts) -> str:
+    """SHA-256 (hex) of JSON values, each serialised with sorted keys and ended by a NUL byte: the
+    one content key of caches (score records, influences). Lone surrogates (text decoded with
+    surrogateescape) are kept, not refused."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(json.dumps(part, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
 def file_digest(path: str | Path) -> str:
     """The sha256 of a file's bytes (16 hex digits): what a cache key or a resume check holds for
     an input file, so that an edited file is never mistaken for the one a result came from."""
-    import hashlib
-
     path = Path(path)
     digest = hashlib.sha256()
     try:

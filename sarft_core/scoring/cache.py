@@ -2,27 +2,17 @@
 template; one record per sample and plan (the record keys hold everything that changes a score)."""
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from pathlib import Path
 
 from sarft_core.data.profiles import RoleProfile
 from sarft_core.models import LoadedModel, cache_root
 from sarft_core.scoring.passes import REF_SYSTEM_PROMPT, is_pass_name
-from sarft_core.store import read_jsonl
-
-
-def _hash(*parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(json.dumps(p, sort_keys=True, ensure_ascii=False).encode())
-        h.update(b"\x00")
-    return h.hexdigest()
+from sarft_core.store import json_digest, read_jsonl
 
 
 def _sample_key(sample) -> str:
-    return _hash(sample.input, sample.output)[:24]
+    return json_digest(sample.input, sample.output)[:24]
 
 
 def _cache_dir(lm: LoadedModel, profile: RoleProfile, options) -> Path:
@@ -33,7 +23,7 @@ def _cache_dir(lm: LoadedModel, profile: RoleProfile, options) -> Path:
     # a hub model's fingerprint is its id, which outlives new weights upstream: the revision the
     # weights came from tells them apart (added only where known, so other keys stay as they were)
     revision = getattr(getattr(lm.model, "config", None), "_commit_hash", None)
-    key = _hash(
+    key = json_digest(
         "rds-v1", lm.fingerprint, str(lm.dtype), profile.role_prompt, profile.unsafe_prompt, REF_SYSTEM_PROMPT,
         options.max_prompt_tokens, options.max_answer_tokens, template, *([revision] if isinstance(revision, str) else []),
     )
@@ -54,7 +44,7 @@ CHECK = "check"  # each record's digest of its own content, written with it
 def record_check(rec: dict) -> str:
     """The digest of a record's content (every field but the digest itself). JSON keeps floats
     exactly, so a record read back gives the digest it was written with."""
-    return _hash({k: v for k, v in rec.items() if k != CHECK})[:16]
+    return json_digest({k: v for k, v in rec.items() if k != CHECK})[:16]
 
 
 def seal(rec: dict) -> dict:

@@ -12,14 +12,13 @@ function of the influences and the score rows.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 from sarft_core.errors import SarftError
+from sarft_core.store import json_digest
 from sarft_core.scoring.influence import COMPLIANCE, INFLUENCE_TARGETS, REFUSAL, STEP_NATS, MarginPrompt, influences
 from sarft_core.validation import choice, number, validate_choices, validate_numbers
 
@@ -60,14 +59,6 @@ def validation_prompts(source: str, n: int, data_dir: str | Path | None = None) 
     return [MarginPrompt(i.prompt, (i.target or "").strip() or COMPLIANCE) for i in items[:n]]
 
 
-def _digest(*parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(json.dumps(p, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass"))
-        h.update(b"\x00")
-    return h.hexdigest()
-
-
 def influence_key(lm, samples, prompts: Sequence[MarginPrompt], targets: Sequence[str]) -> str:
     """Every input that changes an influence: the weights (fingerprint, precision, device type), the
     chat template, each sample's text in order, the prompts with their continuations, the targets,
@@ -76,7 +67,7 @@ def influence_key(lm, samples, prompts: Sequence[MarginPrompt], targets: Sequenc
 
     template = getattr(lm.tokenizer, "chat_template", None) or ""
     device = next(lm.model.parameters()).device.type
-    return _digest(SCHEMA, lm.fingerprint, str(lm.dtype), device, template, [(s.input, s.output) for s in samples],
+    return json_digest(SCHEMA, lm.fingerprint, str(lm.dtype), device, template, [(s.input, s.output) for s in samples],
                    [(p.prompt, p.compliance) for p in prompts], REFUSAL, list(targets), STEP_NATS, torch.__version__)
 
 
