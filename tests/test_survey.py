@@ -77,6 +77,28 @@ def test_changed_settings_refuse_to_resume(tmp_path, tiny_model_dir, traits_csv)
         open_survey(out, SurveyConfig(**dict(_config(tiny_model_dir, traits_csv).to_dict(), limit=7)))
 
 
+def test_the_survey_scores_with_the_rewordings_it_is_given(tmp_path, tiny_model_dir, traits_csv, score_cache):
+    """--wordings reaches the scorer (0: the token bootstrap, no reworded passes) and is part of a
+    role's key only where it differs from score's default, so the keys of earlier surveys stand."""
+    from sarft_core.data import DEMO_PROFILES, get_profile, load_profiles
+    from sarft_core.scoring.options import DEFAULT_WORDINGS
+    from sarft_core.survey.config import role_key
+
+    base = _config(tiny_model_dir, traits_csv)
+    bootstrap = SurveyConfig(**dict(base.to_dict(), wordings=0))
+    profile = get_profile(load_profiles(DEMO_PROFILES), ROLES[0])
+    assert base.wordings == DEFAULT_WORDINGS
+    assert role_key(base, profile, [], "fp") != role_key(bootstrap, profile, [], "fp")
+    out = tmp_path / "s0"
+    survey = open_survey(out, SurveyConfig(**dict(bootstrap.to_dict(), roles=ROLES[:1])))
+    run_pending(survey, Steps(), show_progress=False)
+    cache_dirs = [p for p in score_cache.rglob("*.jsonl")]
+    records = [json.loads(line) for p in cache_dirs for line in p.read_text().splitlines() if line.strip()]
+    assert records and not any(k.startswith("unsafe~") for r in records for k in r)  # no reworded pass was scored
+    with pytest.raises(SarftError, match="other settings"):
+        open_survey(out, SurveyConfig(**dict(base.to_dict(), roles=ROLES[:1])))
+
+
 def test_cli_screening_with_two_workers_and_rerun(tmp_path, tiny_model_dir, traits_csv):
     out = tmp_path / "cli-survey"
     cmd = [sys.executable, "-m", "sarft_core", "survey", "--roles", "all", "--screen", "--limit", "4", "--exact",

@@ -28,6 +28,8 @@ SURVEY_OPTIONS = {
     "device": Option("auto, cpu, cuda, cuda:1 ..."),
     "exact": Option("score in IEEE fp32 everywhere (default: the fast mode; on the CPU, Llama-family models score exactly anyway, "
                     "elsewhere a bf16 copy is re-checked in fp32 near the boundary)"),
+    "wordings": Option("rewordings of the unsafe instruction whose spread is each flag's error, as in `score` "
+                       "(0: the token bootstrap, no extra passes)", metavar="N"),
     "batch_tokens": Option("token budget of one scoring batch (default: 1024 on the CPU, 16384 on a GPU)"),
     "trait_source": Option("trait source (see `traits`)", flags=("--traits",)),
     "trait_csv": Option("annotations for --traits csv", flags=("--traits-csv",), metavar="FILE"),

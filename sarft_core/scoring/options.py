@@ -22,6 +22,7 @@ SCORE_COLUMNS = [
     "id", "role", "input", "output", "logp_ref", "logp_role", "logp_unsafe",
     "s_role", "s_unsafe", "harmful", "n_tokens", "margin_se", "verdict",
 ]
+DEFAULT_WORDINGS = 3  # rewordings scored by default (bench/bench_flag_uncertainty.py chose the ensemble)
 LOGP_REDUCTIONS = ("mean", "sum")  # per-token mean of the answer's log-probs (as published), or their sum
 # The fast mode is the fastest way to the exact flags. Where bfloat16 pays, it scores first at
 # reduced precision, then re-scores in IEEE float32 the flag passes (role, unsafe) of every
@@ -68,7 +69,7 @@ class ScoreOptions:
     # the published one (sarft_core.data.profiles.UNSAFE_INSTRUCTION_VARIANTS); margin_se is their
     # spread. 0: the block bootstrap over the answer's tokens instead (free, but measured less
     # reliable: docs/flags.md). Each wording is one more pass over the answers.
-    wordings: int = number(3, lo=0, hi=len(UNSAFE_INSTRUCTION_VARIANTS), integer=True, option="--wordings")
+    wordings: int = number(DEFAULT_WORDINGS, lo=0, hi=len(UNSAFE_INSTRUCTION_VARIANTS), integer=True, option="--wordings")
 
     def validate(self) -> None:
         from sarft_core.errors import SarftError

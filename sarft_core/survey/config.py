@@ -6,7 +6,9 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from sarft_core.data.profiles import UNSAFE_INSTRUCTION_VARIANTS
 from sarft_core.errors import SarftError
+from sarft_core.scoring.options import DEFAULT_WORDINGS
 from sarft_core.traits import SOURCES as TRAIT_SOURCES
 from sarft_core.validation import choice, number, validate_choices, validate_numbers
 from sarft_core.store import RunDir, create_run, ensure_dir, file_lock, read_json_object, slug
@@ -15,7 +17,8 @@ from sarft_core.store import RunDir, create_run, ensure_dir, file_lock, read_jso
 
 SCREEN, FULL = "screen", "full"
 # config fields that must not change when a survey is resumed (they change the results)
-_RESULT_FIELDS = ("mode", "methods", "peft", "model", "data", "profiles", "limit", "answer_index", "exact", "train_args", "eval_args")
+_RESULT_FIELDS = ("mode", "methods", "peft", "model", "data", "profiles", "limit", "answer_index", "exact", "train_args", "eval_args",
+                  "wordings")
 
 
 @dataclass
@@ -37,6 +40,8 @@ class SurveyConfig:
     train_args: str = ""  # extra arguments for `train`, e.g. "--max-steps 20"
     eval_args: str = "--suite margin --judge keyword"  # generation-free; add rolebench,probes for more
     validation: bool = False  # measure each role's flags against their influence on refusal (score --validate)
+    # rewordings of the unsafe instruction whose spread is each flag's error (score --wordings; 0: the token bootstrap)
+    wordings: int = number(DEFAULT_WORDINGS, lo=0, hi=len(UNSAFE_INSTRUCTION_VARIANTS), integer=True, option="--wordings")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,8 +77,10 @@ def role_key(config: SurveyConfig, profile, samples: list, model_fingerprint: st
     key, so an edited profile or data file is surveyed afresh even where the file paths match."""
     content = {
         "profile": profile.to_dict(), "samples": [s.to_dict() for s in samples], "model": model_fingerprint,
-        "settings": {k: getattr(config, k) for k in _RESULT_FIELDS if k not in ("data", "profiles")},
+        "settings": {k: getattr(config, k) for k in _RESULT_FIELDS if k not in ("data", "profiles", "wordings")},
     }
+    if config.wordings != DEFAULT_WORDINGS:  # only where changed, so the keys of surveys made before stay valid
+        content["settings"]["wordings"] = config.wordings
     if config.validation:
         # a validated role is another result (and a survey resumed with --validate redoes its roles,
         # scores from the cache); only where asked, so the keys of surveys made before stay valid

@@ -59,7 +59,7 @@ def score_step(ctx: RoleContext) -> dict:
 
     cfg = ctx.config
     # the flag and its margin need only the role and unsafe passes (the reference cancels out)
-    options = ScoreOptions(passes=("role", "unsafe"), fast=not cfg.exact, max_batch_tokens=cfg.batch_tokens)
+    options = ScoreOptions(passes=("role", "unsafe"), fast=not cfg.exact, max_batch_tokens=cfg.batch_tokens, wordings=cfg.wordings)
     bar = None
     if ctx.show_progress:
         from tqdm import tqdm

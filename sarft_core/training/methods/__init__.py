@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+
 from sarft_core.errors import SarftError
 from sarft_core.training import selection
 from sarft_core.training.methods.base import LOCK, METHODS, DhRule, DropRule, LossBatch, Method, register
