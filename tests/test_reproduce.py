@@ -140,6 +140,9 @@ def test_contrast_lines_speak_in_points_for_rates_and_in_units_otherwise():
                             "sarft-random/margin": {"mean": 0.004, "ci_low": -0.01, "ci_high": 0.012, "pairs": 18}})
     assert lines == ["- SaRFT − SFT on refusal, AdvBench held-out: +19.7 pts [+14.9, +24.6] (18 pairs)",
                      "- SaRFT − Random on refusal margin (nats/token): +0.00 [-0.01, +0.01] (18 pairs)"]
+    # the baselines' names hold a hyphen of their own
+    assert contrast_lines({"sarft-constrained-sft/advbench": {"mean": 0.01, "ci_low": -0.02, "ci_high": 0.03, "pairs": 6}}) == [
+        "- SaRFT − Constrained SFT on refusal, AdvBench held-out: +1.0 pts [-2.0, +3.0] (6 pairs)"]
 
 
 def test_the_time_line_counts_each_cells_own_clocks():
@@ -190,6 +193,8 @@ def test_the_selection_experiment_adds_its_arms_to_a_grid_and_reports_their_cont
     cell = {m: json.loads(next((out / "cells").glob(f"freddy*--{m}-s0.json")).read_text()) for m in ("ptst", "constrained-sft", "sft")}
     assert cell["ptst"]["eval_system_prompt"] == with_safety_instruction(profile.role_prompt)
     assert "eval_system_prompt" not in cell["constrained-sft"] and "eval_system_prompt" not in cell["sft"]
+    table = (out / "table.md").read_text()
+    assert "| Constrained SFT |" in table and "| PTST |" in table  # rows of the table, with the same intervals
     config = json.loads((out / "config.json").read_text())
     assert config["methods"] == ["sft", *arms.split(",")]
     ids = {}
