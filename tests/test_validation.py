@@ -81,8 +81,9 @@ def test_the_overview_reads_the_shipped_measurement_and_names_other_weights(tmp_
     path.write_text(json.dumps({"model": "embedded-aligned", "model_fingerprint": "fp1", "rows": rows, "causal": causal}))
     shown = measured_agreement(path, fingerprint="fp1")
     assert shown["causal"] == causal
-    assert "by margin, SFT on the top 30% erodes refusal more than on the bottom (-5.0 points [-8.0, -2.0], 6 pairs)" in shown["reading"]
-    assert "by influence, SFT on the top 30% does not measurably differ" in shown["reading"]
+    assert ("The causal test on held-out AdvBench refusal: by margin, SFT on the top 30% erodes more than SFT on the bottom "
+            "(-5.0 points [-8.0, -2.0], 6 pairs)") in shown["reading"]
+    assert "by influence, SFT on the top 30% does not measurably differ from SFT on the bottom" in shown["reading"]
 
 
 def test_validate_options_are_checked_before_any_work():

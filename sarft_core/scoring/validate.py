@@ -200,16 +200,23 @@ def measured_agreement(path: Path = MEASURED, fingerprint: str | None = None) ->
 CAUSAL_PAIRS = {"margin": "sft-top vs sft-bottom", "influence": "sft-top-inf vs sft-bottom-inf"}
 
 
-def causal_reading(contrasts: dict, fraction: float, metric: str = "advbench") -> str:
-    """One sentence: does training on the top of a ranking erode refusal more than training on its
-    bottom, for RDS's margin and for measured erosion (a negative difference: the top erodes more)."""
-    parts = []
-    for ranking, pair in CAUSAL_PAIRS.items():
-        c = contrasts.get(f"{pair}/{metric}")
-        if not isinstance(c, dict):
-            continue
-        lo, hi = c["ci_low"], c["ci_high"]
-        verdict = ("erodes refusal more" if hi < 0 else "erodes refusal less" if lo > 0 else "does not measurably differ")
-        parts.append(f"by {ranking}, SFT on the top {100 * fraction:.0f}% {verdict} than on the bottom "
-                     f"({100 * c['mean']:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}], {c['pairs']} pairs)")
-    return ("The causal test on held-out AdvBench refusal: " + "; ".join(parts) + ".") if parts else ""
+def causal_reading(contrasts: dict, fraction: float, metrics: Sequence[str] = ("advbench", "margin")) -> str:
+    """One sentence per metric: does training on the top of a ranking erode more than training on
+    its bottom, for RDS's margin and for measured erosion (a negative difference: the top erodes more)."""
+    sentences = []
+    for metric in metrics:
+        rate = metric != "margin"
+        scale, unit, spec = (100, " points", "+.1f") if rate else (1, " nats/token", "+.2f")
+        parts = []
+        for ranking, pair in CAUSAL_PAIRS.items():
+            c = contrasts.get(f"{pair}/{metric}")
+            if not isinstance(c, dict):
+                continue
+            lo, hi = c["ci_low"], c["ci_high"]
+            verdict = "erodes more than" if hi < 0 else "erodes less than" if lo > 0 else "does not measurably differ from"
+            parts.append(f"by {ranking}, SFT on the top {100 * fraction:.0f}% {verdict} SFT on the bottom "
+                         f"({scale * c['mean']:{spec}}{unit} [{scale * lo:{spec}}, {scale * hi:{spec}}], {c['pairs']} pairs)")
+        if parts:
+            what = "held-out AdvBench refusal" if metric == "advbench" else "the refusal margin" if metric == "margin" else metric
+            sentences.append(f"The causal test on {what}: " + "; ".join(parts) + ".")
+    return " ".join(sentences)
