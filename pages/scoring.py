@@ -157,7 +157,7 @@ with st.expander("What was measured on the default model (embedded-aligned)"):
     shipped = measured_agreement(fingerprint=state.default_fingerprint())
     if shipped:
         st.markdown(shipped["reading"])
-        st.dataframe(shipped["table"], hide_index=True, width="stretch")
+        st.table(shipped["table"])  # a static table: the run's own samples table stays the page's first dataframe
         st.caption(shipped["caption"] + " · docs/flags.md")
         widgets.causal_test(shipped.get("causal"))
     else:

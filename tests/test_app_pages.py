@@ -146,6 +146,8 @@ def test_scoring_in_process_review_and_export(app):
     assert saved == {i: i == sid for i in scores["id"]}
     review = read_json(audit.review_path(run.path / audit.SCORES_FILE))
     assert review["overrides"] == {sid: True} and review["tau"] == pytest.approx(app.slider(key=tau_key).max)
+    # what was measured on the default model: the agreement and the causal test (data/flag_validation.json)
+    assert "The causal test on the refusal margin" in texts(app) and app.table[0].value.shape[0] == 6
     # text filter on the table
     app.text_input(key=f"q:{run.name}").input("zzz-no-such-text").run()
     assert app.dataframe[0].value.shape[0] == 0
