@@ -53,6 +53,21 @@ def _owner(name: str, known) -> str | None:
     return name or None
 
 
+def _source(module: str, is_package: bool, node: ast.ImportFrom) -> str:
+    """The module a ``from ... import`` reads from, its relative dots resolved against ``module``."""
+    if not node.level:
+        return node.module or ""
+    base = module if is_package else module.rpartition(".")[0]
+    for _ in range(node.level - 1):
+        base = base.rpartition(".")[0]
+    return f"{base}.{node.module}" if node.module else base
+
+
+def _called(node: ast.Call) -> str:
+    """The name a call calls (``f`` of ``f(...)`` and of ``x.f(...)``)."""
+    return node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+
+
 def import_edges(known: dict[str, Path] | None = None) -> dict[str, dict[str, int]]:
     """{module: {module it imports: line}} over every module of ours, every kind of import counted."""
     known = known or modules()
@@ -66,22 +81,13 @@ def import_edges(known: dict[str, Path] | None = None) -> dict[str, dict[str, in
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = module if is_package else module.rpartition(".")[0]
-                    for _ in range(node.level - 1):
-                        base = base.rpartition(".")[0]
-                    base = f"{base}.{node.module}" if node.module else base
-                else:
-                    base = node.module or ""
+                base = _source(module, is_package, node)
                 names = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
             elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
-                func = node.func
-                called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-                if called == "import_module" and isinstance(node.args[0].value, str):
+                if _called(node) == "import_module" and isinstance(node.args[0].value, str):
                     names = [node.args[0].value]
             if isinstance(node, ast.Call) and is_package:
-                func = node.func
-                if (func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")) == "iter_modules":
+                if _called(node) == "iter_modules":
                     names = [m for m in known if m.rpartition(".")[0] == module]  # a registry loading its own modules
             for name in names:
                 owner = _owner(name, known)
@@ -189,9 +195,9 @@ def test_every_dynamic_import_is_one_the_walker_reads():
     hidden = []
     for module, path in modules().items():
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        scans = any(isinstance(n, ast.Call) and getattr(n.func, "attr", getattr(n.func, "id", "")) == "iter_modules" for n in ast.walk(tree))
+        scans = any(isinstance(n, ast.Call) and _called(n) == "iter_modules" for n in ast.walk(tree))
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module"
+            if (isinstance(node, ast.Call) and _called(node) == "import_module"
                     and not (node.args and isinstance(node.args[0], ast.Constant)) and not (scans and path.name == "__init__.py")):
                 hidden.append(f"{module}, line {node.lineno}")
     assert not hidden, "imports by a computed name (name the module, or make it a registry package):\n" + "\n".join(hidden)
@@ -209,13 +215,7 @@ def test_every_name_imported_from_our_modules_exists():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if not isinstance(node, ast.ImportFrom):
                 continue
-            if node.level:
-                base = module if is_package else module.rpartition(".")[0]
-                for _ in range(node.level - 1):
-                    base = base.rpartition(".")[0]
-                source = f"{base}.{node.module}" if node.module else base
-            else:
-                source = node.module or ""
+            source = _source(module, is_package, node)
             if source not in known:
                 continue
             imported = importlib.import_module(source)
