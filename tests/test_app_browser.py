@@ -115,7 +115,9 @@ def test_pick_role_score_and_open_a_flagged_sample(server, shots):
         n_flagged = int(flagged_metric.split()[-1])
         if n_flagged == 0:
             pytest.skip("the embedded model flagged none of these samples (nothing to open)")
-        page.get_by_text("flagged", exact=True).first.click()  # the table's "Show" radio
+        # the table's "Show" radio (other, hidden "flagged" texts sit in collapsed expanders)
+        show = page.locator("[data-testid=stRadio]").filter(has=page.get_by_text("Show", exact=True))
+        show.get_by_text("flagged", exact=True).click()
         wait_idle(page)
         detail = page.get_by_role("heading", name="Sample detail")
         detail.scroll_into_view_if_needed()
