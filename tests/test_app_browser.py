@@ -81,6 +81,12 @@ def test_pick_role_score_and_open_a_flagged_sample(server, shots):
         expect(page.get_by_text("SaRFT Studio: safety audits for role-play fine-tuning")).to_be_visible()
         expect(page.get_by_text("embedded-aligned (default", exact=False)).to_be_visible()
         wait_idle(page)
+        # the Overview reads the shipped measurement of the default model's flags, causal test included
+        expect(page.get_by_text("Do its RDS flags carry signal?")).to_be_visible()
+        causal = page.get_by_text("The causal test", exact=False).first
+        causal.scroll_into_view_if_needed()
+        expect(causal).to_be_visible()
+        expect(page.get_by_text("SFT on top 30% − SFT on bottom 30%", exact=False).first).to_be_visible()
 
         # pick a demo role in the sidebar
         page.locator("[data-testid=stSidebar] [data-testid=stSelectbox]").filter(has_text="Role").click()
@@ -109,6 +115,13 @@ def test_pick_role_score_and_open_a_flagged_sample(server, shots):
         page.wait_for_timeout(800)
         page.screenshot(path=shots / "scoring.png")
         page.set_viewport_size({"width": 1400, "height": 1000})
+
+        # the collapsed "measured on the default model" expander opens onto the same causal test
+        measured = page.locator("[data-testid=stExpander]").filter(has_text="What was measured on the default model")
+        expect(measured.get_by_text("The causal test", exact=True)).to_be_hidden()
+        measured.get_by_text("What was measured on the default model").click()
+        expect(measured.get_by_text("The causal test", exact=True)).to_be_visible()
+        measured.get_by_text("What was measured on the default model").click()  # closed again, as the rest expects
 
         # open a flagged sample: show flagged ones only; the detail shows the most flagged first
         flagged_metric = page.locator("[data-testid=stMetric]").filter(has_text="Flagged (D_h)").inner_text()
