@@ -5,16 +5,19 @@ import streamlit as st
 
 from app import state, widgets
 from sarft_core import plots
+from sarft_core.data import SHIPPED_GRIDS
 from sarft_core.errors import SarftError
 from sarft_core.runconfig import runs_of_kind
 from sarft_core.runview import compare_metrics, disagreements, has_eval, kind_tables, pareto_points, read_generations, run_labels, suite_axis
 from sarft_core.store import RunDir, list_runs
 
 st.title("Compare runs")
-grids = runs_of_kind("reproduce")
-if grids:
+grids = runs_of_kind("reproduce")  # the workspace's first, then the ones measured for the docs
+shipped = {str(g.path) for g in runs_of_kind("reproduce", list_runs(SHIPPED_GRIDS))}
+if grids or shipped:
     with st.expander("The paper's experiment in miniature (reproduce grids)", expanded=True):
-        grid_path = st.selectbox("Grid", [str(g.path) for g in grids], format_func=lambda p: Path(p).name)
+        grid_path = st.selectbox("Grid", [str(g.path) for g in grids] + sorted(shipped),
+                                 format_func=lambda p: Path(p).name + (" (measured for the docs, docs/grids)" if p in shipped else ""))
         try:
             view = state.grid_view(grid_path)
         except SarftError as err:
@@ -23,7 +26,7 @@ if grids:
             st.caption(view["caption"])
             if view["partial"]:
                 st.warning(view["partial"])
-            st.markdown("**SFT vs SaRFT, side by side** (mean [95% CI] over seeds and prompts)")
+            st.markdown("**SFT vs SaRFT, side by side**, with the grid's ablations and baselines (mean [95% CI] over seeds and prompts)")
             st.dataframe(view["side_by_side"], hide_index=True, width="stretch")
             group = st.radio("Characters", ["all", "villain", "benevolent"], horizontal=True, key="grid-group")
             c1, c2 = st.columns(2)

@@ -211,3 +211,33 @@ def test_the_selection_experiment_adds_its_arms_to_a_grid_and_reports_their_cont
     selection = json.loads((out / "selection.json").read_text())
     assert "sft-top vs sft-bottom/advbench" in selection and "sarft-top vs random-budget/advbench" in selection
     assert "SFT on top 30% − SFT on bottom 30%" in (out / "table.md").read_text()
+
+
+def test_the_compare_page_shows_the_grid_measured_for_the_docs_with_its_baselines(tmp_path, monkeypatch):
+    """Issue #29: the baselines measured beside SaRFT (docs/grids/selection-b4) are on the Compare page
+    without recomputing them: the shipped grid is listed after the workspace's, read-only, and its side
+    by side table has a column per method of the paper's kind (not the selection arms), with the
+    paired contrasts against SaRFT."""
+    from streamlit.testing.v1 import AppTest
+
+    from sarft_core.data import SHIPPED_GRIDS
+
+    grid = SHIPPED_GRIDS / "selection-b4"
+    cells = sorted((grid / "cells").glob("*.json"))
+    stamp = {p.name: p.stat().st_mtime_ns for p in cells}
+    monkeypatch.setenv("SARFT_WORKSPACE", str(tmp_path / "ws"))  # an empty workspace: the shipped grid alone
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app" / "main.py"), default_timeout=180)
+    at.run()
+    at.switch_page("../pages/compare.py")
+    at.run()
+    assert not at.exception, at.exception
+    picker = next(s for s in at.selectbox if s.label == "Grid")
+    assert picker.value == str(grid) and "measured for the docs" in picker.format_func(picker.value)
+    side = next(df.value for df in at.dataframe if list(df.value.columns)[:4] == ["metric", "Base", "SFT", "SaRFT"])
+    assert list(side.columns)[4:] == ["Constrained SFT", "PTST"]  # the selection arms have their own contrasts
+    finished = side.set_index("metric").loc["cells finished"]
+    assert all(finished[m] == "6" for m in ("SFT", "SaRFT", "Constrained SFT", "PTST"))
+    shown = "\n".join(m.value for m in at.markdown)
+    assert "SaRFT − Constrained SFT on refusal, AdvBench held-out" in shown and "SaRFT − PTST on" in shown
+    assert {p.name: p.stat().st_mtime_ns for p in (grid / "cells").glob("*.json")} == stamp  # read, never written
+    assert not (grid / "table.md").exists()
