@@ -15,7 +15,7 @@ st.title("Compare runs")
 grids = runs_of_kind("reproduce")  # the workspace's first, then the ones measured for the docs
 shipped = {str(g.path) for g in runs_of_kind("reproduce", list_runs(SHIPPED_GRIDS))}
 if grids or shipped:
-    with st.expander("The paper's experiment in miniature (reproduce grids)", expanded=True):
+    with st.expander("The paper's experiment in miniature (reproduce grids)", expanded=bool(grids)):  # open for the workspace's own
         grid_path = st.selectbox("Grid", [str(g.path) for g in grids] + sorted(shipped),
                                  format_func=lambda p: Path(p).name + (" (measured for the docs, docs/grids)" if p in shipped else ""))
         try:

@@ -244,8 +244,9 @@ def test_compare_page_runs_side_by_side(app):
     time.sleep(0.02)
     write_train_run(workspace_root(), "r2-sarft", "sarft", 0.5, 0.9, 29.0, ["refusal", "refusal", "refusal"])
     goto(app, "compare")
-    assert len(charts(app)) == 3  # refusal bars, ROUGE-L bars, Pareto scatter
-    diff = app.dataframe[0].value
+    # the runs' refusal bars, ROUGE-L bars and Pareto scatter (the grid measured for the docs draws its own, above)
+    assert sorted(c.key for c in charts(app) if not c.key.startswith("grid-")) == ["kind-refusal", "kind-rouge", "pareto"]
+    diff = next(df.value for df in app.dataframe if "suite" in df.value.columns)
     assert len(diff) == 2 and set(diff["suite"]) == {"probes"}
     assert "2 prompts with different verdicts" in texts(app)
 
