@@ -8,8 +8,8 @@ from pathlib import Path
 from sarft_core.errors import SarftError
 from sarft_core.evaluation.metric_registry import format_measure
 from sarft_core.plots import reproduce_report_html
-from sarft_core.reproduce import (METHOD_LABELS, SELECTION_ARMS, Grid, ReproduceConfig, column_info, contrast_lines, load_results,
-                                  markdown_table, paired_contrasts, plan_cells, selection_contrasts, selection_lines, table, time_line)
+from sarft_core.reproduce import (METHOD_LABELS, Grid, ReproduceConfig, column_info, contrast_lines, load_results, markdown_table,
+                                  paired_contrasts, paper_methods, plan_cells, selection_contrasts, selection_lines, table, time_line)
 from sarft_core.store import atomic_write_json, atomic_write_text, read_json_object
 
 
@@ -81,8 +81,8 @@ def grid_view(path: Path) -> dict:
         raise SarftError(f"no finished cell in {path} yet", "wait for the grid, or run `python -m sarft_core reproduce --out ...`")
     df = table(results, cfg, n_boot=500)
     info = column_info(cfg)
-    # Base, SFT and SaRFT, then the grid's other methods of the paper's kind (ablations, baselines; not the selection arms)
-    others = [METHOD_LABELS.get(m, m) for m in cfg.methods if m not in SELECTION_ARMS and m not in ("sft", "sarft")]
+    # Base, SFT and SaRFT, then the grid's ablations and baselines
+    others = [METHOD_LABELS.get(m, m) for m in paper_methods(cfg.methods) if m not in ("sft", "sarft")]
     shown = {m: df[(df.group == "all") & (df.method == m)] for m in ("Base", "SFT", "SaRFT", *others)}
     side = [{"metric": i.title, **{m: "–" if r.empty else format_measure(r.iloc[0][metric], i.percent, r.iloc[0][metric + "_lo"], r.iloc[0][metric + "_hi"])
                                    for m, r in shown.items()}} for metric, i in info.items()]

@@ -533,11 +533,17 @@ def paired_differences(results: list[dict], a: str, b: str, metric: str) -> list
 CONTRAST_METRICS = ("advbench", "margin", "xstest_unsafe", "jailbreak", "rouge_l")
 
 
+def paper_methods(methods) -> list[str]:
+    """The grid's methods of the paper's kind (SFT, SaRFT, its ablations, the baselines), in the
+    grid's order: every one but the selection arms, which have their own contrasts."""
+    return [m for m in methods if m not in SELECTION_ARMS]
+
+
 def paired_contrasts(results: list[dict], methods, n_boot: int = 2000) -> dict:
     """SaRFT minus each other method of the paper's grid (the selection arms have their own
     contrasts), paired by character and seed: ``"sarft-OTHER/METRIC"`` -> mean, 95% interval and
     the number of pairs (only pairs where both cells are finished)."""
-    others = [m for m in methods if m != "sarft" and m not in SELECTION_ARMS]
+    others = [m for m in paper_methods(methods) if m != "sarft"]
     return _contrasts(results, [("sarft", m) for m in others], lambda a, b: f"{a}-{b}", n_boot)
 
 
